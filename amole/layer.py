@@ -1,0 +1,175 @@
+"""The AMoLE layer: a frozen linear map plus a shared LoRA expert and routed LoRA experts.
+
+For an input token x (spec §1), with ``s = alpha / r`` and dropout on the adapter input:
+
+    t = W_tok x,  e_i = A_i x,  l_i = (e_i . t) / sqrt(r)          (over the experts this client holds)
+    p = renormalised top-k of softmax(l)
+    y = W0 x + s B_s A_s x + sum_{i in top-k} p_i s B_i A_i x
+
+Each expert's A is its own routing key, so any subset of the global pool plugs into any client. The router,
+the shared A and every held A are applied in one stacked matmul, and the gated codes of all experts go
+through one stacked B matmul: no Python loop over experts in the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from amole.config import AdapterConfig
+
+
+def init_lora_a(*shape: int, generator: torch.Generator | None = None) -> Tensor:
+    """PEFT's A init (Kaiming-uniform with a=sqrt(5)), i.e. U(-1/sqrt(d_in), 1/sqrt(d_in)) per row."""
+    bound = 1.0 / math.sqrt(shape[-1])
+    return torch.empty(*shape).uniform_(-bound, bound, generator=generator)
+
+
+def linear_features(base: nn.Module) -> tuple[int, int]:
+    """(in, out) of a plain or bitsandbytes linear layer (both subclass nn.Linear and keep these fields)."""
+    try:
+        return int(base.in_features), int(base.out_features)
+    except AttributeError as err:
+        raise TypeError(f"cannot adapt {type(base).__name__}: it has no in_features/out_features") from err
+
+
+class AMoLELinear(nn.Module):
+    """Wraps a frozen linear layer; holds the shared expert, a replaceable set of routed experts and the router."""
+
+    def __init__(self, base: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.in_features, self.out_features = linear_features(base)
+        self.r = cfg.r
+        self.scaling = cfg.scaling
+        self.top_k = cfg.top_k
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        device = next(base.parameters()).device
+        r, d_in, d_out = self.r, self.in_features, self.out_features
+        self.router = nn.Parameter(init_lora_a(r, d_in).to(device, dtype))
+        if cfg.shared_expert:
+            self.shared_A = nn.Parameter(init_lora_a(r, d_in).to(device, dtype))
+            self.shared_B = nn.Parameter(torch.zeros(d_out, r, device=device, dtype=dtype))
+        else:
+            self.register_parameter("shared_A", None)
+            self.register_parameter("shared_B", None)
+        self.expert_ids: list[int] = []
+        self.experts_A = nn.Parameter(torch.zeros(0, r, d_in, device=device, dtype=dtype))
+        self.experts_B = nn.Parameter(torch.zeros(0, d_out, r, device=device, dtype=dtype))
+        # Per-forward side channels, set by amole.model helpers.
+        self.token_mask: Tensor | None = None
+        self.lb_loss: Tensor | None = None
+        self.collect_stats = False
+        self.reset_stats()
+
+    # -- expert set ---------------------------------------------------------------------------------------
+    def set_experts(self, ids: list[int], A: Tensor, B: Tensor) -> None:
+        """Replace the held routed experts (between rounds); A is (n, r, d_in), B is (n, d_out, r)."""
+        n = len(ids)
+        if len(set(ids)) != n:
+            raise ValueError(f"duplicate expert ids {ids}")
+        if tuple(A.shape) != (n, self.r, self.in_features) or tuple(B.shape) != (n, self.out_features, self.r):
+            raise ValueError(
+                f"expert shapes A{tuple(A.shape)} B{tuple(B.shape)} do not fit {n} experts of rank {self.r} "
+                f"for a {self.in_features}->{self.out_features} layer"
+            )
+        like = self.router
+        self.expert_ids = list(ids)
+        self.experts_A = nn.Parameter(A.detach().to(like.device, like.dtype).clone())
+        self.experts_B = nn.Parameter(B.detach().to(like.device, like.dtype).clone())
+        self.reset_stats()
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.expert_ids)
+
+    # -- statistics for the embedding pass ----------------------------------------------------------------
+    def reset_stats(self) -> None:
+        self.stat_router = torch.zeros(self.r, dtype=torch.float64)
+        self.stat_experts = torch.zeros(self.num_experts, self.r, dtype=torch.float64)
+        self.stat_tokens = 0
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        y = self.base(x, *args, **kwargs)
+        r, n = self.r, self.num_experts
+        h = self.dropout(x.to(self.router.dtype))
+        keys = [self.router]
+        if self.shared_A is not None:
+            keys.append(self.shared_A)
+        keys.append(self.experts_A.reshape(n * r, self.in_features))
+        z = h @ torch.cat(keys).T  # router, shared and every held expert's code in one matmul
+        t = z[..., :r]
+        codes = z[..., r:]  # [shared code] + n expert codes, each r wide
+        n_shared = r if self.shared_A is not None else 0
+        mask = self._mask_for(x)
+
+        e = codes[..., n_shared:].unflatten(-1, (n, r))
+        if self.collect_stats:
+            self._accumulate(t, e, mask)
+        Bs = [self.shared_B] if self.shared_B is not None else []
+        if n > 0:
+            gates = self._route(e, t, mask)
+            gated = (e * gates.unsqueeze(-1)).flatten(-2)
+            codes = torch.cat([codes[..., :n_shared], gated], dim=-1)
+            Bs.append(self.experts_B.permute(1, 0, 2).reshape(self.out_features, n * r))
+        else:
+            self.lb_loss = None
+        if not Bs:
+            return y
+        delta = codes @ torch.cat(Bs, dim=1).T
+        return y + (delta * self.scaling).to(y.dtype)
+
+    def _mask_for(self, x: Tensor) -> Tensor | None:
+        m = self.token_mask
+        if m is None or tuple(m.shape) != tuple(x.shape[:-1]):
+            return None
+        return m.to(device=x.device, dtype=torch.bool)
+
+    def _route(self, e: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
+        """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere."""
+        n = e.shape[-2]
+        logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(self.r)
+        probs = torch.softmax(logits.float(), dim=-1)
+        k = min(self.top_k, n)
+        top_p, top_i = probs.topk(k, dim=-1)
+        gates = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
+        if self.training:
+            self.lb_loss = self._load_balance(probs, top_i, mask)
+        else:
+            self.lb_loss = None
+        return gates.to(e.dtype)
+
+    def _load_balance(self, probs: Tensor, top_i: Tensor, mask: Tensor | None) -> Tensor:
+        """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward."""
+        n, k = probs.shape[-1], top_i.shape[-1]
+        slots = torch.zeros_like(probs).scatter(-1, top_i, 1.0)
+        probs, slots = probs.reshape(-1, n), slots.reshape(-1, n)
+        if mask is not None:
+            keep = mask.reshape(-1)
+            probs, slots = probs[keep], slots[keep]
+        tokens = max(probs.shape[0], 1)
+        P = probs.sum(0) / tokens
+        f = slots.sum(0) / (tokens * k)
+        return n * (P * f).sum()
+
+    @torch.no_grad()
+    def _accumulate(self, t: Tensor, e: Tensor, mask: Tensor | None) -> None:
+        t = t.reshape(-1, self.r)
+        e = e.reshape(-1, self.num_experts, self.r)
+        if mask is not None:
+            keep = mask.reshape(-1)
+            t, e = t[keep], e[keep]
+        self.stat_router += t.double().sum(0).cpu()
+        self.stat_experts += e.double().sum(0).cpu()
+        self.stat_tokens += t.shape[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, r={self.r}, top_k={self.top_k}, "
+            f"shared={self.shared_A is not None}, experts={self.expert_ids}"
+        )

@@ -1,0 +1,142 @@
+"""Attach AMoLE to a Hugging Face causal LM and move its adapter tensors in and out by stable names.
+
+The backbone stays frozen; only the AMoLE tensors train. What a message carries is exactly
+``export_adapters`` of a client, and ``import_adapters`` rebuilds the client's architecture (which routed
+experts it holds in every module) from the names it receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from amole import keys
+from amole.config import AdapterConfig
+from amole.layer import AMoLELinear
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # bitsandbytes Linear4bit / Linear8bitLt subclass nn.Linear, so this covers quantized layers too.
+    return isinstance(module, nn.Linear)
+
+
+def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.float32) -> dict[str, AMoLELinear]:
+    """Freeze ``model`` and wrap every target linear layer in an AMoLELinear (in place); return them by name."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    targets = [
+        name for name, m in model.named_modules()
+        if name.rsplit(".", 1)[-1] in cfg.target_modules and _is_linear(m)
+    ]
+    if not targets:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
+        raise ValueError(f"no linear layer named {list(cfg.target_modules)} in the model; its linear layers: {linear}")
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, AMoLELinear(getattr(parent, child), cfg, dtype))
+    return amole_layers(model)
+
+
+def amole_layers(model: nn.Module) -> dict[str, AMoLELinear]:
+    """The adapted modules, keyed by their stable (qualified) names."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AMoLELinear)}
+
+
+def export_adapters(model: nn.Module) -> dict[str, Tensor]:
+    """Every adapter tensor this model holds, as a flat name -> CPU tensor mapping (a message's payload)."""
+    out: dict[str, Tensor] = {}
+    for name, layer in amole_layers(model).items():
+        out[keys.router_key(name)] = layer.router.detach().cpu().clone()
+        if layer.shared_A is not None:
+            out[keys.shared_key(name, "A")] = layer.shared_A.detach().cpu().clone()
+            out[keys.shared_key(name, "B")] = layer.shared_B.detach().cpu().clone()
+        for j, eid in enumerate(layer.expert_ids):
+            out[keys.expert_key(name, eid, "A")] = layer.experts_A[j].detach().cpu().clone()
+            out[keys.expert_key(name, eid, "B")] = layer.experts_B[j].detach().cpu().clone()
+    return out
+
+
+def import_adapters(model: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, list[int]]:
+    """Load a payload into the model; the routed experts named in it become each module's held set.
+
+    Every module must receive its router (and shared expert, if it has one); missing or unknown names and
+    wrong shapes raise before anything is changed, so a bad message leaves the model as it was.
+    """
+    layers = amole_layers(model)
+    by_module: dict[str, dict[str, Tensor]] = {}
+    experts: dict[str, dict[int, dict[str, Tensor]]] = {name: {} for name in layers}
+    for key, value in tensors.items():
+        k = keys.parse_key(key)
+        if k.module not in layers:
+            raise KeyError(f"payload names module {k.module!r}, which the model does not adapt")
+        if k.kind == keys.EXPERTS:
+            experts[k.module].setdefault(k.expert, {})[k.part] = value  # type: ignore[index]
+        else:
+            by_module.setdefault(k.module, {})[key] = value
+    staged: list[tuple[str, AMoLELinear, dict[str, Tensor], list[int], Tensor, Tensor]] = []
+    for name, layer in layers.items():
+        own = by_module.get(name, {})
+        needed = [keys.router_key(name)]
+        if layer.shared_A is not None:
+            needed += [keys.shared_key(name, "A"), keys.shared_key(name, "B")]
+        missing = [k for k in needed if k not in own]
+        if missing:
+            raise KeyError(f"payload lacks {missing}")
+        ids = sorted(experts[name])
+        for eid in ids:
+            if set(experts[name][eid]) != {"A", "B"}:
+                raise KeyError(f"expert {eid} of {name} needs both A and B in the payload")
+        r, d_in, d_out = layer.r, layer.in_features, layer.out_features
+        A = torch.stack([experts[name][i]["A"] for i in ids]) if ids else torch.zeros(0, r, d_in)
+        B = torch.stack([experts[name][i]["B"] for i in ids]) if ids else torch.zeros(0, d_out, r)
+        _check_shape(keys.router_key(name), own[keys.router_key(name)], (r, d_in))
+        if layer.shared_A is not None:
+            _check_shape(keys.shared_key(name, "A"), own[keys.shared_key(name, "A")], (r, d_in))
+            _check_shape(keys.shared_key(name, "B"), own[keys.shared_key(name, "B")], (d_out, r))
+        _check_shape(f"{name} experts A", A, (len(ids), r, d_in))
+        _check_shape(f"{name} experts B", B, (len(ids), d_out, r))
+        staged.append((name, layer, own, ids, A, B))
+    with torch.no_grad():
+        for name, layer, own, ids, A, B in staged:
+            layer.router.copy_(own[keys.router_key(name)])
+            if layer.shared_A is not None:
+                layer.shared_A.copy_(own[keys.shared_key(name, "A")])
+                layer.shared_B.copy_(own[keys.shared_key(name, "B")])
+            layer.set_experts(ids, A, B)
+    return {name: layer.expert_ids for name, layer in layers.items()}
+
+
+def _check_shape(what: str, t: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {shape}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what} contains NaN or Inf")
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for layer in amole_layers(model).values() for p in layer.parameters() if p.requires_grad]
+
+
+@contextmanager
+def token_mask(model: nn.Module, mask: Tensor | None) -> Iterator[None]:
+    """Let every AMoLE layer ignore padding when it averages routing statistics or the load-balance term."""
+    layers = list(amole_layers(model).values())
+    for layer in layers:
+        layer.token_mask = mask
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.token_mask = None
+
+
+def load_balance_loss(model: nn.Module) -> Tensor:
+    """Sum over modules of the Switch-style term collected by the last training forward."""
+    terms = [layer.lb_loss for layer in amole_layers(model).values() if layer.lb_loss is not None]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()

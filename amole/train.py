@@ -1,0 +1,60 @@
+"""One client's local round (spec §1): response-only causal-LM loss plus the load-balancing term.
+
+Adam is rebuilt every round (the experts a client holds change between rounds) and the learning rate decays
+per round, not per step: ``lr * lr_decay ** (round - 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from amole.config import TrainConfig
+from amole.model import load_balance_loss, token_mask, trainable_parameters
+
+
+def round_lr(cfg: TrainConfig, server_round: int) -> float:
+    return cfg.lr * cfg.lr_decay ** (server_round - 1)
+
+
+def train_round(
+    model: nn.Module,
+    batches: Iterator[Mapping[str, Tensor]],
+    cfg: TrainConfig,
+    server_round: int,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Run ``cfg.steps`` optimizer steps on the adapter tensors; return mean losses and token counts."""
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable AMoLE parameters: inject adapters first")
+    device = params[0].device
+    optimizer = torch.optim.Adam(params, lr=round_lr(cfg, server_round))
+    model.train()
+    sums = {"loss": 0.0, "lm_loss": 0.0, "lb_loss": 0.0}
+    tokens = 0
+    for _ in tqdm(range(cfg.steps), desc=f"round {server_round} train", disable=not progress, leave=False):
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        with token_mask(model, batch["attention_mask"]):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        lb = load_balance_loss(model).to(out.loss.device)
+        loss = out.loss + cfg.lb_coef * lb
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"local loss became {loss.item()} in round {server_round}: lower the lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        sums["loss"] += loss.item()
+        sums["lm_loss"] += out.loss.item()
+        sums["lb_loss"] += lb.item()
+        tokens += int((batch["labels"] != -100).sum())
+    steps = max(cfg.steps, 1)
+    metrics = {f"train_{k}": v / steps for k, v in sums.items()}
+    metrics["train_tokens"] = float(tokens)
+    metrics["lr"] = round_lr(cfg, server_round)
+    return metrics

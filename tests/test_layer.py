@@ -1,0 +1,135 @@
+"""The AMoLE layer against references computed by hand (and against peft's LoRA)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from amole.config import AdapterConfig
+from amole.layer import AMoLELinear
+
+D_IN, D_OUT, R = 12, 10, 4
+
+
+def make_layer(n_experts: int, top_k: int = 2, shared: bool = True, seed: int = 0) -> AMoLELinear:
+    torch.manual_seed(seed)
+    cfg = AdapterConfig(r=R, alpha=8.0, dropout=0.0, top_k=top_k, shared_expert=shared)
+    layer = AMoLELinear(nn.Linear(D_IN, D_OUT), cfg)
+    ids = [3 * i + 1 for i in range(n_experts)]
+    layer.set_experts(ids, torch.randn(n_experts, R, D_IN), torch.randn(n_experts, D_OUT, R))
+    with torch.no_grad():
+        if layer.shared_B is not None:
+            layer.shared_B.normal_()
+    return layer
+
+
+def reference(layer: AMoLELinear, x: torch.Tensor) -> torch.Tensor:
+    """Token by token, expert by expert: the formula of spec §1 written as plainly as possible."""
+    s = layer.scaling
+    out = []
+    for tok in x.reshape(-1, D_IN):
+        y = layer.base(tok)
+        if layer.shared_A is not None:
+            y = y + s * layer.shared_B @ (layer.shared_A @ tok)
+        t = layer.router @ tok
+        n = layer.num_experts
+        if n:
+            logits = torch.stack([(layer.experts_A[i] @ tok) @ t / math.sqrt(R) for i in range(n)])
+            p = torch.softmax(logits, 0)
+            k = min(layer.top_k, n)
+            top = torch.topk(p, k).indices.tolist()
+            z = sum(p[i] for i in top)
+            for i in top:
+                y = y + (p[i] / z) * s * layer.experts_B[i] @ (layer.experts_A[i] @ tok)
+        out.append(y)
+    return torch.stack(out).reshape(*x.shape[:-1], D_OUT)
+
+
+def test_shared_only_equals_peft_lora() -> None:
+    torch.manual_seed(1)
+    base = nn.Sequential()
+    base.add_module("q_proj", nn.Linear(D_IN, D_OUT))
+    lora = get_peft_model(
+        base, LoraConfig(r=R, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj"])
+    )
+    peft_layer = lora.base_model.model.q_proj
+    with torch.no_grad():
+        peft_layer.lora_B["default"].weight.normal_()
+    cfg = AdapterConfig(r=R, alpha=8.0, dropout=0.0)
+    layer = AMoLELinear(peft_layer.base_layer, cfg)
+    with torch.no_grad():
+        layer.shared_A.copy_(peft_layer.lora_A["default"].weight)
+        layer.shared_B.copy_(peft_layer.lora_B["default"].weight)
+    x = torch.randn(3, 5, D_IN)
+    torch.testing.assert_close(layer(x), peft_layer(x))
+
+
+@pytest.mark.parametrize(("n", "k", "shared"), [(1, 2, True), (4, 2, True), (5, 3, False), (6, 1, True)])
+def test_routed_forward_matches_reference(n: int, k: int, shared: bool) -> None:
+    layer = make_layer(n, top_k=k, shared=shared)
+    x = torch.randn(2, 7, D_IN)
+    torch.testing.assert_close(layer(x), reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_no_experts_no_shared_is_base() -> None:
+    layer = make_layer(0, shared=False)
+    x = torch.randn(4, D_IN)
+    torch.testing.assert_close(layer(x), layer.base(x))
+
+
+def test_gradients_reach_every_held_expert_and_router() -> None:
+    layer = make_layer(4, top_k=2)
+    layer.train()
+    x = torch.randn(64, D_IN)
+    (layer(x) ** 2).sum().backward()
+    assert layer.base.weight.grad is None
+    for name in ("router", "shared_A", "shared_B"):
+        grad = getattr(layer, name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    for i in range(4):
+        assert layer.experts_A.grad[i].abs().sum() > 0, f"expert {i} A"
+        assert layer.experts_B.grad[i].abs().sum() > 0, f"expert {i} B"
+
+
+def test_load_balance_term_matches_formula_and_ignores_padding() -> None:
+    layer = make_layer(4, top_k=2)
+    layer.train()
+    x = torch.randn(2, 6, D_IN)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    layer.token_mask = mask
+    layer(x)
+    tokens = x[mask.bool()]
+    logits = torch.stack([(tokens @ layer.experts_A[i].T * (tokens @ layer.router.T)).sum(-1) for i in range(4)], -1)
+    p = torch.softmax(logits / math.sqrt(R), -1)
+    top = p.topk(2, -1).indices
+    f = torch.zeros(4).index_add_(0, top.reshape(-1), torch.ones(top.numel())) / top.numel()
+    expected = 4 * (p.mean(0) * f).sum()
+    torch.testing.assert_close(layer.lb_loss, expected)
+    assert layer.lb_loss.requires_grad
+
+
+def test_statistics_are_token_weighted_means() -> None:
+    layer = make_layer(3)
+    layer.eval()
+    layer.collect_stats = True
+    xs = [torch.randn(1, 5, D_IN), torch.randn(1, 2, D_IN)]
+    for x in xs:
+        layer(x)
+    tokens = torch.cat([x.reshape(-1, D_IN) for x in xs])
+    assert layer.stat_tokens == 7
+    torch.testing.assert_close(layer.stat_router.float() / 7, (tokens @ layer.router.T).mean(0))
+    for i in range(3):
+        torch.testing.assert_close(layer.stat_experts[i].float() / 7, (tokens @ layer.experts_A[i].T).mean(0))
+
+
+def test_set_experts_rejects_wrong_shapes_and_duplicates() -> None:
+    layer = make_layer(2)
+    with pytest.raises(ValueError, match="do not fit"):
+        layer.set_experts([0, 1], torch.zeros(2, R + 1, D_IN), torch.zeros(2, D_OUT, R))
+    with pytest.raises(ValueError, match="duplicate"):
+        layer.set_experts([0, 0], torch.zeros(2, R, D_IN), torch.zeros(2, D_OUT, R))
+    assert layer.expert_ids == [1, 4]
