@@ -30,7 +30,7 @@ def aggregate(
             raise KeyError(f"upload {i} carries tensors the bank does not have: {unknown[:5]}")
     new: dict[str, Tensor] = {}
     for key, old in bank.items():
-        held = [(up[key], wi) for up, wi in zip(uploads, w) if key in up and wi > 0]
+        held = [(up[key], wi) for up, wi in zip(uploads, w, strict=True) if key in up and wi > 0]
         if not held:
             new[key] = old.clone()
             continue

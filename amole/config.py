@@ -6,7 +6,7 @@ defaults that mirror the spec so the core can also be used (and tested) without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -63,6 +63,74 @@ class ModelConfig:
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for name == "tiny-llama"
 
 
+@dataclass
+class EvalConfig:
+    """Client-side evaluation right after local training (spec §4)."""
+
+    max_new_tokens: int = 128  # greedy decoding budget for Rouge-L
+    batch_size: int = 8
+
+
+@dataclass
+class ScenarioConfig:
+    """Where each client's private data comes from and how it is split (spec §4)."""
+
+    name: str = "bigbench_tasks"
+    source: str = "bigbench"  # bigbench | synthetic
+    tasks: tuple[str, ...] = ()  # one task per client, in client-id order
+    local_dir: str | None = None  # folder of task files; None = pip-download BIG-bench into the cache
+    cache_dir: str | None = None
+    examples_per_task: int | None = None  # cap applied before splitting (synthetic: examples generated)
+    eval_frac: float = 0.1
+    test_frac: float = 0.1
+    embed_frac: float = 0.05
+    eval_cap: int = 200
+    test_cap: int | None = None  # None: 200 for multiple choice, 50 for generation
+    embed_cap: int = 200
+    max_train: int | None = None
+
+
+@dataclass
+class FederationConfig:
+    """The round loop: how many rounds and clients, the reply timeout, where the run directory goes."""
+
+    num_rounds: int = 30
+    num_clients: int = 10
+    seed: int = 0
+    strategy: str = "fedamole"
+    weighted: bool = False  # weight aggregation by example counts (the paper: unweighted)
+    reply_timeout: float = 3600.0  # seconds to wait for a round's replies
+    wait_for_nodes: float = 300.0  # seconds to wait until num_clients nodes are connected
+    runs_dir: str = "runs"
+    name: str | None = None
+
+
+@dataclass
+class Settings:
+    """The whole composed configuration, as typed objects; built once on the server and sent to clients."""
+
+    model: ModelConfig
+    adapter: AdapterConfig
+    assign: AssignConfig
+    train: TrainConfig
+    eval: EvalConfig
+    scenario: ScenarioConfig
+    federation: FederationConfig
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Settings:
+        sections = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config sections {unknown}; known: {sorted(sections)}")
+        types = {"model": ModelConfig, "adapter": AdapterConfig, "assign": AssignConfig, "train": TrainConfig,
+                 "eval": EvalConfig, "scenario": ScenarioConfig, "federation": FederationConfig}
+        return cls(**{name: from_dict(types[name], values.get(name)) for name in sections})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def from_dict(cls: type, values: dict[str, Any] | None) -> Any:
     """Build dataclass ``cls`` from a (Hydra) mapping, rejecting unknown keys with a clear error."""
     values = dict(values or {})
@@ -70,6 +138,7 @@ def from_dict(cls: type, values: dict[str, Any] | None) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
-    if "target_modules" in values:
-        values["target_modules"] = tuple(values["target_modules"])
+    for key in ("target_modules", "tasks"):
+        if key in values and values[key] is not None:
+            values[key] = tuple(values[key])
     return cls(**values)

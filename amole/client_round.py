@@ -1,0 +1,69 @@
+"""Everything one client does in a round, without Flower: import, train, evaluate, statistics, export.
+
+The order is the paper's protocol: local training, then evaluation on the client's own test split right
+after it, then the no-grad statistics pass over the embedding set that feeds the server's RSEA.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from amole.config import Settings
+from amole.data import ClientSplits, batches, collate, encode, pad_id_of
+from amole.evaluate import evaluate
+from amole.model import export_adapters, import_adapters
+from amole.seeds import stable_seed
+from amole.statistics import collect_statistics, privatize
+from amole.train import train_round
+
+
+@dataclass
+class RoundResult:
+    adapters: dict[str, Tensor]
+    stats: dict[str, Tensor]
+    metrics: dict[str, float]
+    info: dict[str, str]  # task name and metric kind
+
+
+def embedding_batches(tokenizer, splits: ClientSplits, settings: Settings) -> list[dict[str, Tensor]]:
+    pad = pad_id_of(tokenizer)
+    feats = [encode(tokenizer, ex, settings.train.max_seq_len) for ex in splits.embed]
+    size = settings.eval.batch_size
+    return [collate(feats[i : i + size], pad) for i in range(0, len(feats), size)]
+
+
+def local_round(
+    model: nn.Module,
+    tokenizer,
+    splits: ClientSplits,
+    payload: Mapping[str, Tensor],
+    settings: Settings,
+    server_round: int,
+    client: str,
+) -> RoundResult:
+    """Run one client's round on ``model`` (already injected) and return what it uploads."""
+    start = time.perf_counter()
+    seed = stable_seed("round", settings.federation.seed, server_round, client)
+    torch.manual_seed(seed)
+    held = import_adapters(model, payload)
+    cfg = settings.train
+    stream = batches(tokenizer, splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
+    metrics = train_round(model, stream, settings.train, server_round)
+    result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
+    stats = collect_statistics(model, embedding_batches(tokenizer, splits, settings))
+    if settings.assign.dp_eta is not None:
+        stats = privatize(stats, settings.assign.dp_eta, np.random.default_rng(seed))
+    metrics.update(
+        score=float(result["score"]),
+        num_examples=float(len(splits.train)),
+        experts_mean=float(np.mean([len(ids) for ids in held.values()])),
+        seconds=time.perf_counter() - start,
+    )
+    return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})

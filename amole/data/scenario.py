@@ -1,0 +1,55 @@
+"""One client's data under a configured scenario: which task it gets, from where, and how it is split."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from amole.config import ScenarioConfig
+from amole.data.bigbench import load_task, read_task_file
+from amole.data.example import ClientSplits, Example
+from amole.data.splits import split_client
+from amole.data.synthetic import synthetic_source
+from amole.seeds import stable_seed
+
+SOURCES = ("bigbench", "synthetic")
+
+
+def client_task(scenario: ScenarioConfig, client: str) -> str:
+    """The scenario's task for ``client`` (one task per client, in client-id order)."""
+    try:
+        index = int(client)
+    except ValueError:
+        raise ValueError(f"client id {client!r} is not an index into scenario.tasks: give the node a "
+                         f"'task' or 'data-path' in its node config") from None
+    if not 0 <= index < len(scenario.tasks):
+        raise ValueError(f"client {index} has no task: scenario {scenario.name!r} lists {len(scenario.tasks)} "
+                         f"tasks ({list(scenario.tasks)}); add tasks or run fewer clients")
+    return scenario.tasks[index]
+
+
+def load_examples(scenario: ScenarioConfig, task: str, seed: int) -> list[Example]:
+    if scenario.source == "synthetic":
+        return synthetic_source(n=scenario.examples_per_task or 200, seed=seed)(task)
+    if scenario.source == "bigbench":
+        return load_task(task, scenario.local_dir, scenario.cache_dir)
+    raise ValueError(f"unknown scenario source {scenario.source!r}; expected one of {SOURCES}")
+
+
+def client_splits(
+    scenario: ScenarioConfig, client: str, seed: int, task: str | None = None, data_path: str | None = None
+) -> ClientSplits:
+    """Train / embed / eval / test for ``client``; ``data_path`` (a task file) or ``task`` override the scenario."""
+    if data_path is not None:
+        examples, task = read_task_file(data_path), Path(data_path).stem
+    else:
+        task = task or client_task(scenario, client)
+        examples = load_examples(scenario, task, seed)
+    if scenario.examples_per_task is not None and len(examples) > scenario.examples_per_task:
+        examples = random.Random(f"{seed}/{task}").sample(examples, scenario.examples_per_task)
+    return split_client(
+        examples, seed=stable_seed("split", seed, client), eval_frac=scenario.eval_frac, test_frac=scenario.test_frac,
+        embed_frac=scenario.embed_frac, eval_cap=scenario.eval_cap, test_cap=scenario.test_cap,
+        embed_cap=scenario.embed_cap, max_train=scenario.max_train, task=task,
+    )
+

@@ -1,0 +1,93 @@
+"""Client-side evaluation (spec §4): LM-scoring accuracy for multiple choice, Rouge-L F1 for generation.
+
+Multiple choice: every candidate is appended to the prompt and the one with the lowest mean token loss wins,
+so the score needs no answer parsing. Generation: greedy decoding, Rouge-L F1 against the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from rouge_score import rouge_scorer
+from torch import Tensor, nn
+
+from amole.config import EvalConfig
+from amole.data import Example, collate, encode, pad_id_of
+from amole.data.tokenize import IGNORE_INDEX
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def sequence_losses(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Mean token loss of each sequence over its labelled (answer) tokens."""
+    dev = _device(model)
+    logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+    labels = batch["labels"].to(dev)[:, 1:]
+    logits = logits[:, :-1].float()
+    tok = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    counted = (labels != IGNORE_INDEX).sum(1).clamp_min(1)
+    return tok.sum(1) / counted
+
+
+@torch.no_grad()
+def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
+    """Share of examples whose correct choice has the lowest mean answer-token loss."""
+    pad = pad_id_of(tokenizer)
+    rows = [(i, encode(tokenizer, Example(ex.prompt, c), max_len)) for i, ex in enumerate(examples) for c in ex.choices]
+    losses: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        losses += sequence_losses(model, collate([f for _, f in chunk], pad)).tolist()
+    correct, pos = 0, 0
+    for ex in examples:
+        scores = losses[pos : pos + len(ex.choices)]
+        pos += len(ex.choices)
+        correct += int(min(range(len(scores)), key=scores.__getitem__) == ex.label)
+    return correct / max(len(examples), 1)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int) -> list[str]:
+    """Greedy continuations of a batch of prompts (left-padded so every row ends where generation starts)."""
+    pad = pad_id_of(tokenizer)
+    room = max(max_len - max_new_tokens, 1)
+    ids = [list(tokenizer(p, add_special_tokens=True)["input_ids"])[-room:] for p in prompts]
+    width = max(len(x) for x in ids)
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    dev = _device(model)
+    out = model.generate(
+        input_ids=input_ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+        do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+    )
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def rouge_l(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> float:
+    """Mean Rouge-L F1 of greedy generations against the references."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    total = 0.0
+    for start in range(0, len(examples), cfg.batch_size):
+        chunk = examples[start : start + cfg.batch_size]
+        outs = generate(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens)
+        total += sum(scorer.score(ex.target, out.strip())["rougeL"].fmeasure for ex, out in zip(chunk, outs, strict=True))
+    return total / max(len(examples), 1)
+
+
+def evaluate(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> dict:
+    """The client's score on ``examples``: accuracy for multiple-choice tasks, Rouge-L for generative ones."""
+    if not examples:
+        raise ValueError("no evaluation examples")
+    was_training = model.training
+    model.eval()
+    try:
+        if all(ex.is_choice for ex in examples):
+            return {"score": choice_accuracy(model, tokenizer, examples, max_len, cfg.batch_size),
+                    "metric": "accuracy", "n": len(examples)}
+        return {"score": rouge_l(model, tokenizer, examples, max_len, cfg), "metric": "rougeL", "n": len(examples)}
+    finally:
+        model.train(was_training)

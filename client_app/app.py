@@ -1,0 +1,58 @@
+"""ClientApp: a thin Flower shell over amole.client_round.
+
+QUERY tells the server who this node is (its client id and task); TRAIN runs one local round on the
+experts the message carries and replies with the trained tensors, the embedding statistics and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from amole.client_round import local_round
+from amole.config import Settings
+from client_app.runtime import client_identity, client_splits, injected_model
+
+app = ClientApp()
+
+
+def _settings(msg: Message) -> Settings:
+    return Settings.from_dict(json.loads(str(msg.content["config"]["settings"])))
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Report this node's client id, task and training-set size, so the server maps nodes to clients by id."""
+    settings = _settings(msg)
+    client = client_identity(context.node_config)
+    splits = client_splits(settings, client, context.node_config)
+    content = RecordDict({
+        "info": ConfigRecord({"client-id": client, "task": splits.task}),
+        "metrics": MetricRecord({"num-examples": len(splits.train)}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One FedAMoLE round on this node's private shard."""
+    settings = _settings(msg)
+    config = msg.content["config"]
+    client = client_identity(context.node_config)
+    if str(config["client-id"]) != client:
+        raise ValueError(f"message for client {config['client-id']} reached client {client}")
+    model, tokenizer = injected_model(settings)
+    splits = client_splits(settings, client, context.node_config)
+    payload = msg.content["adapters"].to_torch_state_dict()
+    result = local_round(model, tokenizer, splits, payload, settings, int(config["round"]), client)
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics["num-examples"] = int(result.metrics["num_examples"])
+    content = RecordDict({
+        "adapters": ArrayRecord(result.adapters),
+        "stats": ArrayRecord(result.stats),
+        "metrics": MetricRecord(metrics),
+        "info": ConfigRecord({"client-id": client, **result.info}),
+    })
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,84 @@
+"""Per-expert averaging over holders, and the statistics that feed RSEA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amole import keys
+from amole.aggregate import aggregate
+from amole.statistics import embedding_matrices, expert_stat_key, gamma_noise, privatize, router_stat_key
+
+M = "model.layers.0.self_attn.q_proj"
+
+
+def bank3() -> dict[str, torch.Tensor]:
+    bank = {keys.router_key(M): torch.zeros(2, 3), keys.shared_key(M, "A"): torch.zeros(2, 3),
+            keys.shared_key(M, "B"): torch.zeros(3, 2)}
+    for i in range(3):
+        bank[keys.expert_key(M, i, "A")] = torch.full((2, 3), 100.0 + i)
+        bank[keys.expert_key(M, i, "B")] = torch.full((3, 2), -100.0 - i)
+    return bank
+
+
+def upload(value: float, experts: list[int]) -> dict[str, torch.Tensor]:
+    bank = bank3()
+    up = {k: torch.full_like(v, value) for k, v in bank.items() if keys.parse_key(k).kind != keys.EXPERTS}
+    for i in experts:
+        up[keys.expert_key(M, i, "A")] = torch.full((2, 3), value + i)
+        up[keys.expert_key(M, i, "B")] = torch.full((3, 2), 2 * value + i)
+    return up
+
+
+def test_each_expert_averages_over_its_holders_only() -> None:
+    new = aggregate(bank3(), [upload(1.0, [0, 1]), upload(3.0, [1]), upload(8.0, [])])
+    assert torch.all(new[keys.router_key(M)] == 4.0)  # (1 + 3 + 8) / 3: every client
+    assert torch.all(new[keys.shared_key(M, "B")] == 4.0)
+    assert torch.all(new[keys.expert_key(M, 0, "A")] == 1.0)  # held by client 0 alone
+    assert torch.all(new[keys.expert_key(M, 1, "A")] == 3.0)  # (2 + 4) / 2
+    assert torch.all(new[keys.expert_key(M, 1, "B")] == 5.0)  # (3 + 7) / 2: B separately from A
+    assert torch.all(new[keys.expert_key(M, 2, "A")] == 102.0)  # nobody held it: keeps its value
+
+
+def test_weighted_by_examples() -> None:
+    new = aggregate(bank3(), [upload(1.0, [1]), upload(3.0, [1])], weights=[3, 1])
+    assert torch.allclose(new[keys.expert_key(M, 1, "A")], torch.full((2, 3), (2 * 3 + 4 * 1) / 4))
+
+
+def test_unknown_tensor_and_bad_weights_are_rejected() -> None:
+    bad = upload(1.0, [0])
+    bad["model.layers.9.self_attn.q_proj.router"] = torch.zeros(2, 3)
+    with pytest.raises(KeyError, match="does not have"):
+        aggregate(bank3(), [bad])
+    with pytest.raises(ValueError, match="weights"):
+        aggregate(bank3(), [upload(1.0, [0])], weights=[1, 2])
+
+
+def test_embedding_matrices_average_expert_codes_over_holders() -> None:
+    ups = [
+        {router_stat_key(M): torch.tensor([1.0, 0.0]), expert_stat_key(M, 0): torch.tensor([2.0, 2.0])},
+        {router_stat_key(M): torch.tensor([0.0, 1.0]), expert_stat_key(M, 0): torch.tensor([4.0, 0.0]),
+         expert_stat_key(M, 2): torch.tensor([1.0, 1.0])},
+    ]
+    E, T = embedding_matrices(ups, M, num_experts=3, r=2)
+    assert torch.equal(E, torch.tensor([[3.0, 1.0], [0.0, 0.0], [1.0, 1.0]], dtype=torch.float64))
+    assert torch.equal(T, torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+
+
+def test_dp_noise_has_the_expected_scale_and_is_clipped() -> None:
+    r, eta = 8, 100.0
+    noise = gamma_noise((20000, r), eta, np.random.default_rng(0))
+    # |noise| ~ Gamma(shape=r, rate=eta): mean r/eta, directions uniform.
+    assert abs(noise.norm(dim=-1).mean().item() - r / eta) < 0.01 * r / eta
+    assert noise.mean(0).abs().max() < 0.005
+
+    clean = {router_stat_key(M): torch.randn(r), expert_stat_key(M, 4): torch.randn(r)}
+    noisy = privatize(clean, eta=eta, rng=np.random.default_rng(1))
+    bound = max(v.norm() for v in clean.values())
+    for k in clean:
+        assert not torch.equal(noisy[k], clean[k])  # nothing clean leaves the client
+        assert noisy[k].norm() <= bound + 1e-5
+        assert (noisy[k] - clean[k]).norm() < 10 * r / eta
+    strong = privatize(clean, eta=1.0, rng=np.random.default_rng(1))
+    assert sum((strong[k] - clean[k]).norm() for k in clean) > sum((noisy[k] - clean[k]).norm() for k in clean)

@@ -1,0 +1,70 @@
+"""Local training learns, and the evaluation metrics score what they should."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from amole.bank import create_bank, payload
+from amole.config import EvalConfig, TrainConfig
+from amole.data import Example, batches, collate, encode, synthetic_task
+from amole.evaluate import choice_accuracy, evaluate, rouge_l, sequence_losses
+from amole.model import import_adapters, inject
+from amole.statistics import collect_statistics, expert_stat_key, router_stat_key
+from amole.train import round_lr, train_round
+
+
+def setup(tiny, adapter_cfg, held=(0, 2, 3)):
+    model, tok = tiny
+    layers = inject(model, adapter_cfg)
+    shapes = {n: (m.in_features, m.out_features) for n, m in layers.items()}
+    import_adapters(model, payload(create_bank(shapes, adapter_cfg, seed=0), {n: list(held) for n in layers}))
+    return model, tok, layers
+
+
+def test_local_round_lowers_the_loss_and_decays_lr(tiny, adapter_cfg) -> None:
+    model, tok, _ = setup(tiny, adapter_cfg)
+    data = synthetic_task("reverse", n=32, seed=0)
+    cfg = TrainConfig(lr=3e-3, steps=25, batch_size=8, max_seq_len=64)
+    first = train_round(model, batches(tok, data, 8, 64, random.Random(0)), cfg, server_round=1)
+    later = train_round(model, batches(tok, data, 8, 64, random.Random(1)), cfg, server_round=3)
+    assert later["train_lm_loss"] < first["train_lm_loss"]
+    assert first["lr"] == 3e-3
+    assert abs(later["lr"] - 3e-3 * 0.99**2) < 1e-12 and later["lr"] == round_lr(cfg, 3)
+    assert first["train_lb_loss"] > 0
+
+
+def test_statistics_cover_held_experts_only(tiny, adapter_cfg) -> None:
+    model, tok, layers = setup(tiny, adapter_cfg, held=(1, 5))
+    data = synthetic_task("copy", n=6)
+    stream = batches(tok, data, 3, 64, random.Random(0))
+    model.train()
+    stats = collect_statistics(model, [next(stream), next(stream)])
+    name = next(iter(layers))
+    assert set(stats) == {router_stat_key(n) for n in layers} | {expert_stat_key(n, i) for n in layers for i in (1, 5)}
+    assert stats[router_stat_key(name)].shape == (adapter_cfg.r,)
+    assert model.training  # restored after the no-grad eval-mode pass
+
+
+def test_choice_accuracy_prefers_the_lowest_loss_answer(tiny) -> None:
+    model, tok = tiny
+    ex = Example("Q: say aaaa\nA:", "x", choices=("x", "y"), label=0)
+    # Whatever the random model prefers, accuracy must be the share of rows where the argmin is the label.
+    losses = sequence_losses(model, collate([encode(tok, Example(ex.prompt, c), 64) for c in ex.choices], 0))
+    best = int(torch.argmin(losses))
+    flipped = Example(ex.prompt, ex.choices[best], choices=ex.choices, label=best)
+    assert choice_accuracy(model, tok, [flipped], 64, 4) == 1.0
+    other = 1 - best
+    assert choice_accuracy(model, tok, [Example(ex.prompt, ex.choices[other], ex.choices, other)], 64, 4) == 0.0
+
+
+def test_rouge_l_of_a_trained_copy_task_is_high(tiny, adapter_cfg) -> None:
+    model, tok, _ = setup(tiny, adapter_cfg)
+    data = [Example("Say hi:", "hi there")] * 4
+    cfg = TrainConfig(lr=1e-2, steps=60, batch_size=4, max_seq_len=32)
+    train_round(model, batches(tok, data, 4, 32, random.Random(0)), cfg, server_round=1)
+    score = rouge_l(model, tok, data[:2], 32, EvalConfig(max_new_tokens=12, batch_size=2))
+    assert score > 0.9
+    result = evaluate(model, tok, data[:2], 32, EvalConfig(max_new_tokens=12))
+    assert result["metric"] == "rougeL" and result["n"] == 2
