@@ -441,3 +441,19 @@ def model_device(model: nn.Module) -> torch.device:
 def is_quantized(model: nn.Module) -> bool:
     """True if any bitsandbytes linear is present (the adapters then need an explicit compute dtype)."""
     return any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m amole.loader --prepare smollm2-135m``: convert/cache a model ahead of a run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Prepare (convert and cache) a base model.")
+    parser.add_argument("--prepare", required=True, help="model name as in conf/model/*.yaml (e.g. smollm2-135m)")
+    args = parser.parse_args(argv)
+    config = model_config(ModelConfig(name=args.prepare))
+    print(f"{args.prepare}: ready ({config.model_type}, {config.num_hidden_layers} layers, "
+          f"hidden {config.hidden_size}) in {cache_root()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    logging.getLogger("amole").setLevel(logging.INFO)
+    logger = logging.getLogger("amole")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     settings = compose(overrides_from_run_config(context.run_config))
     resume = str(context.run_config.get("resume", "")).strip() or None
     run(grid, settings, resume=resume)

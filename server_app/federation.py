@@ -182,5 +182,5 @@ def run_round(grid: Grid, settings: Settings, state: ServerState, nodes: dict[st
 def log_round(entry: dict[str, Any]) -> None:
     scores = [c["score"] for c in entry["clients"].values()]
     mb = sum(c["bytes_up"] + c["bytes_down"] for c in entry["clients"].values()) / 1e6
-    log.warning("round %d: mean score %.4f over %d clients, %.2f MB moved, %.1f s",
+    log.info("round %d: mean score %.4f over %d clients, %.2f MB moved, %.1f s",
                 entry["round"], float(np.mean(scores)), len(scores), mb, entry["seconds"])
