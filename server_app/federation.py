@@ -122,6 +122,9 @@ def run_round(grid: Grid, settings: Settings, state: ServerState, nodes: dict[st
     """One round: dispatch, collect and check, aggregate, assign the next round's architectures."""
     start = time.perf_counter()
     held = assignment_to_clients(state.assignment)
+    counts = [sum(len(ids) for ids in h.values()) / max(len(h), 1) for h in held]
+    log.info("round %d/%d: training %d clients (experts held per module, mean: %s)", server_round,
+             settings.federation.num_rounds, len(held), ", ".join(f"{c:.1f}" for c in counts))
     settings_json = settings_record(settings)
     sent, messages, down = {}, [], {}
     for c, client in enumerate(state.clients):

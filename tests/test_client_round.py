@@ -1,0 +1,45 @@
+"""One client's round without Flower: what it uploads, and the differential-privacy option."""
+
+from __future__ import annotations
+
+import torch
+
+from amole.bank import create_bank, payload
+from amole.client_round import local_round
+from amole.compose import compose
+from amole.data.scenario import client_splits
+from amole.loader import load_base_model
+from amole.model import inject
+
+
+def run_client(overrides: list[str]):
+    settings = compose(["model=tiny", "scenario=synthetic", "budget=smoke", *overrides])
+    model, tok = load_base_model(settings.model, device="cpu")
+    layers = inject(model, settings.adapter)
+    shapes = {n: (m.in_features, m.out_features) for n, m in layers.items()}
+    held = {n: [0, 3] for n in layers}
+    sent = payload(create_bank(shapes, settings.adapter, seed=0), held)
+    splits = client_splits(settings.scenario, "1", settings.federation.seed)
+    return settings, sent, local_round(model, tok, splits, sent, settings, server_round=1, client="1")
+
+
+def test_upload_is_what_was_sent_trained() -> None:
+    _, sent, result = run_client([])
+    assert result.adapters.keys() == sent.keys()
+    changed = [k for k in sent if not torch.equal(sent[k], result.adapters[k])]
+    assert changed, "local training changed nothing"
+    assert result.info == {"task": "upper", "metric": "rougeL"}
+    assert {"score", "train_loss", "num_examples", "seconds"} <= set(result.metrics)
+
+
+def test_dp_noise_is_applied_before_upload_at_the_expected_scale() -> None:
+    settings, _, clean = run_client([])
+    _, _, noisy = run_client(["assign.dp_eta=50"])
+    # Same seeds, so training is identical; only the statistics differ, and every one of them does.
+    assert all(torch.equal(clean.adapters[k], noisy.adapters[k]) for k in clean.adapters)
+    assert clean.stats.keys() == noisy.stats.keys()
+    r, eta = settings.adapter.r, 50.0
+    diffs = torch.stack([(noisy.stats[k] - clean.stats[k]).norm() for k in clean.stats])
+    assert bool((diffs > 0).all()), "a clean statistic left the client"
+    # Noise magnitude ~ Gamma(r, rate eta), mean r/eta; clipping to the clean norm can only shrink it.
+    assert 0.2 * r / eta < diffs.mean().item() < 2.0 * r / eta
