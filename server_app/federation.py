@@ -16,7 +16,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from amole.aggregate import aggregate
-from amole.assign import assignment_to_clients, check_feasible, initial_assignment, next_assignment
+from amole.assign import (
+    assignment_to_clients,
+    check_feasible,
+    effective_bounds,
+    initial_assignment,
+    next_assignment,
+)
 from amole.bank import create_bank, modules_of, payload
 from amole.config import Settings
 from amole.loader import adapter_target_shapes
@@ -75,7 +81,7 @@ def discover_clients(grid: Grid, settings: Settings) -> dict[str, int]:
 def fresh_state(settings: Settings, clients: list[str]) -> ServerState:
     a, fed = settings.assign, settings.federation
     N, C = settings.adapter.num_experts, len(clients)
-    check_feasible(N, C, a.clients_per_expert, a.min_experts, a.max_experts)
+    check_feasible(N, C, a.clients_per_expert, *effective_bounds(a, N, C))
     shapes = adapter_target_shapes(settings.model, settings.adapter.target_modules)
     bank = create_bank(shapes, settings.adapter, seed=fed.seed)
     rng = np.random.default_rng(fed.seed)
@@ -93,6 +99,9 @@ def run(grid: Grid, settings: Settings, runs_dir: Path | None = None, resume: st
     else:
         run_dir = Path(runs_dir or settings.federation.runs_dir) / run_name(settings)
         state = None
+        a = settings.assign
+        lo, hi = effective_bounds(a, settings.adapter.num_experts, settings.federation.num_clients)
+        check_feasible(settings.adapter.num_experts, settings.federation.num_clients, a.clients_per_expert, lo, hi)
     nodes = discover_clients(grid, settings)
     if state is None:
         state = fresh_state(settings, client_order(nodes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -20,41 +21,44 @@ OVERRIDES = ["model=tiny", "scenario=synthetic", "budget=smoke"]
 
 
 class RecordingGrid:
-    """Delegates to Flower's grid and keeps every TRAIN message and reply for the assertions below."""
+    """Delegates to Flower's grid, keeps every message and reply, and can crash the server after N exchanges."""
 
-    def __init__(self, grid: Grid, log: list) -> None:
-        self.grid, self.log = grid, log
+    def __init__(self, grid: Grid, log: list, crash_after: int | None = None) -> None:
+        self.grid, self.log, self.crash_after = grid, log, crash_after
 
     def get_node_ids(self):
         return self.grid.get_node_ids()
 
     def send_and_receive(self, messages, *, timeout=None):
+        if self.crash_after is not None and len(self.log) >= self.crash_after:
+            raise SystemExit("simulated ServerApp crash")
         messages = list(messages)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         self.log.append((messages, replies))
         return replies
 
 
-def simulate(tmp: Path, overrides: list[str], name: str, resume: Path | None = None, log: list | None = None):
-    settings = compose([*OVERRIDES, f"federation.name={name}", *overrides])
+def simulate(tmp: Path, name: str, resume: Path | None = None, log: list | None = None,
+             crash_after: int | None = None):
+    settings = compose([*OVERRIDES, f"federation.name={name}"])
     result = {}
     server = ServerApp()
+    log = [] if log is None else log
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        g = RecordingGrid(grid, log) if log is not None else grid
-        result["state"] = run(g, settings, runs_dir=tmp, resume=resume)
+        result["state"] = run(RecordingGrid(grid, log, crash_after), settings, runs_dir=tmp, resume=resume)
 
     run_simulation(server_app=server, client_app=client_app, num_supernodes=settings.federation.num_clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    assert "state" in result, "the ServerApp did not finish (see the log above)"
-    return result["state"]
+    return result.get("state")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated crash
 def test_round_loop_payloads_aggregation_and_resume(tmp_path: Path) -> None:
     log: list = []
-    state = simulate(tmp_path, [], "full", log=log)
-    assert state.round == 2
+    state = simulate(tmp_path, "full", log=log)
+    assert state is not None and state.round == 2
     train_rounds = [(m, r) for m, r in log if m[0].metadata.message_type == "train"]
     assert len(train_rounds) == 2
 
@@ -89,14 +93,11 @@ def test_round_loop_payloads_aggregation_and_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "full"
     assert {"metrics.json", "report.md", "checkpoint.pt"} <= {p.name for p in run_dir.iterdir()}
 
-    # Stop after round 1, resume: the final tensors equal the unbroken run's.
-    simulate(tmp_path, ["federation.num_rounds=1"], "resumed")
-    part = checkpoint.load(tmp_path / "resumed")
-    assert part.round == 1
-    part.settings["federation"]["num_rounds"] = 2  # the user extends the stopped run to its full length
-    checkpoint.save(part, tmp_path / "resumed")
-    resumed = simulate(tmp_path, [], "ignored", resume=tmp_path / "resumed")
-    assert resumed.round == 2
+    # The ServerApp dies after round 1 (query + one train exchange); resume gives the unbroken run's tensors.
+    assert simulate(tmp_path, "resumed", crash_after=2) is None
+    assert checkpoint.load(tmp_path / "resumed").round == 1
+    resumed = simulate(tmp_path, "ignored", resume=tmp_path / "resumed")
+    assert resumed is not None and resumed.round == 2
     assert resumed.bank.keys() == state.bank.keys()
     for key in state.bank:
         assert torch.equal(resumed.bank[key], state.bank[key]), key
