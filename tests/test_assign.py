@@ -1,4 +1,4 @@
-"""Tests of the RSEA scores and the per-module assignment solve (numpy/scipy only, fast)."""
+"""Tests of the RSEA scores and the per-module assignment solve (numpy/scipy/highspy only, fast)."""
 
 from __future__ import annotations
 
@@ -88,32 +88,45 @@ def test_solve_satisfies_constraints(N: int, C: int, K: int, lo: int, hi: int) -
         check_assignment(X, K, lo, hi)
 
 
-@pytest.mark.parametrize("scores", ["constant", "integer_ties", "softmax"])
-def test_solve_degenerate_scores(scores: str) -> None:
+@pytest.mark.parametrize("scores", ["constant", "integer_ties", "softmax", "shared_ranking", "tiny_spread", "huge"])
+@pytest.mark.parametrize(
+    ("N", "C", "K", "lo", "hi"), [(30, 10, 2, 2, 8), (30, 50, 4, 2, 8), (31, 10, 2, 6, 7), (12, 5, 5, 12, 12)]
+)
+def test_solve_degenerate_scores(scores: str, N: int, C: int, K: int, lo: int, hi: int) -> None:
     rng = np.random.default_rng(1)
-    N, C, K, lo, hi = 30, 10, 2, 2, 8
     if scores == "constant":
         S = np.ones((N, C))
     elif scores == "integer_ties":
         S = rng.integers(0, 3, size=(N, C)).astype(float)
-    else:
+    elif scores == "softmax":
         S = client_scores(rng.normal(size=(N, 8)), rng.normal(size=(C, 8)), 8)
+    elif scores == "shared_ranking":  # every expert prefers the same clients: the bounds do all the work
+        S = np.linspace(1.0, 0.0, C)[None, :] + rng.random((N, C)) * 1e-3
+    elif scores == "tiny_spread":
+        S = 0.5 + rng.random((N, C)) * 1e-9
+    else:
+        S = rng.normal(size=(N, C)) * 1e6 - 3e6
     X = solve(S, K, lo, hi)
     assert _satisfies(X, K, lo, hi)
     assert float((S * X).sum()) == pytest.approx(_milp_objective(S, K, lo, hi), rel=1e-9, abs=1e-9)
 
 
-@pytest.mark.parametrize(("N", "C", "K", "lo", "hi"), [(4, 3, 1, 1, 2), (4, 3, 2, 2, 3), (5, 4, 2, 2, 3), (6, 3, 1, 2, 2)])
+@pytest.mark.parametrize(
+    ("N", "C", "K", "lo", "hi"),
+    [(4, 3, 1, 1, 2), (4, 3, 2, 2, 3), (5, 4, 2, 2, 3), (6, 3, 1, 2, 2), (5, 3, 2, 0, 5), (3, 3, 3, 3, 3)],
+)
 def test_solve_matches_brute_force(N: int, C: int, K: int, lo: int, hi: int) -> None:
     rng = np.random.default_rng(7)
-    for _ in range(5):
-        S = rng.random((N, C))
+    for trial in range(6):
+        S = rng.random((N, C)) if trial % 2 else rng.integers(0, 2, size=(N, C)).astype(float)
         X = solve(S, K, lo, hi)
         assert _satisfies(X, K, lo, hi)
         assert float((S * X).sum()) == pytest.approx(_brute_force_objective(S, K, lo, hi), rel=1e-12)
 
 
-@pytest.mark.parametrize(("N", "C", "K", "lo", "hi"), [(30, 10, 2, 2, 8), (30, 50, 4, 2, 8), (20, 7, 3, 5, 12)])
+@pytest.mark.parametrize(
+    ("N", "C", "K", "lo", "hi"), [(30, 10, 2, 2, 8), (30, 50, 4, 2, 8), (20, 7, 3, 5, 12), (30, 10, 2, 0, 30)]
+)
 def test_solve_matches_milp(N: int, C: int, K: int, lo: int, hi: int) -> None:
     rng = np.random.default_rng(3)
     for _ in range(3):
@@ -122,32 +135,79 @@ def test_solve_matches_milp(N: int, C: int, K: int, lo: int, hi: int) -> None:
         assert float((S * X).sum()) == pytest.approx(_milp_objective(S, K, lo, hi), rel=1e-9)
 
 
+def test_solve_matches_milp_on_many_random_instances() -> None:
+    """Random shapes, bounds and score kinds, all against scipy's MILP."""
+    rng = np.random.default_rng(2024)
+    for _ in range(12):
+        C = int(rng.integers(2, 16))
+        N = int(rng.integers(1, 25))
+        K = int(rng.integers(1, C + 1))
+        lo = int(rng.integers(0, N * K // C + 1))
+        hi = int(rng.integers(-(-N * K // C), N + 1))
+        check_feasible(N, C, K, lo, hi)
+        scores = {f"m{j}": rng.random((N, C)) ** int(rng.integers(1, 6)) for j in range(4)}
+        out = solve_many(scores, K, lo, hi)
+        for name, S in scores.items():
+            assert _satisfies(out[name], K, lo, hi)
+            assert float((S * out[name]).sum()) == pytest.approx(_milp_objective(S, K, lo, hi), rel=1e-9)
+
+
+def test_lp_solutions_are_integral() -> None:
+    """The raw HiGHS answer, before any rounding, is a 0/1 vertex (total unimodularity)."""
+    rng = np.random.default_rng(8)
+    for N, C, K, lo, hi in SHAPES:
+        for _ in range(4):
+            S = client_scores(rng.normal(size=(N, 8)), rng.normal(size=(C, 8)), 8)
+            x = assign._solve_lp(S, K, lo, hi)
+            assert x is not None
+            assert np.abs(x - np.round(x)).max() <= 1e-6
+
+
+def test_solve_is_deterministic_and_order_independent() -> None:
+    """The cached HiGHS model carries nothing from one module to the next."""
+    rng = np.random.default_rng(12)
+    scores = {f"m{i}": client_scores(rng.normal(size=(30, 8)), rng.normal(size=(10, 8)), 8) for i in range(16)}
+    forward = solve_many(scores, 2, 2, 8)
+    backward = solve_many(dict(reversed(list(scores.items()))), 2, 2, 8)
+    again = solve_many(scores, 2, 2, 8)
+    for name in scores:
+        np.testing.assert_array_equal(forward[name], backward[name])
+        np.testing.assert_array_equal(forward[name], again[name])
+
+
 def test_solve_many_equals_per_module_solve_and_keeps_order() -> None:
     rng = np.random.default_rng(11)
     scores = {f"layers.{i}.{p}": rng.random((30, 10)) for i in range(40) for p in ("v_proj", "q_proj")}
-    scores["odd_shape"] = rng.random((12, 4))  # a module with a different pool is solved in its own LP
+    scores["odd_shape"] = rng.random((12, 4))  # a module with a different pool gets its own cached model
     out = solve_many(scores, 2, 2, 8)
-    assert list(out) == list(scores)  # 81 modules: more than one block of the block-diagonal LP
+    assert list(out) == list(scores)
     for name, S in scores.items():
         assert _satisfies(out[name], 2, 2, 8)
-        assert float((S * out[name]).sum()) == pytest.approx(float((S * solve(S, 2, 2, 8)).sum()), rel=1e-12)
+        np.testing.assert_array_equal(out[name], solve(S, 2, 2, 8))
 
 
-def test_solve_falls_back_to_milp_when_lp_not_integral(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("lp_answer", ["fractional", "no_optimum"])
+def test_solve_falls_back_to_milp(monkeypatch: pytest.MonkeyPatch, lp_answer: str) -> None:
     calls = []
 
-    def fake_block(mats, K, lo, hi):  # every module "fractional"
-        calls.append(len(mats))
-        return [None] * len(mats)
+    def fake_lp(S, K, lo, hi):
+        calls.append(S.shape)
+        return np.full(S.shape, 0.5) if lp_answer == "fractional" else None
 
-    monkeypatch.setattr(assign, "_solve_block", fake_block)
+    monkeypatch.setattr(assign, "_solve_lp", fake_lp)
     rng = np.random.default_rng(5)
     scores = {"a": rng.random((30, 10)), "b": rng.random((30, 10))}
     out = solve_many(scores, 2, 2, 8)
-    assert calls == [2]
+    assert calls == [(30, 10), (30, 10)]
     for name, S in scores.items():
         assert _satisfies(out[name], 2, 2, 8)
         assert float((S * out[name]).sum()) == pytest.approx(_milp_objective(S, 2, 2, 8), rel=1e-9)
+
+
+def test_integrality_check() -> None:
+    assert assign._rounded(None) is None
+    assert assign._rounded(np.array([[0.4, 0.6]])) is None
+    np.testing.assert_array_equal(assign._rounded(np.array([[1 - 1e-9, 1e-9]])), [[True, False]])
 
 
 def test_solve_rejects_bad_scores() -> None:
