@@ -24,26 +24,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from amole.config import AssignConfig
-
 __all__ = [
-    "MODES",
     "AssignmentError",
-    "assignment_to_clients",
     "check_assignment",
     "check_feasible",
     "client_scores",
-    "effective_bounds",
-    "held_experts",
     "homogeneous_bounds",
-    "initial_assignment",
-    "next_assignment",
     "random_assignment",
     "solve",
     "solve_many",
 ]
-
-MODES = ("rsea", "static", "random", "homogeneous")
 
 _INT_TOL = 1e-6
 _HIGHS_OPTIONS = {
@@ -267,88 +257,3 @@ def homogeneous_bounds(N: int, C: int, K: int) -> tuple[int, int]:
         raise AssignmentError(f"homogeneous_bounds: need at least one client, got C={C}")
     total = N * K
     return total // C, -(-total // C)
-
-
-def effective_bounds(cfg: AssignConfig, N: int, C: int) -> tuple[int, int]:
-    """Per-client (min, max) experts for the configured mode; the homogeneous ablation overrides them."""
-    if cfg.mode not in MODES:
-        raise AssignmentError(f"unknown assignment mode {cfg.mode!r}; expected one of {MODES}")
-    if cfg.mode == "homogeneous":
-        return homogeneous_bounds(N, C, cfg.clients_per_expert)
-    return cfg.min_experts, cfg.max_experts
-
-
-def initial_assignment(
-    cfg: AssignConfig,
-    module_names: Iterable[str],
-    N: int,
-    C: int,
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """Round 0 for every mode: random scores under the mode's bounds (the paper's random first layout)."""
-    lo, hi = effective_bounds(cfg, N, C)
-    return random_assignment(module_names, N, C, cfg.clients_per_expert, lo, hi, rng)
-
-
-def next_assignment(
-    cfg: AssignConfig,
-    previous: Mapping[str, np.ndarray],
-    *,
-    scores: Mapping[str, np.ndarray] | None = None,
-    embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-    r: int | None = None,
-    rng: np.random.Generator | None = None,
-) -> dict[str, np.ndarray]:
-    """Assignment for the next round, dispatched on ``cfg.mode``; called by the server once per round.
-
-    - ``rsea``: solve on ``scores`` (per-module (N, C) matrices) or on ``embeddings`` (per-module (E, T),
-      turned into scores by :func:`client_scores`, which then needs ``r``);
-    - ``static``: ``previous`` unchanged (ablation "no RSEA": the round-0 random architecture is kept);
-    - ``random``: fresh random assignment each round (needs ``rng``);
-    - ``homogeneous``: like ``rsea`` but every client gets floor/ceil(N*K/C) experts.
-    Module names and shapes come from ``previous``, so scores for every module are required.
-    """
-    if not previous:
-        raise AssignmentError("next_assignment needs the previous assignment (round 0: initial_assignment)")
-    shapes = {name: np.asarray(X).shape for name, X in previous.items()}
-    N, C = next(iter(shapes.values()))
-    K = cfg.clients_per_expert
-    lo, hi = effective_bounds(cfg, N, C)
-    if cfg.mode == "static":
-        return {name: np.array(X, dtype=bool, copy=True) for name, X in previous.items()}
-    if cfg.mode == "random":
-        if rng is None:
-            raise AssignmentError("mode 'random' needs an rng")
-        return random_assignment(previous.keys(), N, C, K, lo, hi, rng)
-    # rsea and homogeneous: solve on scores
-    if (scores is None) == (embeddings is None):
-        raise AssignmentError(f"mode {cfg.mode!r} needs exactly one of scores= or embeddings=")
-    if embeddings is not None:
-        if r is None:
-            raise AssignmentError("embeddings= needs the adapter rank r")
-        scores = {name: client_scores(E, T, r) for name, (E, T) in embeddings.items()}
-    assert scores is not None
-    missing = sorted(set(previous) - set(scores))
-    extra = sorted(set(scores) - set(previous))
-    if missing or extra:
-        raise AssignmentError(f"score modules differ from the assignment: missing {missing}, extra {extra}")
-    for name, S in scores.items():
-        if np.shape(S) != shapes[name]:
-            raise AssignmentError(f"scores for {name!r} have shape {np.shape(S)}, expected {shapes[name]}")
-    return solve_many({name: scores[name] for name in previous}, K, lo, hi)
-
-
-def held_experts(X: np.ndarray, client: int) -> list[int]:
-    """Sorted expert ids assigned to ``client`` (column ``client`` of the (N, C) assignment)."""
-    return np.flatnonzero(np.asarray(X)[:, client]).tolist()
-
-
-def assignment_to_clients(assignments: Mapping[str, np.ndarray]) -> list[dict[str, list[int]]]:
-    """Per-client view ``[{module: sorted expert ids}, ...]``: what the server dispatches to each client."""
-    if not assignments:
-        return []
-    num_clients = {np.asarray(X).shape[1] for X in assignments.values()}
-    if len(num_clients) != 1:
-        raise AssignmentError(f"modules disagree on the number of clients: {sorted(num_clients)}")
-    C = num_clients.pop()
-    return [{name: held_experts(X, c) for name, X in assignments.items()} for c in range(C)]

@@ -99,7 +99,9 @@ class FederationConfig:
     seed: int = 0
     strategy: str = "fedamole"
     weighted: bool = False  # weight aggregation by example counts (the paper: unweighted)
-    reply_timeout: float = 3600.0  # seconds to wait for a round's replies
+    reply_timeout: float = 3600.0  # seconds to wait for a round's replies; late clients are left out
+    query_timeout: float = 60.0  # seconds a new node has to say who it is
+    min_clients: int = 2  # a round with fewer valid replies stops the run
     wait_for_nodes: float = 300.0  # seconds to wait until num_clients nodes are connected
     runs_dir: str = "runs"
     name: str | None = None

@@ -217,7 +217,7 @@ def plot_scores(rounds: list[dict], path: Path) -> None:
 def plot_assignment(rnd: dict, module: str, path: Path) -> None:
     """Experts x clients, filled where held: shows how specialised (or shared) the experts of a module are."""
     held = rnd["assignment"][module]
-    ids = client_order(rnd.get("clients", {}))
+    ids = rnd.get("assignment_clients") or client_order(rnd.get("clients", {}))
     if len(ids) != len(held):  # ids unknown to this round: label columns by position
         ids = [str(i) for i in range(len(held))]
     n = max(int(rnd.get("num_experts") or 0), 1 + max((int(e) for h in held for e in h), default=0))

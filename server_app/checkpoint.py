@@ -1,9 +1,9 @@
 """The server's state between rounds, written after every round so ``resume=<run dir>`` can continue.
 
-It holds everything the rest of the run depends on: the expert bank, the assignment to use next, the rounds
-done, the server RNG state and the metrics so far. Clients are stateless between rounds (their randomness is
-seeded by run seed, round and client id), so this file alone makes a resumed run end where an unbroken one
-ends.
+It holds everything the rest of the run depends on: the expert bank, the last assignment, the routing
+statistics RSEA scores with, the rounds done, the server RNG state and the metrics so far. Clients are
+stateless between rounds (their randomness is seeded by run seed, round and client id), so this file alone
+makes a resumed run end where an unbroken one ends.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from amole.planner import Assignment
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -23,9 +25,11 @@ CHECKPOINT = "checkpoint.pt"
 class ServerState:
     settings: dict[str, Any]
     bank: dict[str, torch.Tensor]
-    assignment: dict[str, np.ndarray]  # module -> bool (N, C): the assignment the next round uses
-    clients: list[str]  # client ids, in assignment-column order
+    clients: list[str]  # every client of the run, in client order
     rng: np.random.Generator
+    assignment: Assignment | None = None  # the last round's (static mode: round 1's, kept)
+    expert_codes: dict[str, np.ndarray] | None = None  # module -> (N, r) E from the last round
+    client_codes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # client -> module -> t_c
     round: int = 0  # rounds completed
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -35,15 +39,9 @@ def save(state: ServerState, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp")
-    torch.save({
-        "settings": state.settings,
-        "bank": state.bank,
-        "assignment": {k: torch.from_numpy(v.astype(np.bool_)) for k, v in state.assignment.items()},
-        "clients": state.clients,
-        "rng": state.rng.bit_generator.state,
-        "round": state.round,
-        "metrics": state.metrics,
-    }, tmp)
+    data = {k: v for k, v in vars(state).items() if k != "rng"}
+    data["rng"] = state.rng.bit_generator.state
+    torch.save(data, tmp)
     os.replace(tmp, path)
     return path
 
@@ -54,9 +52,5 @@ def load(run_dir: str | Path) -> ServerState:
         raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {run_dir} (give an earlier run's directory)")
     data = torch.load(path, weights_only=False)
     rng = np.random.default_rng()
-    rng.bit_generator.state = data["rng"]
-    return ServerState(
-        settings=data["settings"], bank=data["bank"],
-        assignment={k: v.numpy().astype(bool) for k, v in data["assignment"].items()},
-        clients=list(data["clients"]), rng=rng, round=int(data["round"]), metrics=data["metrics"],
-    )
+    rng.bit_generator.state = data.pop("rng")
+    return ServerState(rng=rng, **data)

@@ -1,5 +1,10 @@
-"""The FedAMoLE round loop (spec §2-3): per-client payloads out, trained experts and statistics in,
-per-expert aggregation, reverse-selection assignment for the next round, checkpoint and report.
+"""The FedAMoLE round loop (spec §2-3) over the clients that are present: plan the round's architectures,
+send each client its payload, check and aggregate the replies per expert, keep the routing statistics for the
+next plan, checkpoint and report.
+
+Faults do not stop a run: a client that misses the reply timeout, fails, or sends a reply that fails the
+checks sits the round out (its experts keep their values, the next plan is made over those present), and a
+node that reconnects is identified again and rejoins. Only fewer than ``min_clients`` valid replies stop it.
 """
 
 from __future__ import annotations
@@ -16,20 +21,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from amole.aggregate import aggregate
-from amole.assign import (
-    assignment_to_clients,
-    check_feasible,
-    effective_bounds,
-    initial_assignment,
-    next_assignment,
-)
 from amole.bank import create_bank, modules_of, payload
 from amole.config import Settings
 from amole.loader import adapter_target_shapes
+from amole.planner import adapted_constraints, plan
 from amole.report import RunReport, client_order
 from amole.statistics import embedding_matrices
 from server_app import checkpoint
 from server_app.checkpoint import ServerState
+from server_app.registry import ClientRegistry
 from server_app.replies import BadReply, check_upload
 
 log = logging.getLogger("amole.server")
@@ -46,78 +46,41 @@ def settings_record(settings: Settings) -> str:
     return json.dumps(settings.to_dict(), sort_keys=True)
 
 
-def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= count:
-            return nodes
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of {count} nodes connected within {timeout:.0f} s")
-        time.sleep(1.0)
-
-
-def discover_clients(grid: Grid, settings: Settings) -> dict[str, int]:
-    """Ask every node who it is: clients are matched to assignment columns by reported id, never by order."""
-    fed = settings.federation
-    nodes = wait_for_nodes(grid, fed.num_clients, fed.wait_for_nodes)
-    config = ConfigRecord({"settings": settings_record(settings)})
-    msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=fed.reply_timeout))
-    by_client: dict[str, int] = {}
-    for reply in replies:
-        if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id} failed to identify: {reply.error.reason}")
-        client = str(reply.content["info"]["client-id"])
-        if client in by_client:
-            raise RuntimeError(f"two nodes report client id {client}: give each SuperNode its own client-id")
-        by_client[client] = reply.metadata.src_node_id
-    if len(by_client) < fed.num_clients:
-        raise RuntimeError(f"{len(by_client)} of {fed.num_clients} clients identified themselves")
-    chosen = client_order(by_client)[: fed.num_clients]
-    return {c: by_client[c] for c in chosen}
-
-
-def fresh_state(settings: Settings, clients: list[str]) -> ServerState:
-    a, fed = settings.assign, settings.federation
-    N, C = settings.adapter.num_experts, len(clients)
-    check_feasible(N, C, a.clients_per_expert, *effective_bounds(a, N, C))
-    shapes = adapter_target_shapes(settings.model, settings.adapter.target_modules)
-    bank = create_bank(shapes, settings.adapter, seed=fed.seed)
-    rng = np.random.default_rng(fed.seed)
-    assignment = initial_assignment(a, sorted(shapes), N, C, rng)
-    return ServerState(settings=settings.to_dict(), bank=bank, assignment=assignment, clients=clients, rng=rng)
-
-
 def run(grid: Grid, settings: Settings, runs_dir: Path | None = None, resume: str | Path | None = None) -> ServerState:
     """Run (or resume) a whole federation; returns the final server state."""
+    fed = settings.federation
     if resume:
         run_dir = Path(resume)
-        state = checkpoint.load(run_dir)
+        state: ServerState | None = checkpoint.load(run_dir)
         settings = Settings.from_dict(state.settings)  # the run keeps the config it started with
+        fed = settings.federation
         log.info("resuming %s after round %d", run_dir, state.round)
     else:
-        run_dir = Path(runs_dir or settings.federation.runs_dir) / run_name(settings)
+        run_dir = Path(runs_dir or fed.runs_dir) / run_name(settings)
         state = None
-        a = settings.assign
-        lo, hi = effective_bounds(a, settings.adapter.num_experts, settings.federation.num_clients)
-        check_feasible(settings.adapter.num_experts, settings.federation.num_clients, a.clients_per_expert, lo, hi)
-    nodes = discover_clients(grid, settings)
+        adapted_constraints(settings.assign, settings.adapter.num_experts, fed.num_clients)  # fail before work
+    registry = ClientRegistry(grid, settings_record(settings), fed.query_timeout)
+    nodes = registry.wait_for(fed.num_clients if state is None else fed.min_clients, fed.wait_for_nodes)
     if state is None:
-        state = fresh_state(settings, client_order(nodes))
+        state = fresh_state(settings, client_order(nodes)[: fed.num_clients])
         state.metrics = {"run": run_header(settings, run_dir.name), "rounds": []}
-    elif sorted(nodes) != sorted(state.clients):
-        raise RuntimeError(f"resumed run had clients {state.clients}, now {sorted(nodes)} are connected")
     report = RunReport(run_dir)
     try:
-        for server_round in range(state.round + 1, settings.federation.num_rounds + 1):
-            run_round(grid, settings, state, nodes, server_round)
+        for server_round in range(state.round + 1, fed.num_rounds + 1):
+            run_round(grid, registry, settings, state, server_round)
             checkpoint.save(state, run_dir)
             report.update(state.metrics)
             log_round(state.metrics["rounds"][-1])
     finally:
         report.close()
     return state
+
+
+def fresh_state(settings: Settings, clients: list[str]) -> ServerState:
+    shapes = adapter_target_shapes(settings.model, settings.adapter.target_modules)
+    bank = create_bank(shapes, settings.adapter, seed=settings.federation.seed)
+    rng = np.random.default_rng(settings.federation.seed)
+    return ServerState(settings=settings.to_dict(), bank=bank, clients=clients, rng=rng)
 
 
 def run_header(settings: Settings, name: str) -> dict[str, Any]:
@@ -127,72 +90,104 @@ def run_header(settings: Settings, name: str) -> dict[str, Any]:
             "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": settings.to_dict()}
 
 
-def run_round(grid: Grid, settings: Settings, state: ServerState, nodes: dict[str, int], server_round: int) -> None:
-    """One round: dispatch, collect and check, aggregate, assign the next round's architectures."""
+def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: ServerState, server_round: int) -> None:
+    """One round: plan, dispatch, collect and check, aggregate, keep the statistics for the next plan."""
     start = time.perf_counter()
-    held = assignment_to_clients(state.assignment)
-    counts = [sum(len(ids) for ids in h.values()) / max(len(h), 1) for h in held]
-    log.info("round %d/%d: training %d clients (experts held per module, mean: %s)", server_round,
-             settings.federation.num_rounds, len(held), ", ".join(f"{c:.1f}" for c in counts))
-    settings_json = settings_record(settings)
+    fed, r, N = settings.federation, settings.adapter.r, settings.adapter.num_experts
+    nodes = registry.refresh()
+    present = [c for c in state.clients if c in nodes]
+    if len(present) < fed.min_clients:
+        raise RuntimeError(f"round {server_round}: only clients {present} are connected, min_clients is "
+                           f"{fed.min_clients}")
+    modules = modules_of(state.bank)
+    t0 = time.perf_counter()
+    used = plan(settings.assign, present, modules, N, r, state.assignment, state.expert_codes,
+                state.client_codes, state.rng)
+    assign_seconds = time.perf_counter() - t0
+    if state.assignment is None or settings.assign.mode != "static":
+        state.assignment = used
+    log.info("round %d/%d: training clients %s (experts held per module, mean: %s)", server_round,
+             fed.num_rounds, present, ", ".join(f"{np.mean([len(v) for v in used.held(c).values()]):.1f}"
+                                                for c in present))
+
     sent, messages, down = {}, [], {}
-    for c, client in enumerate(state.clients):
-        sent[client] = payload(state.bank, held[c])
+    settings_json = settings_record(settings)
+    for client in present:
+        sent[client] = payload(state.bank, used.held(client))
         record = ArrayRecord(sent[client])
         down[client] = record.count_bytes()
         config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client})
-        content = RecordDict({"adapters": record, "config": config})
-        messages.append(Message(content, dst_node_id=nodes[client], message_type=MessageType.TRAIN,
-                                group_id=str(server_round)))
-    node_to_client = {n: c for c, n in nodes.items()}
-    uploads, stats, weights, clients_metrics = {}, {}, {}, {}
-    for reply in grid.send_and_receive(messages, timeout=settings.federation.reply_timeout):
-        client = node_to_client.get(reply.metadata.src_node_id)
-        if client is None:
-            raise RuntimeError(f"reply from unknown node {reply.metadata.src_node_id}")
-        if reply.has_error():
-            raise RuntimeError(f"client {client} failed in round {server_round}: {reply.error.reason}")
-        adapters = reply.content["adapters"].to_torch_state_dict()
-        client_stats = reply.content["stats"].to_torch_state_dict()
-        check_upload(client, sent[client], adapters, client_stats, settings.adapter.r)
-        uploads[client], stats[client] = adapters, client_stats
-        m = dict(reply.content["metrics"])
-        weights[client] = float(m["num-examples"])
-        info = reply.content["info"]
-        clients_metrics[client] = {
-            "task": str(info["task"]), "metric": str(info["metric"]), "score": float(m["score"]),
-            "train_loss": float(m["train_lm_loss"]),
-            "experts": {mod: len(ids) for mod, ids in held[state.clients.index(client)].items()},
-            "experts_mean": float(m["experts_mean"]), "num_examples": int(m["num-examples"]),
-            "bytes_down": int(down[client]),
-            "bytes_up": int(reply.content["adapters"].count_bytes() + reply.content["stats"].count_bytes()),
-            "seconds": float(m["seconds"]),
-        }
-    missing = [c for c in state.clients if c not in uploads]
-    if missing:
-        raise BadReply(f"round {server_round}: no reply from clients {missing} within the timeout")
-    order = state.clients
-    use_weights = [weights[c] for c in order] if settings.federation.weighted else None
-    used = {m: [sorted(np.flatnonzero(X[:, c]).tolist()) for c in range(len(order))]
-            for m, X in state.assignment.items()}
-    state.bank = aggregate(state.bank, [uploads[c] for c in order], use_weights)
-    t0 = time.perf_counter()
-    r, N = settings.adapter.r, settings.adapter.num_experts
-    embeddings = {}
-    for module in modules_of(state.bank):
-        E, T = embedding_matrices([stats[c] for c in order], module, N, r)
-        embeddings[module] = (E.numpy(), T.numpy())
-    state.assignment = next_assignment(settings.assign, state.assignment, embeddings=embeddings, r=r, rng=state.rng)
-    assign_seconds = time.perf_counter() - t0
+        messages.append(Message(RecordDict({"adapters": record, "config": config}), dst_node_id=nodes[client],
+                                message_type=MessageType.TRAIN, group_id=str(server_round)))
+    replies = grid.send_and_receive(messages, timeout=fed.reply_timeout)
+    valid, rejected = collect(replies, {n: c for c, n in nodes.items()}, sent, r, server_round)
+    absent = [c for c in present if c not in valid and c not in rejected]
+    if absent:
+        log.warning("round %d: no reply from clients %s within %.0f s", server_round, absent, fed.reply_timeout)
+    if len(valid) < fed.min_clients:
+        raise RuntimeError(f"round {server_round}: {len(valid)} valid replies, fewer than min_clients "
+                           f"{fed.min_clients} (absent {absent}, rejected {sorted(rejected)})")
+
+    order = [c for c in present if c in valid]
+    weights = [valid[c]["num_examples"] for c in order] if fed.weighted else None
+    state.bank = aggregate(state.bank, [valid[c]["adapters"] for c in order], weights)
+    stats = [valid[c]["stats"] for c in order]
+    state.expert_codes = {}
+    for m in modules:
+        E, T = embedding_matrices(stats, m, N, r)
+        state.expert_codes[m] = E.numpy()
+        for i, c in enumerate(order):
+            state.client_codes.setdefault(c, {})[m] = T[i].numpy()
     state.round = server_round
     state.metrics["rounds"].append({
         "round": server_round, "seconds": time.perf_counter() - start, "assign_seconds": assign_seconds,
-        "clients": clients_metrics, "assignment": used, "num_experts": N,
+        "clients": {c: {**valid[c]["metrics"], "bytes_down": int(down[c]),
+                        "experts": {m: len(ids) for m, ids in used.held(c).items()}} for c in order},
+        "absent": absent, "rejected": rejected,
+        "assignment": {m: [used.held(c)[m] for c in used.clients] for m in modules},
+        "assignment_clients": used.clients, "num_experts": N,
     })
+
+
+def collect(replies, node_to_client: dict[int, str], sent: dict[str, dict], r: int,
+            server_round: int) -> tuple[dict[str, dict], dict[str, str]]:
+    """Valid uploads by client, and the reason each rejected client was left out of the aggregation."""
+    valid: dict[str, dict] = {}
+    rejected: dict[str, str] = {}
+    for reply in replies:
+        client = node_to_client.get(reply.metadata.src_node_id)
+        if client is None or client not in sent:
+            log.warning("round %d: ignoring a reply from node %s, which was not sent work", server_round,
+                        reply.metadata.src_node_id)
+            continue
+        if reply.has_error():
+            rejected[client] = f"client error: {reply.error.reason}"
+            log.warning("round %d: client %s failed: %s", server_round, client, reply.error.reason)
+            continue
+        try:
+            adapters = reply.content["adapters"].to_torch_state_dict()
+            stats = reply.content["stats"].to_torch_state_dict()
+            check_upload(client, sent[client], adapters, stats, r)
+            m, info = dict(reply.content["metrics"]), reply.content["info"]
+            metrics = {
+                "task": str(info["task"]), "metric": str(info["metric"]), "score": float(m["score"]),
+                "train_loss": float(m["train_lm_loss"]), "experts_mean": float(m["experts_mean"]),
+                "num_examples": int(m["num-examples"]), "seconds": float(m["seconds"]),
+                "bytes_up": int(reply.content["adapters"].count_bytes() + reply.content["stats"].count_bytes()),
+            }
+        except (BadReply, KeyError, TypeError, ValueError) as err:
+            rejected[client] = str(err)
+            log.warning("round %d: rejected the reply of client %s: %s", server_round, client, err)
+            continue
+        valid[client] = {"adapters": adapters, "stats": stats, "metrics": metrics,
+                         "num_examples": float(metrics["num_examples"])}
+    return valid, rejected
 
 
 def log_round(entry: dict[str, Any]) -> None:
     scores = [c["score"] for c in entry["clients"].values()]
     mb = sum(c["bytes_up"] + c["bytes_down"] for c in entry["clients"].values()) / 1e6
-    log.info("round %d: mean score %.4f over %d clients, %.2f MB moved, %.1f s",
-                entry["round"], float(np.mean(scores)), len(scores), mb, entry["seconds"])
+    log.info("round %d: mean score %.4f over %d clients, %.2f MB moved, %.1f s%s", entry["round"],
+             float(np.mean(scores)), len(scores), mb, entry["seconds"],
+             f" (absent {entry['absent']}, rejected {sorted(entry['rejected'])})"
+             if entry["absent"] or entry["rejected"] else "")

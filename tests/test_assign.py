@@ -13,20 +13,14 @@ from scipy.special import softmax
 from amole import assign
 from amole.assign import (
     AssignmentError,
-    assignment_to_clients,
     check_assignment,
     check_feasible,
     client_scores,
-    effective_bounds,
-    held_experts,
     homogeneous_bounds,
-    initial_assignment,
-    next_assignment,
     random_assignment,
     solve,
     solve_many,
 )
-from amole.config import AssignConfig
 
 # (N, C, K, min, max): all feasible, C*min <= N*K <= C*max
 SHAPES = [
@@ -288,102 +282,6 @@ def test_homogeneous_bounds() -> None:
     lo, hi = homogeneous_bounds(30, 10, 2)
     X = solve(np.random.default_rng(0).random((30, 10)), 2, lo, hi)
     assert np.all(X.sum(axis=0) == 6)  # divisible: every client gets the same number of experts
-
-
-def _previous(cfg: AssignConfig, N: int = 30, C: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
-    return initial_assignment(cfg, ["q", "v"], N, C, np.random.default_rng(seed))
-
-
-def test_next_assignment_static_keeps_previous() -> None:
-    cfg = AssignConfig(mode="static")
-    prev = _previous(cfg)
-    out = next_assignment(cfg, prev, scores={k: np.ones((30, 10)) for k in prev})
-    for name in prev:
-        np.testing.assert_array_equal(out[name], prev[name])
-        assert out[name] is not prev[name]
-
-
-def test_next_assignment_rsea_from_scores_and_embeddings() -> None:
-    cfg = AssignConfig(mode="rsea")
-    prev = _previous(cfg)
-    rng = np.random.default_rng(9)
-    emb = {name: (rng.normal(size=(30, 8)), rng.normal(size=(10, 8))) for name in prev}
-    scores = {name: client_scores(E, T, 8) for name, (E, T) in emb.items()}
-    from_emb = next_assignment(cfg, prev, embeddings=emb, r=8)
-    from_scores = next_assignment(cfg, prev, scores=scores)
-    expected = solve_many(scores, 2, 2, 8)
-    for name in prev:
-        np.testing.assert_array_equal(from_emb[name], expected[name])
-        np.testing.assert_array_equal(from_scores[name], expected[name])
-
-
-def test_next_assignment_homogeneous_and_random() -> None:
-    cfg = AssignConfig(mode="homogeneous")
-    assert effective_bounds(cfg, 30, 10) == (6, 6)
-    prev = _previous(cfg)
-    for X in prev.values():
-        assert np.all(X.sum(axis=0) == 6)
-    rng = np.random.default_rng(2)
-    out = next_assignment(cfg, prev, scores={k: rng.random((30, 10)) for k in prev})
-    for X in out.values():
-        assert np.all(X.sum(axis=0) == 6)
-
-    cfg = AssignConfig(mode="random")
-    prev = _previous(cfg)
-    a = next_assignment(cfg, prev, rng=np.random.default_rng(1))
-    b = next_assignment(cfg, prev, rng=np.random.default_rng(1))
-    for name in prev:
-        assert _satisfies(a[name], 2, 2, 8)
-        np.testing.assert_array_equal(a[name], b[name])
-    assert any(not np.array_equal(a[n], prev[n]) for n in prev)
-
-
-def test_next_assignment_argument_errors() -> None:
-    cfg = AssignConfig(mode="rsea")
-    prev = _previous(cfg)
-    with pytest.raises(AssignmentError, match="exactly one"):
-        next_assignment(cfg, prev)
-    with pytest.raises(AssignmentError, match="missing"):
-        next_assignment(cfg, prev, scores={"q": np.ones((30, 10))})
-    with pytest.raises(AssignmentError, match="shape"):
-        next_assignment(cfg, prev, scores={k: np.ones((30, 9)) for k in prev})
-    with pytest.raises(AssignmentError, match="needs an rng"):
-        next_assignment(AssignConfig(mode="random"), prev)
-    with pytest.raises(AssignmentError, match="unknown assignment mode"):
-        next_assignment(AssignConfig(mode="greedy"), prev, scores={k: np.ones((30, 10)) for k in prev})
-    with pytest.raises(AssignmentError, match="previous"):
-        next_assignment(cfg, {}, scores={})
-
-
-def test_held_experts_and_assignment_to_clients() -> None:
-    X = np.zeros((5, 3), dtype=bool)
-    X[[4, 0, 2], 1] = True
-    X[[1, 3], 0] = True
-    Y = np.zeros((5, 3), dtype=bool)
-    Y[[3], 2] = True
-    assert held_experts(X, 1) == [0, 2, 4]
-    assert held_experts(X, 2) == []
-    per_client = assignment_to_clients({"q": X, "v": Y})
-    assert per_client == [
-        {"q": [1, 3], "v": []},
-        {"q": [0, 2, 4], "v": []},
-        {"q": [], "v": [3]},
-    ]
-    assert assignment_to_clients({}) == []
-
-
-def test_assignment_to_clients_roundtrip() -> None:
-    names = ["a", "b", "c"]
-    out = random_assignment(names, 30, 10, 2, 2, 8, np.random.default_rng(0))
-    per_client = assignment_to_clients(out)
-    assert len(per_client) == 10
-    for name in names:
-        rebuilt = np.zeros((30, 10), dtype=bool)
-        for c, held in enumerate(per_client):
-            assert 2 <= len(held[name]) <= 8
-            assert held[name] == sorted(held[name])
-            rebuilt[held[name], c] = True
-        np.testing.assert_array_equal(rebuilt, out[name])
 
 
 def test_check_assignment_rejects_violations() -> None:

@@ -9,6 +9,7 @@ files are pulled out of the tarball, in one streaming pass; the sdist is kept fo
 from __future__ import annotations
 
 import difflib
+import fcntl
 import os
 import subprocess
 import sys
@@ -108,7 +109,12 @@ def fetch_tasks(tasks: Iterable[str], cache_dir: str | os.PathLike[str] | None =
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     paths = {t: cached_task_path(cache, t) for t in dict.fromkeys(tasks)}
-    missing = [t for t, p in paths.items() if not p.is_file()]
-    if missing:
-        paths.update(extract_tasks(download_sdist(cache), missing, cache))
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    # Simulated clients start together: one process downloads, the others wait and then find the files.
+    with open(cache / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = [t for t, p in paths.items() if not p.is_file()]
+        if missing:
+            paths.update(extract_tasks(download_sdist(cache), missing, cache))
     return paths

@@ -1,0 +1,67 @@
+"""Which node is which client: nodes are asked who they are, and asked again whenever new nodes appear.
+
+Clients are matched to assignment columns by the id they report, never by node order, so a site whose
+SuperNode crashed and came back under a new node id simply takes its place again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+log = logging.getLogger("amole.server")
+
+
+class ClientRegistry:
+    """Maps client ids to the node ids currently serving them."""
+
+    def __init__(self, grid: Grid, settings_json: str, query_timeout: float) -> None:
+        self.grid = grid
+        self.settings_json = settings_json
+        self.query_timeout = query_timeout
+        self.nodes: dict[str, int] = {}  # client id -> node id
+        self.unidentified: set[int] = set()  # nodes that did not say who they are (not asked again)
+
+    def refresh(self) -> dict[str, int]:
+        """Forget nodes that left, identify new ones; return client id -> node id of the connected clients."""
+        connected = set(self.grid.get_node_ids())
+        self.nodes = {c: n for c, n in self.nodes.items() if n in connected}
+        new = sorted(connected - set(self.nodes.values()) - self.unidentified)
+        if new:
+            self._identify(new)
+        return dict(self.nodes)
+
+    def _identify(self, node_ids: list[int]) -> None:
+        config = ConfigRecord({"settings": self.settings_json})
+        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
+                for n in node_ids]
+        answered = set()
+        for reply in self.grid.send_and_receive(msgs, timeout=self.query_timeout):
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            if reply.has_error():
+                log.warning("node %s failed to identify itself: %s", node, reply.error.reason)
+                self.unidentified.add(node)
+                continue
+            client = str(reply.content["info"]["client-id"])
+            old = self.nodes.get(client)
+            if old is not None and old != node:
+                log.warning("client %s moved from node %s to node %s", client, old, node)
+            self.nodes[client] = node
+        for node in set(node_ids) - answered:
+            log.warning("node %s did not answer who it is within %.0f s", node, self.query_timeout)
+
+    def wait_for(self, count: int, timeout: float) -> dict[str, int]:
+        """Block until ``count`` clients are identified (the run starts with every configured client)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.refresh()
+            if len(nodes) >= count:
+                return nodes
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(nodes)} of {count} clients connected and identified within "
+                                   f"{timeout:.0f} s: {sorted(nodes)}")
+            time.sleep(1.0)

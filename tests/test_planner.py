@@ -1,0 +1,100 @@
+"""Round planning: the modes, and RSEA over the clients that are actually present."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amole.assign import AssignmentError, check_assignment, client_scores, solve_many
+from amole.config import AssignConfig
+from amole.planner import Assignment, adapted_constraints, plan
+
+MODULES = ["m.q", "m.v"]
+N, R = 30, 8
+CLIENTS = [str(i) for i in range(10)]
+
+
+def codes(seed: int = 0, clients=CLIENTS):
+    rng = np.random.default_rng(seed)
+    E = {m: rng.normal(size=(N, R)) for m in MODULES}
+    T = {c: {m: rng.normal(size=R) for m in MODULES} for c in clients}
+    return E, T
+
+
+def first(cfg: AssignConfig, clients=CLIENTS, seed: int = 0) -> Assignment:
+    return plan(cfg, clients, MODULES, N, R, None, None, {}, np.random.default_rng(seed))
+
+
+def test_round_zero_is_random_within_constraints_and_deterministic() -> None:
+    cfg = AssignConfig()
+    a, b = first(cfg), first(cfg)
+    for m in MODULES:
+        check_assignment(a.X[m], 2, 2, 8)
+        assert np.array_equal(a.X[m], b.X[m])
+    assert not np.array_equal(a.X["m.q"], first(cfg, seed=1).X["m.q"])
+
+
+def test_rsea_solves_on_the_scores_of_the_present_clients() -> None:
+    cfg = AssignConfig()
+    E, T = codes()
+    got = plan(cfg, CLIENTS, MODULES, N, R, first(cfg), E, T, np.random.default_rng(0))
+    for m in MODULES:
+        Tm = np.stack([T[c][m] for c in CLIENTS])
+        expected = solve_many({m: client_scores(E[m], Tm, R)}, 2, 2, 8)[m]
+        assert np.array_equal(got.X[m], expected)
+
+
+def test_assignment_over_a_subset_adapts_and_checks_constraints() -> None:
+    cfg = AssignConfig()
+    E, T = codes()
+    present = ["0", "2", "5"]  # 30 experts x K=2 = 60 slots > 3 clients x max 8: max must widen to 20
+    got = plan(cfg, present, MODULES, N, R, first(cfg), E, T, np.random.default_rng(0))
+    assert got.clients == present
+    for m in MODULES:
+        assert got.X[m].shape == (N, 3)
+        check_assignment(got.X[m], 2, 2, 20)
+        Tm = np.stack([T[c][m] for c in present])
+        assert np.array_equal(got.X[m], solve_many({m: client_scores(E[m], Tm, R)}, 2, 2, 20)[m])
+    one = plan(cfg, ["7"], MODULES, N, R, first(cfg), E, T, np.random.default_rng(0))
+    assert all(X.sum() == N for X in one.X.values())  # K shrinks to 1: the lone client holds every expert
+
+
+def test_adapted_constraints_keep_the_configured_values_when_all_are_present() -> None:
+    cfg = AssignConfig(clients_per_expert=2, min_experts=2, max_experts=8)
+    assert adapted_constraints(cfg, N, 10) == cfg
+    small = adapted_constraints(cfg, N, 3)
+    assert (small.clients_per_expert, small.min_experts, small.max_experts) == (2, 2, 20)
+    homo = adapted_constraints(AssignConfig(mode="homogeneous"), N, 10)
+    assert (homo.min_experts, homo.max_experts) == (6, 6)
+    with pytest.raises(AssignmentError, match="no clients"):
+        adapted_constraints(cfg, N, 0)
+    with pytest.raises(AssignmentError, match="unknown assignment mode"):
+        adapted_constraints(AssignConfig(mode="greedy"), N, 10)
+
+
+def test_rejoining_and_unseen_clients_get_experts() -> None:
+    cfg = AssignConfig()
+    E, T = codes(clients=CLIENTS[:9])  # client "9" has never uploaded statistics
+    got = plan(cfg, CLIENTS, MODULES, N, R, first(cfg, CLIENTS[:9]), E, T, np.random.default_rng(0))
+    assert all(len(ids) >= 2 for ids in got.held("9").values())
+
+
+def test_static_keeps_round_zero_and_restricts_to_present_clients() -> None:
+    cfg = AssignConfig(mode="static")
+    base = first(cfg)
+    E, T = codes()
+    same = plan(cfg, CLIENTS, MODULES, N, R, base, E, T, np.random.default_rng(5))
+    assert all(np.array_equal(same.X[m], base.X[m]) for m in MODULES)
+    sub = plan(cfg, ["3", "1"], MODULES, N, R, base, E, T, np.random.default_rng(5))
+    assert sub.held("3") == base.held("3") and sub.held("1") == base.held("1")
+
+
+def test_random_mode_redraws_and_homogeneous_gives_equal_counts() -> None:
+    E, T = codes()
+    cfg = AssignConfig(mode="random")
+    a = plan(cfg, CLIENTS, MODULES, N, R, first(cfg), E, T, np.random.default_rng(1))
+    b = plan(cfg, CLIENTS, MODULES, N, R, first(cfg), E, T, np.random.default_rng(2))
+    assert not np.array_equal(a.X["m.q"], b.X["m.q"])
+    cfg = AssignConfig(mode="homogeneous")
+    h = plan(cfg, CLIENTS, MODULES, N, R, first(cfg), E, T, np.random.default_rng(0))
+    assert all((X.sum(axis=0) == 6).all() for X in h.X.values())
