@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -19,14 +18,7 @@ from amole.config import ModelConfig
 from amole.gguf import cache_root, convert_gguf
 from amole.loader import adapter_target_shapes, is_quantized, load_base_model
 from amole.tiny import byte_tokenizer
-
-TINY = ModelConfig(name="tiny-llama")
-TEXT = "Héllo, wörld ✓ 日本語\n\tend"
-
-
-def _ids(n: int = 24) -> torch.Tensor:
-    return torch.tensor([list(TEXT.encode())[:n]])
-
+from tests.helpers import TINY, text_ids
 
 # --------------------------------------------------------------------------------------------------
 # SmolLM2 lookup
@@ -128,7 +120,7 @@ def test_gguf_file_is_converted_into_cache_then_loaded(fake_gguf: FakeGguf, tmp_
     assert folder.name.startswith("gguf-fake.Q4_1-") and (folder / "amole_converted.json").is_file()
     model, tok = load_base_model(cfg, device="cpu")
     assert fake_gguf.reads == 1 and is_quantized(model)
-    assert tok.pad_token_id == 256 and model(_ids()).logits.shape == (1, 24, len(tok))
+    assert tok.pad_token_id == 256 and model(text_ids()).logits.shape == (1, 24, len(tok))
     # Same file given as folder + gguf_file maps to the same cache folder.
     same = ModelConfig(
         name=str(fake_gguf.path.parent), gguf_file=fake_gguf.path.name, cache_dir=cfg.cache_dir

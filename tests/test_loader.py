@@ -18,18 +18,7 @@ from amole import loader
 from amole.config import ModelConfig
 from amole.loader import adapter_target_shapes, is_quantized, linear_shapes, load_base_model
 from amole.tiny import byte_tokenizer
-
-TINY = ModelConfig(name="tiny-llama")
-TEXT = "Héllo, wörld ✓ 日本語\n\tend"
-
-
-def _tiny(**kwargs: object) -> ModelConfig:
-    return ModelConfig(name="tiny-llama", **kwargs)  # type: ignore[arg-type]
-
-
-def _ids(n: int = 24) -> torch.Tensor:
-    return torch.tensor([list(TEXT.encode())[:n]])
-
+from tests.helpers import TEXT, TINY, text_ids, tiny_cfg
 
 # --------------------------------------------------------------------------------------------------
 # bitsandbytes quantization
@@ -38,7 +27,7 @@ def _ids(n: int = 24) -> torch.Tensor:
 @pytest.mark.parametrize(("quantization", "bnb_class"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_quantized_tiny_llama_runs_on_cpu(quantization: str, bnb_class: str) -> None:
     ref, _ = load_base_model(TINY, device="cpu")
-    model, _ = load_base_model(_tiny(quantization=quantization), device="cpu")
+    model, _ = load_base_model(tiny_cfg(quantization=quantization), device="cpu")
     import bitsandbytes as bnb  # after loading, which silences its import-time notice
 
     if quantization == "4bit":  # checked before any forward: bnb's CPU path repacks (un-nests) on first use
@@ -55,8 +44,8 @@ def test_quantized_tiny_llama_runs_on_cpu(quantization: str, bnb_class: str) -> 
     # Quantization happens at load time and keeps the module names, so adapters target the same paths.
     assert linear_shapes(model, ("q_proj", "v_proj")) == linear_shapes(ref, ("q_proj", "v_proj"))
     with torch.no_grad():
-        logits = model(_ids()).logits
-        ref_logits = ref(_ids()).logits
+        logits = model(text_ids()).logits
+        ref_logits = ref(text_ids()).logits
     assert logits.shape == ref_logits.shape and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
     corr = torch.corrcoef(torch.stack([logits.flatten(), ref_logits.flatten()]))[0, 1]
@@ -115,7 +104,7 @@ def test_adapter_target_shapes_materialises_nothing(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_config", spy)
     # A 7B-sized Llama: would need ~26 GB if any weight were really allocated.
-    big = _tiny(
+    big = tiny_cfg(
         tiny={
             "hidden_size": 4096,
             "intermediate_size": 11008,
@@ -151,6 +140,6 @@ def test_unknown_model_name_is_a_clear_error() -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_base_model(ModelConfig(name="/nonexistent/model.gguf"), device="cpu")
     with pytest.raises(ValueError, match="quantization"):
-        load_base_model(_tiny(quantization="3bit"), device="cpu")
+        load_base_model(tiny_cfg(quantization="3bit"), device="cpu")
     with pytest.raises(ValueError, match="dtype"):
-        load_base_model(_tiny(dtype="float8"), device="cpu")
+        load_base_model(tiny_cfg(dtype="float8"), device="cpu")

@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from amole.config import ModelConfig
 from amole.loader import is_quantized, load_base_model, model_device
 from amole.tiny import BYTE_VOCAB_SIZE, byte_tokenizer
-
-TINY = ModelConfig(name="tiny-llama")
-TEXT = "Héllo, wörld ✓ 日本語\n\tend"
-
-
-def _tiny(**kwargs: object) -> ModelConfig:
-    return ModelConfig(name="tiny-llama", **kwargs)  # type: ignore[arg-type]
-
-
-def _ids(n: int = 24) -> torch.Tensor:
-    return torch.tensor([list(TEXT.encode())[:n]])
-
+from tests.helpers import TEXT, TINY, text_ids, tiny_cfg
 
 # --------------------------------------------------------------------------------------------------
 # byte tokenizer
@@ -52,7 +40,7 @@ def test_tiny_llama_is_deterministic_and_leaves_global_rng_alone() -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    c, _ = load_base_model(_tiny(tiny={"seed": 1}), device="cpu")
+    c, _ = load_base_model(tiny_cfg(tiny={"seed": 1}), device="cpu")
     assert not torch.equal(
         c.model.layers[0].self_attn.q_proj.weight, sa["model.layers.0.self_attn.q_proj.weight"]
     )
@@ -67,15 +55,15 @@ def test_tiny_llama_forward_frozen_eval_no_cache() -> None:
     assert not model.training and cfg.use_cache is False
     assert all(not p.requires_grad for p in model.parameters())
     assert model_device(model) == torch.device("cpu") and not is_quantized(model)
-    out = model(_ids())
+    out = model(text_ids())
     assert out.logits.shape == (1, 24, len(tok)) and torch.isfinite(out.logits).all()
     assert out.logits.dtype == torch.float32
 
 
 def test_tiny_llama_overrides_and_dtype() -> None:
     model, _ = load_base_model(
-        _tiny(tiny={"hidden_size": 32, "num_hidden_layers": 1}, dtype="bfloat16"), "cpu"
+        tiny_cfg(tiny={"hidden_size": 32, "num_hidden_layers": 1}, dtype="bfloat16"), "cpu"
     )
     assert model.config.hidden_size == 32 and len(model.model.layers) == 1
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    assert model(_ids()).logits.shape[-1] == BYTE_VOCAB_SIZE
+    assert model(text_ids()).logits.shape[-1] == BYTE_VOCAB_SIZE
