@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from amole.client_round import local_round
 from amole.config import Settings
-from client_app.runtime import client_identity, client_splits, injected_model
+from client_app.runtime import client_identity, client_splits, client_task, injected_model
 
 app = ClientApp()
 
@@ -24,15 +24,10 @@ def _settings(msg: Message) -> Settings:
 
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
-    """Report this node's client id, task and training-set size, so the server maps nodes to clients by id."""
-    settings = _settings(msg)
+    """Report this node's client id and task, so the server maps nodes to clients by id (no data is loaded)."""
     client = client_identity(context.node_config)
-    splits = client_splits(settings, client, context.node_config)
-    content = RecordDict({
-        "info": ConfigRecord({"client-id": client, "task": splits.task}),
-        "metrics": MetricRecord({"num-examples": len(splits.train)}),
-    })
-    return Message(content=content, reply_to=msg)
+    task = client_task(_settings(msg), client, context.node_config)
+    return Message(content=RecordDict({"info": ConfigRecord({"client-id": client, "task": task})}), reply_to=msg)
 
 
 @app.train()

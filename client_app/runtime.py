@@ -14,6 +14,7 @@ from typing import Any
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
+from amole.data.scenario import task_name
 from amole.loader import load_base_model
 from amole.model import inject
 
@@ -47,10 +48,17 @@ def _splits(scenario_json: str, seed: int, client: str, task: str | None, data_p
     return build_splits(settings.scenario, client, seed, task=task, data_path=data_path)
 
 
+def _data_choice(node_config: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    task, path = node_config.get("task"), node_config.get("data-path")
+    return (None if task is None else str(task)), (None if path is None else str(path))
+
+
+def client_task(settings: Settings, client: str, node_config: Mapping[str, Any]) -> str:
+    """The task this node trains on, named without loading its data (answering 'who are you' stays fast)."""
+    return task_name(settings.scenario, client, *_data_choice(node_config))
+
+
 def client_splits(settings: Settings, client: str, node_config: Mapping[str, Any]) -> ClientSplits:
     """This client's private splits (cached per process): its task from node config or the scenario's list."""
     scenario = json.dumps(settings.to_dict()["scenario"], sort_keys=True)
-    task = node_config.get("task")
-    path = node_config.get("data-path")
-    return _splits(scenario, settings.federation.seed, client, None if task is None else str(task),
-                   None if path is None else str(path))
+    return _splits(scenario, settings.federation.seed, client, *_data_choice(node_config))

@@ -22,14 +22,13 @@ class ClientRegistry:
         self.grid = grid
         self.settings_json = settings_json
         self.query_timeout = query_timeout
-        self.nodes: dict[str, int] = {}  # client id -> node id
-        self.unidentified: set[int] = set()  # nodes that did not say who they are (not asked again)
+        self.nodes: dict[str, int] = {}  # client id -> node id; nodes that did not answer are asked again
 
     def refresh(self) -> dict[str, int]:
         """Forget nodes that left, identify new ones; return client id -> node id of the connected clients."""
         connected = set(self.grid.get_node_ids())
         self.nodes = {c: n for c, n in self.nodes.items() if n in connected}
-        new = sorted(connected - set(self.nodes.values()) - self.unidentified)
+        new = sorted(connected - set(self.nodes.values()))
         if new:
             self._identify(new)
         return dict(self.nodes)
@@ -44,7 +43,6 @@ class ClientRegistry:
             answered.add(node)
             if reply.has_error():
                 log.warning("node %s failed to identify itself: %s", node, reply.error.reason)
-                self.unidentified.add(node)
                 continue
             client = str(reply.content["info"]["client-id"])
             old = self.nodes.get(client)

@@ -28,6 +28,13 @@ def client_task(scenario: ScenarioConfig, client: str) -> str:
     return scenario.tasks[index]
 
 
+def task_name(scenario: ScenarioConfig, client: str, task: str | None = None, data_path: str | None = None) -> str:
+    """The client's task, without loading any data: node config ``data-path`` / ``task``, else the scenario's."""
+    if data_path is not None:
+        return Path(data_path).stem
+    return task or client_task(scenario, client)
+
+
 def load_examples(scenario: ScenarioConfig, task: str, seed: int) -> list[Example]:
     if scenario.source == "synthetic":
         return synthetic_source(n=scenario.examples_per_task or 200, seed=seed)(task)
@@ -40,11 +47,8 @@ def client_splits(
     scenario: ScenarioConfig, client: str, seed: int, task: str | None = None, data_path: str | None = None
 ) -> ClientSplits:
     """Train / embed / eval / test for ``client``; ``data_path`` (a task file) or ``task`` override the scenario."""
-    if data_path is not None:
-        examples, task = read_task_file(data_path), Path(data_path).stem
-    else:
-        task = task or client_task(scenario, client)
-        examples = load_examples(scenario, task, seed)
+    task = task_name(scenario, client, task, data_path)
+    examples = read_task_file(data_path) if data_path is not None else load_examples(scenario, task, seed)
     if scenario.examples_per_task is not None and len(examples) > scenario.examples_per_task:
         examples = random.Random(f"{seed}/{task}").sample(examples, scenario.examples_per_task)
     return split_client(
