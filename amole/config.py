@@ -76,9 +76,16 @@ class ScenarioConfig:
     """Where each client's private data comes from and how it is split (spec §4)."""
 
     name: str = "bigbench_tasks"
-    source: str = "bigbench"  # bigbench | synthetic
-    tasks: tuple[str, ...] = ()  # one task per client, in client-id order
+    source: str = "bigbench"  # bigbench | synthetic | natural_instructions (per task); snli | dolly (pooled)
+    partition: str = "task"  # task: tasks[i] is client i's data | dirichlet: one pool split with label skew
+    tasks: tuple[str, ...] = ()  # one task per client, in client-id order (partition "task")
     local_dir: str | None = None  # folder of task files; None = pip-download BIG-bench into the cache
+    num_clients: int = 10  # dirichlet: parts the pool is cut into (presets: ${federation.num_clients})
+    alpha: float = 1.0  # dirichlet concentration: 0.1 strongly skewed ... 100 nearly IID
+    min_samples: int = 20  # dirichlet: every client gets at least this many examples (before splitting)
+    local_path: str | None = None  # snli / dolly: .jsonl / .json file, folder or glob; ~ and $VARS expanded
+    hub_id: str | None = None  # Hugging Face data set used when local_path holds no data (needs internet)
+    hub_split: str = "train"  # split(s) of hub_id, e.g. "validation+test"
     cache_dir: str | None = None
     examples_per_task: int | None = None  # cap applied before splitting (synthetic: examples generated)
     eval_frac: float = 0.1

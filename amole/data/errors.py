@@ -9,3 +9,7 @@ class UnknownTaskError(LookupError):
 
 class TaskFormatError(ValueError):
     """A task file exists but cannot be turned into examples."""
+
+
+class DataSourceError(RuntimeError):
+    """A data set could be found neither at its local path nor on the Hugging Face hub (e.g. offline)."""

@@ -12,13 +12,15 @@ class Example:
     ``prompt`` is the final, model-facing text (template already applied) so training and evaluation
     see exactly the same string. For multiple choice, ``choices`` holds the candidate answers, ``label``
     indexes the correct one and ``target`` is its text, so the same example can be trained on
-    generatively and scored by per-choice LM loss.
+    generatively and scored by per-choice LM loss. ``group`` is the class a partitioner skews on (SNLI's
+    gold label, Dolly's category); empty where the source has none.
     """
 
     prompt: str
     target: str
     choices: tuple[str, ...] = ()
     label: int = -1
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.choices and not (0 <= self.label < len(self.choices)):

@@ -1,4 +1,9 @@
-"""One client's data under a configured scenario: which task it gets, from where, and how it is split."""
+"""One client's data under a configured scenario: which task it gets, from where, and how it is split.
+
+Two kinds of scenario (``scenario.partition``): ``task`` gives client i the task ``scenario.tasks[i]``
+(BIG-bench, Natural Instructions, synthetic); ``dirichlet`` pools one source (SNLI, Dolly) and gives client i
+its part of a Dirichlet(alpha) label / category skewed partition (:mod:`amole.data.pools`).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ from pathlib import Path
 from amole.config import ScenarioConfig
 from amole.data.bigbench import load_task, read_task_file
 from amole.data.example import ClientSplits, Example
+from amole.data.natinst import load_natinst_task
+from amole.data.pools import POOL_SOURCES, client_index, dirichlet_examples
 from amole.data.splits import split_client
 from amole.data.synthetic import synthetic_source
 from amole.seeds import stable_seed
 
-SOURCES = ("bigbench", "synthetic")
+SOURCES = ("bigbench", "synthetic", "natural_instructions", *POOL_SOURCES)
+PARTITIONS = ("task", "dirichlet")
 
 
 def client_task(scenario: ScenarioConfig, client: str) -> str:
@@ -32,6 +40,13 @@ def task_name(scenario: ScenarioConfig, client: str, task: str | None = None, da
     """The client's task, without loading any data: node config ``data-path`` / ``task``, else the scenario's."""
     if data_path is not None:
         return Path(data_path).stem
+    if scenario.partition == "dirichlet":
+        if task is not None:
+            raise ValueError(f"scenario {scenario.name!r} gives each client a part of one {scenario.source} pool by "
+                             f"client id; a node 'task' ({task!r}) does not apply (a 'data-path' task file does)")
+        return f"{scenario.source}/client{client_index(scenario, client)}"
+    if scenario.partition != "task":
+        raise ValueError(f"unknown scenario partition {scenario.partition!r}; expected one of {PARTITIONS}")
     return task or client_task(scenario, client)
 
 
@@ -40,6 +55,10 @@ def load_examples(scenario: ScenarioConfig, task: str, seed: int) -> list[Exampl
         return synthetic_source(n=scenario.examples_per_task or 200, seed=seed)(task)
     if scenario.source == "bigbench":
         return load_task(task, scenario.local_dir, scenario.cache_dir)
+    if scenario.source == "natural_instructions":
+        return load_natinst_task(task, scenario.local_dir, scenario.hub_id, scenario.hub_split)
+    if scenario.source in POOL_SOURCES:
+        raise ValueError(f"source {scenario.source!r} is one pool split over the clients: use partition: dirichlet")
     raise ValueError(f"unknown scenario source {scenario.source!r}; expected one of {SOURCES}")
 
 
@@ -48,7 +67,12 @@ def client_splits(
 ) -> ClientSplits:
     """Train / embed / eval / test for ``client``; ``data_path`` (a task file) or ``task`` override the scenario."""
     task = task_name(scenario, client, task, data_path)
-    examples = read_task_file(data_path) if data_path is not None else load_examples(scenario, task, seed)
+    if data_path is not None:
+        examples = read_task_file(data_path)
+    elif scenario.partition == "dirichlet":
+        examples = dirichlet_examples(scenario, client, seed)
+    else:
+        examples = load_examples(scenario, task, seed)
     if scenario.examples_per_task is not None and len(examples) > scenario.examples_per_task:
         examples = random.Random(f"{seed}/{task}").sample(examples, scenario.examples_per_task)
     return split_client(
