@@ -146,3 +146,26 @@ def test_bad_and_missing_replies_are_left_out_and_the_run_goes_on(tmp_path: Path
     assert torch.allclose(sent2[router], (up1["0"][router] + up1["2"][router]) / 2, atol=1e-6)
     up2 = {client_of(r): r.content["adapters"].to_torch_state_dict() for r in replies2}
     assert torch.allclose(state.bank[router], (up2["0"][router] + up2["1"][router]) / 2, atol=1e-6)
+
+
+def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
+    """The ablations are presets of the same loop: one simulation runs a one-round federation of each."""
+    strategies = ["static", "random", "homogeneous", "no_shared"]
+    results = {}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        for name in strategies:
+            settings = compose([*OVERRIDES, f"strategy={name}", "federation.num_rounds=1", f"federation.name={name}"])
+            results[name] = run(grid, settings, runs_dir=tmp_path)
+
+    run_simulation(server_app=server, client_app=client_app, num_supernodes=3,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    assert set(results) == set(strategies)
+    for name, state in results.items():
+        assert state.round == 1 and len(state.metrics["rounds"][0]["clients"]) == 3, name
+    counts = {c: sum(len(ids) for ids in results["homogeneous"].assignment.held(c).values())
+              for c in results["homogeneous"].clients}
+    assert len(set(counts.values())) == 1  # every client holds the same number of experts
+    assert not any(".shared." in k for k in results["no_shared"].bank)
