@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo model bench-assign bench-step clean
+.PHONY: install test lint demo model bench-assign bench-step clean deploy-test certs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ bench-assign: $(STAMP)
 
 bench-step: model
 	$(PY) tests/benchmarks/bench_step.py
+
+# A real SuperLink + 3 SuperNodes on loopback with TLS and SuperNode auth (docker/README.md); a few minutes.
+# DEPLOY_ARGS="--kill-after-seconds 2" kills a SuperNode mid-round and restarts it.
+deploy-test: $(STAMP)
+	$(PY) docker/deploy_test.py $(DEPLOY_ARGS)
+
+# Demo CA, SuperLink certificate and SuperNode key pairs in docker/certs/ (git-ignored).
+certs:
+	docker/certs.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
