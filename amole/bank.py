@@ -22,7 +22,8 @@ def create_bank(shapes: Mapping[str, tuple[int, int]], cfg: AdapterConfig, seed:
     bank: dict[str, Tensor] = {}
     for name in sorted(shapes):
         d_in, d_out = shapes[name]
-        bank[keys.router_key(name)] = init_lora_a(cfg.r, d_in, generator=g)
+        if cfg.num_experts > 0:
+            bank[keys.router_key(name)] = init_lora_a(cfg.r, d_in, generator=g)
         if cfg.shared_expert:
             bank[keys.shared_key(name, "A")] = init_lora_a(cfg.r, d_in, generator=g)
             bank[keys.shared_key(name, "B")] = torch.zeros(d_out, cfg.r)

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from amole import bank
 from amole.config import Settings
 from amole.data import ClientSplits, batches, collate, encode, pad_id_of
 from amole.evaluate import evaluate
-from amole.model import export_adapters, import_adapters
+from amole.model import amole_layers, export_adapters, import_adapters
 from amole.seeds import stable_seed
 from amole.statistics import collect_statistics, privatize
 from amole.train import train_round
@@ -67,3 +68,16 @@ def local_round(
         seconds=time.perf_counter() - start,
     )
     return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})
+
+
+def score_payload(model: nn.Module, tokenizer, splits: ClientSplits, payload: Mapping[str, Tensor],
+                  settings: Settings) -> dict:
+    """FedIT's protocol: the aggregated model, as received, scored on the client's own test split."""
+    import_adapters(model, payload)
+    return evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
+
+
+def initial_adapters(model: nn.Module, settings: Settings) -> dict[str, Tensor]:
+    """A local-only client's starting point: the seeded init every client of a federation would receive."""
+    shapes = {n: (m.in_features, m.out_features) for n, m in amole_layers(model).items()}
+    return bank.payload(bank.create_bank(shapes, settings.adapter, seed=settings.federation.seed), {})

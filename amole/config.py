@@ -106,6 +106,8 @@ class FederationConfig:
     seed: int = 0
     strategy: str = "fedamole"
     weighted: bool = False  # weight aggregation by example counts (the paper: unweighted)
+    evaluate: str = "after_training"  # or "after_aggregation": score the aggregated model (FedIT)
+    communicate: bool = True  # false: local-only training, clients keep their adapters, nothing is averaged
     reply_timeout: float = 3600.0  # seconds to wait for a round's replies; late clients are left out
     query_timeout: float = 60.0  # seconds a new node has to say who it is
     min_clients: int = 2  # a round with fewer valid replies stops the run

@@ -50,7 +50,10 @@ class AMoLELinear(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         device = next(base.parameters()).device
         r, d_in, d_out = self.r, self.in_features, self.out_features
-        self.router = nn.Parameter(init_lora_a(r, d_in).to(device, dtype))
+        if cfg.num_experts > 0:
+            self.router = nn.Parameter(init_lora_a(r, d_in).to(device, dtype))
+        else:  # no routed pool (plain LoRA, the FedIT baseline): nothing to route, nothing to send
+            self.register_parameter("router", None)
         if cfg.shared_expert:
             self.shared_A = nn.Parameter(init_lora_a(r, d_in).to(device, dtype))
             self.shared_B = nn.Parameter(torch.zeros(d_out, r, device=device, dtype=dtype))
@@ -77,7 +80,9 @@ class AMoLELinear(nn.Module):
                 f"expert shapes A{tuple(A.shape)} B{tuple(B.shape)} do not fit {n} experts of rank {self.r} "
                 f"for a {self.in_features}->{self.out_features} layer"
             )
-        like = self.router
+        if n and self.router is None:
+            raise ValueError("this layer has no router (num_experts=0), so it cannot hold routed experts")
+        like = self.experts_A
         self.expert_ids = list(ids)
         self.experts_A = nn.Parameter(A.detach().to(like.device, like.dtype).clone())
         self.experts_B = nn.Parameter(B.detach().to(like.device, like.dtype).clone())
@@ -97,19 +102,18 @@ class AMoLELinear(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         y = self.base(x, *args, **kwargs)
         r, n = self.r, self.num_experts
-        h = self.dropout(x.to(self.router.dtype))
-        keys = [self.router]
-        if self.shared_A is not None:
-            keys.append(self.shared_A)
+        h = self.dropout(x.to(self.experts_A.dtype))
+        keys = [k for k in (self.router, self.shared_A) if k is not None]
         keys.append(self.experts_A.reshape(n * r, self.in_features))
         z = h @ torch.cat(keys).T  # router, shared and every held expert's code in one matmul
-        t = z[..., :r]
-        codes = z[..., r:]  # [shared code] + n expert codes, each r wide
+        n_router = r if self.router is not None else 0
+        t = z[..., :n_router]
+        codes = z[..., n_router:]  # [shared code] + n expert codes, each r wide
         n_shared = r if self.shared_A is not None else 0
         mask = self._mask_for(x)
 
         e = codes[..., n_shared:].unflatten(-1, (n, r))
-        if self.collect_stats:
+        if self.collect_stats and self.router is not None:
             self._accumulate(t, e, mask)
         Bs = [self.shared_B] if self.shared_B is not None else []
         if n > 0:

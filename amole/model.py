@@ -25,6 +25,8 @@ def _is_linear(module: nn.Module) -> bool:
 
 def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.float32) -> dict[str, AMoLELinear]:
     """Freeze ``model`` and wrap every target linear layer in an AMoLELinear (in place); return them by name."""
+    if not cfg.shared_expert and cfg.num_experts == 0:
+        raise ValueError("an adapter with neither a shared expert nor routed experts trains nothing")
     for p in model.parameters():
         p.requires_grad_(False)
     targets = [
@@ -50,7 +52,8 @@ def export_adapters(model: nn.Module) -> dict[str, Tensor]:
     """Every adapter tensor this model holds, as a flat name -> CPU tensor mapping (a message's payload)."""
     out: dict[str, Tensor] = {}
     for name, layer in amole_layers(model).items():
-        out[keys.router_key(name)] = layer.router.detach().cpu().clone()
+        if layer.router is not None:
+            out[keys.router_key(name)] = layer.router.detach().cpu().clone()
         if layer.shared_A is not None:
             out[keys.shared_key(name, "A")] = layer.shared_A.detach().cpu().clone()
             out[keys.shared_key(name, "B")] = layer.shared_B.detach().cpu().clone()
@@ -80,7 +83,7 @@ def import_adapters(model: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str
     staged: list[tuple[str, AMoLELinear, dict[str, Tensor], list[int], Tensor, Tensor]] = []
     for name, layer in layers.items():
         own = by_module.get(name, {})
-        needed = [keys.router_key(name)]
+        needed = [keys.router_key(name)] if layer.router is not None else []
         if layer.shared_A is not None:
             needed += [keys.shared_key(name, "A"), keys.shared_key(name, "B")]
         missing = [k for k in needed if k not in own]
@@ -93,7 +96,8 @@ def import_adapters(model: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str
         r, d_in, d_out = layer.r, layer.in_features, layer.out_features
         A = torch.stack([experts[name][i]["A"] for i in ids]) if ids else torch.zeros(0, r, d_in)
         B = torch.stack([experts[name][i]["B"] for i in ids]) if ids else torch.zeros(0, d_out, r)
-        _check_shape(keys.router_key(name), own[keys.router_key(name)], (r, d_in))
+        if layer.router is not None:
+            _check_shape(keys.router_key(name), own[keys.router_key(name)], (r, d_in))
         if layer.shared_A is not None:
             _check_shape(keys.shared_key(name, "A"), own[keys.shared_key(name, "A")], (r, d_in))
             _check_shape(keys.shared_key(name, "B"), own[keys.shared_key(name, "B")], (d_out, r))
@@ -102,7 +106,8 @@ def import_adapters(model: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str
         staged.append((name, layer, own, ids, A, B))
     with torch.no_grad():
         for name, layer, own, ids, A, B in staged:
-            layer.router.copy_(own[keys.router_key(name)])
+            if layer.router is not None:
+                layer.router.copy_(own[keys.router_key(name)])
             if layer.shared_A is not None:
                 layer.shared_A.copy_(own[keys.shared_key(name, "A")])
                 layer.shared_B.copy_(own[keys.shared_key(name, "B")])

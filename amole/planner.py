@@ -84,6 +84,8 @@ def plan(
     or a round before any statistics exist, is random under the same constraints (the paper's round 0).
     """
     clients = list(clients)
+    if num_experts == 0:  # plain LoRA (FedIT-style): every client has the same, expert-free architecture
+        return Assignment(clients, {m: np.zeros((0, len(clients)), dtype=bool) for m in modules})
     adapted = adapted_constraints(cfg, num_experts, len(clients))
     K, lo, hi = adapted.clients_per_expert, adapted.min_experts, adapted.max_experts
     if cfg.mode == "static" and previous is not None:

@@ -27,7 +27,9 @@ def expert_stat_key(module: str, expert: int) -> str:
 @torch.no_grad()
 def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     """Token-weighted means of the router and expert codes over ``batches`` (eval mode, padding ignored)."""
-    layers = amole_layers(model)
+    layers = {n: m for n, m in amole_layers(model).items() if m.router is not None}
+    if not layers:
+        return {}  # no routed experts anywhere: RSEA has nothing to score
     was_training = model.training
     model.eval()
     for layer in layers.values():

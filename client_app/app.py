@@ -11,11 +11,12 @@ import json
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from amole.client_round import local_round
+from amole.client_round import initial_adapters, local_round, score_payload
 from amole.config import Settings
 from client_app.runtime import client_identity, client_splits, client_task, injected_model
 
 app = ClientApp()
+LOCAL_ADAPTERS = "amole.local-adapters"
 
 
 def _settings(msg: Message) -> Settings:
@@ -40,8 +41,16 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"message for client {config['client-id']} reached client {client}")
     model, tokenizer = injected_model(settings)
     splits = client_splits(settings, client, context.node_config)
-    payload = msg.content["adapters"].to_torch_state_dict()
+    if settings.federation.communicate:
+        payload = msg.content["adapters"].to_torch_state_dict()
+    elif LOCAL_ADAPTERS in context.state:  # local-only baseline: this node's own adapters, kept between rounds
+        payload = context.state[LOCAL_ADAPTERS].to_torch_state_dict()
+    else:
+        payload = initial_adapters(model, settings)
     result = local_round(model, tokenizer, splits, payload, settings, int(config["round"]), client)
+    if not settings.federation.communicate:
+        context.state[LOCAL_ADAPTERS] = ArrayRecord(result.adapters)
+        result.adapters, result.stats = {}, {}
     metrics = {k: float(v) for k, v in result.metrics.items()}
     metrics["num-examples"] = int(result.metrics["num_examples"])
     content = RecordDict({
@@ -51,3 +60,15 @@ def train(msg: Message, context: Context) -> Message:
         "info": ConfigRecord({"client-id": client, **result.info}),
     })
     return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_aggregate(msg: Message, context: Context) -> Message:
+    """Score the aggregated model the message carries on this node's test split (FedIT's protocol)."""
+    settings = _settings(msg)
+    client = client_identity(context.node_config)
+    model, tokenizer = injected_model(settings)
+    splits = client_splits(settings, client, context.node_config)
+    result = score_payload(model, tokenizer, splits, msg.content["adapters"].to_torch_state_dict(), settings)
+    metrics = MetricRecord({"score": float(result["score"]), "num-examples": len(splits.test)})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -58,7 +58,8 @@ def run(grid: Grid, settings: Settings, runs_dir: Path | None = None, resume: st
     else:
         run_dir = Path(runs_dir or fed.runs_dir) / run_name(settings)
         state = None
-        adapted_constraints(settings.assign, settings.adapter.num_experts, fed.num_clients)  # fail before work
+        if settings.adapter.num_experts > 0:  # fail before any work
+            adapted_constraints(settings.assign, settings.adapter.num_experts, fed.num_clients)
     registry = ClientRegistry(grid, settings_record(settings), fed.query_timeout)
     nodes = registry.wait_for(fed.num_clients if state is None else fed.min_clients, fed.wait_for_nodes)
     if state is None:
@@ -113,7 +114,7 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
     sent, messages, down = {}, [], {}
     settings_json = settings_record(settings)
     for client in present:
-        sent[client] = payload(state.bank, used.held(client))
+        sent[client] = payload(state.bank, used.held(client)) if fed.communicate else {}
         record = ArrayRecord(sent[client])
         down[client] = record.count_bytes()
         config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client})
@@ -133,11 +134,13 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
     state.bank = aggregate(state.bank, [valid[c]["adapters"] for c in order], weights)
     stats = [valid[c]["stats"] for c in order]
     state.expert_codes = {}
-    for m in modules:
+    for m in modules if N > 0 else []:
         E, T = embedding_matrices(stats, m, N, r)
         state.expert_codes[m] = E.numpy()
         for i, c in enumerate(order):
             state.client_codes.setdefault(c, {})[m] = T[i].numpy()
+    if fed.evaluate == "after_aggregation":
+        score_aggregate(grid, settings, state, used, {c: nodes[c] for c in order}, valid, down, server_round)
     state.round = server_round
     state.metrics["rounds"].append({
         "round": server_round, "seconds": time.perf_counter() - start, "assign_seconds": assign_seconds,
@@ -147,6 +150,30 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
         "assignment": {m: [used.held(c)[m] for c in used.clients] for m in modules},
         "assignment_clients": used.clients, "num_experts": N,
     })
+
+
+def score_aggregate(grid: Grid, settings: Settings, state: ServerState, used, nodes: dict[str, int],
+                    valid: dict[str, dict], down: dict[str, int], server_round: int) -> None:
+    """FedIT's protocol: every client scores the aggregated model; that score replaces the post-training one."""
+    settings_json = settings_record(settings)
+    messages, node_to_client = [], {n: c for c, n in nodes.items()}
+    for client, node in nodes.items():
+        record = ArrayRecord(payload(state.bank, used.held(client)))
+        down[client] += record.count_bytes()
+        config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client})
+        messages.append(Message(RecordDict({"adapters": record, "config": config}), dst_node_id=node,
+                                message_type=MessageType.EVALUATE, group_id=str(server_round)))
+    for reply in grid.send_and_receive(messages, timeout=settings.federation.reply_timeout):
+        client = node_to_client.get(reply.metadata.src_node_id)
+        if client is None or reply.has_error():
+            log.warning("round %d: no score of the aggregate from node %s", server_round, reply.metadata.src_node_id)
+            continue
+        m = valid[client]["metrics"]
+        m["score_after_training"] = m["score"]
+        m["score"] = float(reply.content["metrics"]["score"])
+    for client in nodes:
+        if "score_after_training" not in valid[client]["metrics"]:
+            valid[client]["metrics"]["score"] = float("nan")  # no score of the aggregate: not the local one
 
 
 def collect(replies, node_to_client: dict[int, str], sent: dict[str, dict], r: int,

@@ -108,3 +108,19 @@ def test_injection_works_on_linear4bit(adapter_cfg) -> None:
     assert isinstance(layer, AMoLELinear)
     assert layer.experts_A.grad is not None and layer.experts_A.grad.abs().sum() > 0
     assert layer.router.grad is not None and layer.router.grad.abs().sum() > 0
+
+
+def test_plain_lora_has_no_router_and_round_trips(tiny) -> None:
+    """num_experts=0 is the FedIT baseline: one LoRA per module, no router to train or send."""
+    model, _ = tiny
+    cfg = AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=0)
+    layers = inject(model, cfg)
+    shapes = {n: (m.in_features, m.out_features) for n, m in layers.items()}
+    bank = {k: torch.randn_like(v) for k, v in create_bank(shapes, cfg, seed=0).items()}
+    assert all(keys.parse_key(k).kind == keys.SHARED for k in bank)
+    import_adapters(model, payload(bank, {}))
+    out = export_adapters(model)
+    assert out.keys() == bank.keys() and all(torch.equal(out[k], bank[k]) for k in bank)
+    with pytest.raises(ValueError, match="trains nothing"):
+        inject(load_base_model(ModelConfig(name="tiny-llama"), device="cpu")[0],
+               AdapterConfig(num_experts=0, shared_expert=False))

@@ -150,7 +150,7 @@ def test_bad_and_missing_replies_are_left_out_and_the_run_goes_on(tmp_path: Path
 
 def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     """The ablations are presets of the same loop: one simulation runs a one-round federation of each."""
-    strategies = ["static", "random", "homogeneous", "no_shared"]
+    strategies = ["static", "random", "homogeneous", "no_shared", "fedit_ft", "fedit", "local"]
     results = {}
     server = ServerApp()
 
@@ -169,3 +169,8 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
               for c in results["homogeneous"].clients}
     assert len(set(counts.values())) == 1  # every client holds the same number of experts
     assert not any(".shared." in k for k in results["no_shared"].bank)
+    assert not any(k.endswith(".router") or ".experts." in k for k in results["fedit_ft"].bank)
+    fedit = results["fedit"].metrics["rounds"][0]["clients"]
+    assert all("score_after_training" in m for m in fedit.values())  # scored after aggregation
+    local = results["local"].metrics["rounds"][0]["clients"]
+    assert all(m["bytes_up"] == 0 and m["bytes_down"] == 0 for m in local.values())  # nothing leaves a client
