@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from amole.aggregate import aggregate
@@ -121,7 +122,7 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
         messages.append(Message(RecordDict({"adapters": record, "config": config}), dst_node_id=nodes[client],
                                 message_type=MessageType.TRAIN, group_id=str(server_round)))
     replies = grid.send_and_receive(messages, timeout=fed.reply_timeout)
-    valid, rejected = collect(replies, {n: c for c, n in nodes.items()}, sent, r, server_round)
+    valid, rejected = collect(replies, sent_to(messages, present), sent, r, server_round)
     absent = [c for c in present if c not in valid and c not in rejected]
     if absent:
         log.warning("round %d: no reply from clients %s within %.0f s", server_round, absent, fed.reply_timeout)
@@ -156,17 +157,19 @@ def score_aggregate(grid: Grid, settings: Settings, state: ServerState, used, no
                     valid: dict[str, dict], down: dict[str, int], server_round: int) -> None:
     """FedIT's protocol: every client scores the aggregated model; that score replaces the post-training one."""
     settings_json = settings_record(settings)
-    messages, node_to_client = [], {n: c for c, n in nodes.items()}
+    messages = []
     for client, node in nodes.items():
         record = ArrayRecord(payload(state.bank, used.held(client)))
         down[client] += record.count_bytes()
         config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client})
         messages.append(Message(RecordDict({"adapters": record, "config": config}), dst_node_id=node,
                                 message_type=MessageType.EVALUATE, group_id=str(server_round)))
-    for reply in grid.send_and_receive(messages, timeout=settings.federation.reply_timeout):
-        client = node_to_client.get(reply.metadata.src_node_id)
+    replies = list(grid.send_and_receive(messages, timeout=settings.federation.reply_timeout))
+    by_message = sent_to(messages, list(nodes))
+    for reply in replies:
+        client = by_message.get(reply.metadata.reply_to_message_id)
         if client is None or reply.has_error():
-            log.warning("round %d: no score of the aggregate from node %s", server_round, reply.metadata.src_node_id)
+            log.warning("round %d: no score of the aggregate from client %s", server_round, client)
             continue
         m = valid[client]["metrics"]
         m["score_after_training"] = m["score"]
@@ -176,17 +179,25 @@ def score_aggregate(grid: Grid, settings: Settings, state: ServerState, used, no
             valid[client]["metrics"]["score"] = float("nan")  # no score of the aggregate: not the local one
 
 
-def collect(replies, node_to_client: dict[int, str], sent: dict[str, dict], r: int,
+def sent_to(messages: list[Message], clients: list[str]) -> dict[str, str]:
+    """Message id -> client. Replies are matched by the message they answer, not by sender: when a node is
+    gone, the SuperLink itself answers for it (as node 1, with a node-unavailable error)."""
+    return {m.metadata.message_id: c for m, c in zip(messages, clients, strict=True)}
+
+
+def collect(replies, by_message: dict[str, str], sent: dict[str, dict], r: int,
             server_round: int) -> tuple[dict[str, dict], dict[str, str]]:
     """Valid uploads by client, and the reason each rejected client was left out of the aggregation."""
     valid: dict[str, dict] = {}
     rejected: dict[str, str] = {}
     for reply in replies:
-        client = node_to_client.get(reply.metadata.src_node_id)
-        if client is None or client not in sent:
-            log.warning("round %d: ignoring a reply from node %s, which was not sent work", server_round,
-                        reply.metadata.src_node_id)
+        client = by_message.get(reply.metadata.reply_to_message_id)
+        if client is None:
+            log.warning("round %d: ignoring a reply to a message this round did not send", server_round)
             continue
+        if reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+            log.warning("round %d: client %s's node became unavailable", server_round, client)
+            continue  # absent, not rejected: it may come back
         if reply.has_error():
             rejected[client] = f"client error: {reply.error.reason}"
             log.warning("round %d: client %s failed: %s", server_round, client, reply.error.reason)

@@ -38,8 +38,12 @@ class ClientRegistry:
         msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
                 for n in node_ids]
         answered = set()
-        for reply in self.grid.send_and_receive(msgs, timeout=self.query_timeout):
-            node = reply.metadata.src_node_id
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.query_timeout))
+        by_message = {m.metadata.message_id: n for m, n in zip(msgs, node_ids, strict=True)}
+        for reply in replies:
+            node = by_message.get(reply.metadata.reply_to_message_id)  # the SuperLink answers for lost nodes
+            if node is None:
+                continue
             answered.add(node)
             if reply.has_error():
                 log.warning("node %s failed to identify itself: %s", node, reply.error.reason)
