@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo model bench-assign bench-step clean deploy-test certs
+.PHONY: install test lint demo model bench-assign bench-step clean deploy-test certs experiments-small results
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,12 +40,26 @@ bench-step: model
 
 # A real SuperLink + 3 SuperNodes on loopback with TLS and SuperNode auth (docker/README.md); a few minutes.
 # DEPLOY_ARGS="--kill-after-seconds 2" kills a SuperNode mid-round and restarts it.
+# A real SuperLink + 3 SuperNodes (TLS, node auth) on loopback; one node is killed mid-round and restarted.
+DEPLOY_ARGS ?= --kill-after-seconds 2
 deploy-test: $(STAMP)
 	$(PY) docker/deploy_test.py $(DEPLOY_ARGS)
 
 # Demo CA, SuperLink certificate and SuperNode key pairs in docker/certs/ (git-ignored).
 certs:
 	docker/certs.sh
+
+# The small CPU experiment sweep (conf/budget/cpu_small.yaml: about an hour on 2 cores) into runs/experiments/;
+# rerunning skips finished runs and resumes unfinished ones. SNLI needs a JSONL copy: SNLI_PATH=/data/snli
+# (without it the scenario falls back to ~/.cache/amole/snli, then to the hub). Then `make results`.
+SNLI_PATH ?=
+experiments-small: model
+	$(PY) -m server_app.experiment -m budget=cpu_small model=smollm2 strategy=fedamole,fedit,fedit_ft,local \
+		scenario=bigbench_tasks,snli_dir0.1 seed=0 $(if $(SNLI_PATH),++scenario.local_path=$(SNLI_PATH))
+
+# docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
+results: $(STAMP)
+	$(PY) -m amole.results --runs runs/experiments --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
