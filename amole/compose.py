@@ -15,6 +15,9 @@ from amole.config import Settings
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "scenario", "strategy", "budget")
+# Top-level keys of conf/config.yaml that are not Settings: ``seed`` (federation.seed interpolates it) and
+# ``experiment`` (options of the experiment runner, server_app.experiment).
+EXTRA_KEYS = ("seed", "experiment")
 
 
 def compose(overrides: Sequence[str] = ()) -> Settings:
@@ -23,7 +26,16 @@ def compose(overrides: Sequence[str] = ()) -> Settings:
         raise FileNotFoundError(f"config folder {CONF_DIR} is missing: the app must ship conf/")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return Settings.from_dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    return settings_from_cfg(cfg)
+
+
+def settings_from_cfg(cfg: Any) -> Settings:
+    """Typed Settings from a composed Hydra config (interpolations resolved, the non-Settings keys dropped)."""
+    values = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    for key in EXTRA_KEYS:
+        values.pop(key, None)  # type: ignore[union-attr]
+    values.pop("hydra", None)  # type: ignore[union-attr]
+    return Settings.from_dict(values)  # type: ignore[arg-type]
 
 
 def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:

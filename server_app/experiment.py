@@ -1,9 +1,11 @@
 """Experiment runner: a Hydra multirun over strategy x scenario x seed, each job one in-process simulation.
 
     python -m server_app.experiment -m strategy=fedamole,fedit_ft,local scenario=bigbench_tasks seed=0,1,2
-    python -m server_app.experiment -m budget=cpu_small strategy=fedamole,fedit scenario=snli_dir0.1 \\
-        scenario.local_path=/data/snli seed=0
+    python -m server_app.experiment -m budget=cpu_small strategy=fedamole,fedit scenario=bigbench_tasks,snli_dir0.1 \\
+        ++scenario.local_path=/data/snli seed=0
 
+Any override of ``conf/`` goes on the command line; ``seed`` is the run seed (``federation.seed`` follows it), and
+``++`` sets a key that only some of the swept presets have (the SNLI path in a sweep that includes BIG-bench).
 Every job composes ``conf/`` with its overrides, names its run ``<scenario>-<strategy>-s<seed>`` and runs it
 under ``federation.runs_dir`` (default here ``runs/experiments``; ``federation.name`` is ignored). A job
 
@@ -111,6 +113,9 @@ class MemorySampler:
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.peak = {"peak_total_mb": 0.0, "peak_client_mb": 0.0, "peak_server_mb": 0.0}
+        self._cpu: dict[int, float] = {}  # pid -> CPU seconds at its last sample (processes that end keep theirs)
+        ct = psutil.Process().cpu_times()
+        self._cpu_before = ct.user + ct.system  # this process's CPU time before the simulation
         self.gpu = shutil.which("nvidia-smi")
         self.gpu_baseline_mb = self._gpu_used() if self.gpu else None
         self._stop = threading.Event()
@@ -142,6 +147,8 @@ class MemorySampler:
             try:
                 info = p.memory_full_info()
                 total += getattr(info, "pss", info.rss)
+                ct = p.cpu_times()
+                self._cpu[p.pid] = ct.user + ct.system
                 if p.pid == me.pid:
                     self._max("peak_server_mb", info.rss / 1e6)
                 elif (p.name() or "").startswith("ray::") or " ".join(p.cmdline()[:1]).startswith("ray::"):
@@ -170,6 +177,8 @@ class MemorySampler:
 
     def result(self) -> dict[str, float]:
         out = dict(self.peak)
+        # CPU seconds of the runner (this call only) and of every descendant seen: a load-independent cost.
+        out["cpu_s"] = round(sum(self._cpu.values()) - self._cpu_before, 1)
         if self.gpu_baseline_mb is not None:
             out["gpu_baseline_mb"] = self.gpu_baseline_mb
         return out
@@ -250,7 +259,7 @@ def retarget_checkpoint(run_dir: Path, settings: Settings, num_rounds: int) -> N
 
 def simulate(settings: Settings, runs_dir: Path, resume: Path | None, opts: dict[str, Any],
              log_path: Path) -> tuple[Any, str | None, dict[str, float], float]:
-    """One run_simulation of ``run``: (final state or None, the error's traceback, peak memory, wall seconds)."""
+    """One run_simulation of ``run``: (final state or None, the error's traceback, resources, wall seconds)."""
     box: dict[str, Any] = {}
     server = ServerApp()
 
@@ -299,14 +308,30 @@ def rounds_done(run_dir: Path) -> tuple[int, dict[str, Any] | None]:
     return int(state.round), state.settings
 
 
-def _estimate(record: dict[str, Any], metrics_rounds: list[dict]) -> tuple[float | None, float | None]:
-    """(seconds per round, start-up seconds per simulation) from this run's history, else this process's prior."""
+def _estimate(record: dict[str, Any], metrics_rounds: list[dict],
+              runs_dir: Path | None = None) -> tuple[float | None, float | None]:
+    """(seconds per round, start-up seconds per simulation), the largest seen: from this run's history, else
+    from the runs of this process, else from the other runs in ``runs_dir`` (None when nothing ran yet)."""
     secs = [float(r["seconds"]) for r in metrics_rounds if "seconds" in r]
+    overheads = _overheads(record)
+    if not secs and "round" not in _ROUND_ESTIMATE and runs_dir is not None:
+        for path in Path(runs_dir).glob(f"*/{EXPERIMENT_FILE}"):  # a previous call's runs: a prior
+            try:
+                other = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            rounds = [float(r["seconds"]) for r in _metrics_rounds(path.parent) if "seconds" in r]
+            if rounds:
+                _ROUND_ESTIMATE["round"] = max(_ROUND_ESTIMATE.get("round", 0.0), max(rounds))
+            for o in _overheads(other):
+                _ROUND_ESTIMATE["overhead"] = max(_ROUND_ESTIMATE.get("overhead", 0.0), o)
     per_round = max(secs) if secs else _ROUND_ESTIMATE.get("round")
-    overheads = [c["wall_s"] - c.get("round_seconds", 0.0) for c in record.get("calls", [])
-                 if c.get("status") != "failed"]
     overhead = max(overheads) if overheads else _ROUND_ESTIMATE.get("overhead")
     return per_round, overhead
+
+
+def _overheads(record: dict[str, Any]) -> list[float]:
+    return [c["wall_s"] - c.get("round_seconds", 0.0) for c in record.get("calls", []) if c.get("status") != "failed"]
 
 
 def _metrics_rounds(run_dir: Path) -> list[dict]:
@@ -322,10 +347,11 @@ def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
     record["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     peaks: dict[str, float] = {}
     for call in record.get("calls", []):
-        for k, v in call.get("memory", {}).items():
+        for k, v in call.get("resources", {}).items():
             if k.startswith("peak_"):
                 peaks[k] = max(peaks.get(k, 0.0), v)
     record["peak_memory"] = peaks
+    record["cpu_s"] = round(sum(c.get("resources", {}).get("cpu_s", 0.0) for c in record.get("calls", [])), 1)
     tmp = run_dir / (EXPERIMENT_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / EXPERIMENT_FILE)
@@ -333,14 +359,24 @@ def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 def run_job(cfg: DictConfig, *, index: int = 1, total: int | None = None, command: str = BASE_COMMAND,
             job_overrides: Sequence[str] = (), choices: dict[str, str] | None = None) -> JobResult:
-    """Skip, resume or start one run; never raises for a failed run (the result says it)."""
+    """Skip, resume or start one run; never raises for a failed run (the result says it), so a sweep goes on."""
     tag = f"[{index}/{total or '?'}]"
+    try:
+        return _run_job(cfg, tag, command, job_overrides, choices)
+    except Exception as err:  # a bug or a disk error outside the simulation: still name the job and go on
+        traceback.print_exc()
+        print(f"{tag} FAILED: job {list(job_overrides)}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return _finish(JobResult(f"job {index}", "failed", Path("."), f"{type(err).__name__}: {err}"))
+
+
+def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[str],
+             choices: dict[str, str] | None) -> JobResult:
     try:
         settings = settings_from_cfg(cfg)
         opts = experiment_options(cfg)
     except Exception as err:  # a config error: name the job, go on with the next
         print(f"{tag} FAILED: invalid config for overrides {list(job_overrides)}: {err}", flush=True)
-        return _finish(JobResult(f"job{index}", "failed", Path("."), str(err)))
+        return _finish(JobResult(f"job {tag}", "failed", Path("."), str(err)))
     fed = settings.federation
     fed.name = run_name(settings)
     runs_dir = Path(fed.runs_dir)
@@ -361,9 +397,11 @@ def run_job(cfg: DictConfig, *, index: int = 1, total: int | None = None, comman
         "options": opts, "host": host_info(),
         "memory_note": "peak_total_mb: largest sum of PSS over the runner and all its descendants (Ray head, "
                        "client workers); peak_client_mb: largest RSS of one Ray worker; peak_server_mb: the "
-                       "runner's RSS; peak_gpu_mb: GPU memory used (nvidia-smi, all processes)",
+                       "runner's RSS; peak_gpu_mb: GPU memory used (nvidia-smi, all processes); cpu_s: CPU seconds "
+                       "of the runner and all its descendants",
     })
     record.setdefault("calls", [])
+    record.pop("error", None)  # from an earlier call that failed
 
     try:
         done, saved = rounds_done(run_dir)
@@ -391,7 +429,8 @@ def run_job(cfg: DictConfig, *, index: int = 1, total: int | None = None, comman
         record["restarted"] = record.get("restarted", 0) + 1
 
     while done < planned:
-        per_round, overhead = _estimate(record, _metrics_rounds(run_dir) if done else [])
+        per_round, overhead = _estimate(record, _metrics_rounds(run_dir) if done else [],
+                                        runs_dir if opts.get("time_limit_s") else None)
         step = planned - done
         if splittable and opts.get("rounds_per_call"):
             step = min(step, int(opts["rounds_per_call"]))
@@ -423,11 +462,11 @@ def run_job(cfg: DictConfig, *, index: int = 1, total: int | None = None, comman
         if done:
             retarget_checkpoint(run_dir, settings, target)
         started = datetime.now(UTC).isoformat(timespec="seconds")
-        state, error, memory, wall = simulate(chunk, runs_dir, run_dir if done else None, opts, run_dir / LOG_FILE)
+        state, error, resources, wall = simulate(chunk, runs_dir, run_dir if done else None, opts, run_dir / LOG_FILE)
         after, _ = rounds_done(run_dir)
         round_secs = [float(r["seconds"]) for r in _metrics_rounds(run_dir) if r.get("round", 0) > done]
         call = {"started": started, "wall_s": round(wall, 1), "rounds_before": done, "rounds_after": after,
-                "round_seconds": round(sum(round_secs), 1), "memory": memory,
+                "round_seconds": round(sum(round_secs), 1), "resources": resources,
                 "status": "failed" if error else "ok"}
         record["calls"].append(call)
         if round_secs:
@@ -439,7 +478,7 @@ def run_job(cfg: DictConfig, *, index: int = 1, total: int | None = None, comman
             return _fail(tag, run_dir, record, f"{last[0]} (after {after}/{planned} rounds)", rounds=after)
         done = after
         print(f"{tag} {fed.name}: {done}/{planned} rounds done ({wall:.0f} s, peak memory "
-              f"{memory.get('peak_total_mb', 0):.0f} MB)", flush=True)
+              f"{resources.get('peak_total_mb', 0):.0f} MB, {resources.get('cpu_s', 0):.0f} CPU-s)", flush=True)
         record.update(status="running" if done < planned else "completed", rounds_done=done)
         _write_record(run_dir, record)
     print(f"{tag} {fed.name}: completed ({planned} rounds) in {run_dir}", flush=True)

@@ -1,0 +1,283 @@
+"""amole.results on synthetic run directories: mean ± std over seeds, relative gain, the 'does not win' sentence,
+the CSV files; and one experiment-runner smoke run (2 strategies, 1 round, tiny model) with a rerun that skips."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from amole.results import RUN_COLUMNS, SUMMARY_COLUMNS, collect, main, relative_gain, summarize, write_results
+
+CONFIG = {
+    "model": {"name": "smollm2-135m", "quantization": "4bit", "dtype": "float32"},
+    "adapter": {"num_experts": 8, "top_k": 2, "r": 8, "shared_expert": True},
+    "assign": {"mode": "rsea", "clients_per_expert": 2, "min_experts": 2, "max_experts": 6},
+    "train": {"steps": 10, "batch_size": 4, "max_seq_len": 256, "lr": 0.001},
+    "eval": {"max_new_tokens": 24},
+    "scenario": {"name": "bigbench_tasks", "test_cap": 32, "examples_per_task": 400, "local_path": None},
+    "federation": {"num_rounds": 2, "num_clients": 2, "seed": 0, "strategy": "fedamole", "runs_dir": "x"},
+}
+
+
+def make_run(root: Path, strategy: str, seed: int, scores: list[list[float]], *, scenario: str = "bigbench_tasks",
+             budget: str = "cpu_small", planned: int | None = None, status: str | None = None,
+             steps: int = 10, experiment: bool = True) -> Path:
+    """A run directory as the runner leaves it: metrics.json (amole.report's schema) and experiment.json."""
+    name = f"{scenario}-{strategy}-s{seed}"
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    config = json.loads(json.dumps(CONFIG))
+    config["federation"].update(strategy=strategy, seed=seed, num_rounds=len(scores))
+    config["scenario"]["name"] = scenario
+    config["train"]["steps"] = steps
+    if strategy != "fedamole":
+        config["adapter"]["num_experts"] = 0
+    rounds = [{"round": i + 1, "seconds": 10.0 * (i + 1), "assign_seconds": 0.01, "num_experts": 8,
+               "clients": {str(c): {"task": f"t{c}", "metric": "accuracy", "score": s, "train_loss": 1.0,
+                                    "experts": {}, "experts_mean": 4.0, "bytes_up": 2000 * (c + 1),
+                                    "bytes_down": 1000, "num_examples": 10, "seconds": 1.0}
+                           for c, s in enumerate(round_scores)},
+               "assignment": {}} for i, round_scores in enumerate(scores)]
+    metrics = {"run": {"name": name, "strategy": strategy, "scenario": scenario, "model": "smollm2-135m",
+                       "num_rounds": len(scores), "num_clients": 2, "seed": seed, "started": "x", "config": config},
+               "rounds": rounds}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    if experiment:
+        planned = planned or len(scores)
+        exp = {"name": name, "command": f"python -m server_app.experiment -m budget={budget} strategy=...",
+               "job_command": f"python -m server_app.experiment budget={budget} strategy={strategy} seed={seed}",
+               "choices": {"budget": budget, "strategy": strategy}, "budget": budget, "planned_rounds": planned,
+               "status": status or ("completed" if planned <= len(scores) else "incomplete"),
+               "host": {"cpus": 2, "memory_gb": 24.0, "gpus": []},
+               "peak_memory": {"peak_total_mb": 3000.0 + seed, "peak_client_mb": 900.0, "peak_server_mb": 500.0}}
+        if status == "failed":
+            exp["error"] = "RuntimeError: boom"
+        (run_dir / "experiment.json").write_text(json.dumps(exp))
+    return run_dir
+
+
+def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    # FedAMoLE: last-round means 0.6 and 0.8 -> 0.7 ± 0.1414; best baseline fedit_ft 0.5 -> gain +40 %.
+    make_run(runs, "fedamole", 0, [[0.1, 0.3], [0.5, 0.7]])
+    make_run(runs, "fedamole", 1, [[0.9, 0.9], [0.7, 0.9]])
+    make_run(runs, "fedit_ft", 0, [[0.4, 0.4], [0.5, 0.5]])
+    make_run(runs, "fedit", 0, [[0.3, 0.3], [0.2, float("nan")]])  # a NaN client score is left out
+    make_run(runs, "local", 0, [[0.45, 0.45]], planned=3)  # incomplete: listed, not in the table
+    make_run(runs, "local", 1, [[0.1, 0.1]], planned=2, status="failed")
+    (runs / ".hydra" / "x").mkdir(parents=True)  # hidden folders are not runs
+    (runs / ".hydra" / "x" / "metrics.json").write_text("{}")
+
+    rows = collect(runs)
+    assert len(rows) == 6
+    by = {(r["strategy"], r["seed"]): r for r in rows}
+    ours = by[("fedamole", 0)]
+    assert ours["final_score"] == pytest.approx(0.6) and ours["best_score"] == pytest.approx(0.6)
+    assert by[("fedamole", 1)]["best_score"] == pytest.approx(0.9) and by[("fedamole", 1)]["best_round"] == 1
+    assert ours["kb_up_per_client_round"] == pytest.approx(3.0)  # (2000 + 4000) / 2 bytes
+    assert ours["kb_down_per_client_round"] == pytest.approx(1.0)
+    assert ours["seconds_per_round"] == pytest.approx(15.0)
+    assert by[("fedit", 0)]["final_score"] == pytest.approx(0.2)
+    assert by[("local", 0)]["status"] == "incomplete" and by[("local", 1)]["status"] == "failed"
+
+    table = summarize(rows)
+    assert set(table) == {"fedamole", "fedit_ft", "fedit"}
+    assert table["fedamole"]["n_seeds"] == 2
+    assert table["fedamole"]["score_mean"] == pytest.approx(0.7)
+    assert table["fedamole"]["score_std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.6, 0.8
+    assert table["fedamole"]["peak_total_mb"] == 3001.0
+    assert math.isnan(table["fedit_ft"]["score_std"])
+    gain, best, sentence = relative_gain(table)
+    assert best == "fedit_ft" and gain == pytest.approx(0.4)
+    assert "+40.0%" in sentence and "does not win" not in sentence
+
+    paths, _ = write_results(runs, tmp_path / "docs")
+    md = paths["md"].read_text()
+    assert "## bigbench_tasks — budget `cpu_small`" in md
+    assert "0.7000 ± 0.1414" in md and "+40.0%" in md
+    assert "python -m server_app.experiment -m budget=cpu_small strategy=..." in md
+    assert "smollm2-135m (4bit, float32)" in md and "2 clients" in md and "10 local steps × batch 4" in md
+    assert "`bigbench_tasks-local-s0` incomplete (1/3 rounds)" in md
+    assert "`bigbench_tasks-local-s1` failed (1/2 rounds): RuntimeError: boom" in md
+    with open(paths["csv"]) as f:
+        summary = list(csv.DictReader(f))
+    assert list(summary[0]) == SUMMARY_COLUMNS
+    assert [r["strategy"] for r in summary] == ["fedamole", "fedit", "fedit_ft"]
+    assert float(summary[0]["score_mean"]) == pytest.approx(0.7)
+    assert float(summary[0]["score_std"]) == pytest.approx(0.141421, abs=1e-5)
+    assert float(summary[0]["gain_vs_best_baseline"]) == pytest.approx(0.4)
+    assert summary[0]["best_baseline"] == "fedit_ft" and summary[1]["gain_vs_best_baseline"] == ""
+    with open(paths["runs_csv"]) as f:
+        per_run = list(csv.DictReader(f))
+    assert list(per_run[0]) == RUN_COLUMNS and len(per_run) == 6
+
+
+def test_fedamole_that_does_not_win_is_said_so(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "fedamole", 0, [[0.4, 0.4]])
+    make_run(runs, "fedamole", 1, [[0.5, 0.5]])
+    make_run(runs, "local", 0, [[0.5, 0.5]])
+    make_run(runs, "local", 1, [[0.6, 0.6]])
+    gain, best, sentence = relative_gain(summarize(collect(runs)))
+    assert best == "local" and gain == pytest.approx((0.45 - 0.55) / 0.55)
+    assert "FedAMoLE does not win here" in sentence and "-18.2%" in sentence
+    assert "within one standard deviation" not in sentence  # 0.1 apart, std 0.0707
+
+    runs2 = tmp_path / "runs2"
+    make_run(runs2, "fedamole", 0, [[0.5, 0.5]])
+    assert "no relative gain" in relative_gain(summarize(collect(runs2)))[2]
+
+
+def test_tables_split_by_scenario_and_budget(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs / "a", "fedamole", 0, [[0.5, 0.5]])
+    make_run(runs / "a", "fedamole", 0, [[0.2, 0.2]], scenario="snli_dir0.1")
+    make_run(runs / "b", "fedamole", 0, [[0.9, 0.9]], budget="gpu", steps=200)  # another budget, same names
+    make_run(runs / "c", "fedamole", 1, [[0.7, 0.7]], steps=20)  # same preset, another steps override
+    make_run(runs / "d", "fedit", 0, [[0.1, 0.1]], experiment=False)  # not made by the runner
+    rows = collect(runs)
+    paths, _ = write_results(runs, tmp_path / "docs")
+    md = paths["md"].read_text()
+    assert md.count("## bigbench_tasks — budget `cpu_small`") == 2
+    assert md.count("## bigbench_tasks — budget `gpu`") == 1 and md.count("## snli_dir0.1") == 1
+    assert "budget `?`" in md and "no command recorded" in md
+    assert len(rows) == 5
+
+
+def test_cli_without_runs(tmp_path: Path, capsys) -> None:
+    assert main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "docs")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "docs")]) == 0
+    assert "No run directory found" in (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_runner_smoke_writes_run_dirs_and_skips_completed_runs(tmp_path: Path, capsys) -> None:
+    """Two strategies x one seed, one round each, tiny model; a rerun skips both; results collects them."""
+    from server_app import experiment
+
+    runs = tmp_path / "exp"
+    jobs = [["model=tiny", "scenario=synthetic", "budget=smoke", f"strategy={s}", "federation.num_rounds=1",
+             f"federation.runs_dir={runs}"] for s in ("fedamole", "local")]
+    first = experiment.run_sweep(jobs, command="pytest sweep")
+    assert [r.status for r in first] == ["completed", "completed"], [r.message for r in first]
+    for name in ("synthetic-fedamole-s0", "synthetic-local-s0"):
+        run_dir = runs / name
+        assert {"metrics.json", "checkpoint.pt", "report.md", "experiment.json"} <= {p.name for p in run_dir.iterdir()}
+        record = json.loads((run_dir / "experiment.json").read_text())
+        assert record["status"] == "completed" and record["budget"] == "smoke" and record["command"] == "pytest sweep"
+        assert record["peak_memory"]["peak_total_mb"] > 0 and record["calls"][0]["rounds_after"] == 1
+    second = experiment.run_sweep(jobs)
+    assert [r.status for r in second] == ["skipped", "skipped"]
+    assert "skipped, complete (1/1 rounds)" in capsys.readouterr().out
+    assert experiment.summary(first + second) == experiment.EXIT_OK
+
+    rows = collect(runs)
+    assert {r["strategy"] for r in rows} == {"fedamole", "local"} and all(r["status"] == "completed" for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------ runner logic
+# The chunking, skip, resume and failure paths of server_app.experiment with `simulate` replaced by a fake that
+# writes what the round loop writes (checkpoint + metrics.json), so they run in milliseconds.
+
+
+def fake_simulator(calls: list, fail_at: int | None = None, round_seconds: float = 5.0, clock: list | None = None):
+    import numpy as np
+    import torch
+
+    from server_app import checkpoint
+    from server_app.checkpoint import ServerState
+
+    def simulate(settings, runs_dir, resume, opts, log_path):
+        run_dir = Path(resume) if resume else Path(runs_dir) / settings.federation.name
+        if resume:
+            state = checkpoint.load(run_dir)
+            target = state.settings["federation"]["num_rounds"]  # run() keeps the checkpoint's settings
+        else:
+            state = ServerState(settings=settings.to_dict(), bank={"w": torch.zeros(2)}, clients=["0", "1"],
+                                rng=np.random.default_rng(0))
+            state.metrics = {"run": {"name": run_dir.name, "strategy": settings.federation.strategy,
+                                     "scenario": settings.scenario.name, "num_rounds": settings.federation.num_rounds,
+                                     "seed": settings.federation.seed, "config": settings.to_dict()}, "rounds": []}
+            target = settings.federation.num_rounds
+        calls.append((state.round, target, bool(resume)))
+        wall = 2.0 + round_seconds * (target - state.round)
+        if clock is not None:
+            clock[0] += wall
+        for n in range(state.round + 1, target + 1):
+            if fail_at == n:
+                return None, "Traceback ...\nRuntimeError: round failed", {"peak_total_mb": 1.0}, 1.0
+            state.round = n
+            state.metrics["rounds"].append({"round": n, "seconds": round_seconds, "clients": {
+                "0": {"score": 0.1 * n, "bytes_up": 10, "bytes_down": 10}}})
+            checkpoint.save(state, run_dir)
+            (run_dir / "metrics.json").write_text(json.dumps(state.metrics))
+        return state, None, {"peak_total_mb": 100.0, "peak_client_mb": 50.0}, wall
+
+    return simulate
+
+
+def _job(runs: Path, *extra: str, strategy: str = "fedamole"):
+    from server_app import experiment
+
+    overrides = ["model=tiny", "scenario=synthetic", "budget=smoke", f"strategy={strategy}",
+                 f"federation.runs_dir={runs}", *extra]
+    cfg, choices = experiment.compose_job(overrides)
+    return experiment.run_job(cfg, command="cmd", job_overrides=overrides, choices=choices)
+
+
+def test_runner_chunks_resume_and_retarget_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from server_app import checkpoint, experiment
+
+    calls: list = []
+    monkeypatch.setattr(experiment, "simulate", fake_simulator(calls))
+    result = _job(tmp_path, "federation.num_rounds=5", "experiment.rounds_per_call=2", "seed=3")
+    assert result.status == "completed" and result.name == "synthetic-fedamole-s3"
+    assert calls == [(0, 2, False), (2, 4, True), (4, 5, True)]
+    run_dir = tmp_path / "synthetic-fedamole-s3"
+    state = checkpoint.load(run_dir)
+    assert state.round == 5 and state.settings["federation"]["num_rounds"] == 5
+    assert state.metrics["run"]["num_rounds"] == 5 and state.settings["federation"]["seed"] == 3
+    record = json.loads((run_dir / "experiment.json").read_text())
+    assert record["planned_rounds"] == 5 and [c["rounds_after"] for c in record["calls"]] == [2, 4, 5]
+
+    # More rounds later: the same command with num_rounds=6 resumes; an equal one skips.
+    calls.clear()
+    assert _job(tmp_path, "federation.num_rounds=6", "seed=3").status == "completed" and calls == [(5, 6, True)]
+    assert _job(tmp_path, "federation.num_rounds=6", "seed=3").status == "skipped"
+    # Another config under the same name is an error, not a silent mix.
+    failed = _job(tmp_path, "federation.num_rounds=7", "seed=3", "train.steps=9")
+    assert failed.status == "failed" and "train.steps" in failed.message
+
+
+def test_runner_time_limit_leaves_runs_incomplete_and_failures_are_reported(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    from server_app import experiment
+
+    calls: list = []
+    clock = [1000.0]
+    monkeypatch.setattr(experiment, "simulate", fake_simulator(calls, round_seconds=100.0, clock=clock))
+    monkeypatch.setattr(experiment, "_ROUND_ESTIMATE", {})
+    monkeypatch.setattr(experiment, "_now", lambda: clock[0])
+    # 250 s left: no estimate yet -> one round (100 s + 2 s); then 148 s left fits one more, then none.
+    monkeypatch.setattr(experiment, "_STARTED", 950.0)
+    r = _job(tmp_path, "federation.num_rounds=4", "experiment.time_limit_s=300")
+    assert r.status == "incomplete" and calls == [(0, 1, False), (1, 2, True)]
+    assert experiment.summary([r]) == experiment.EXIT_INCOMPLETE
+    # The local-only baseline is never split: with an estimate that does not fit it is deferred whole. A new
+    # process has no round times of its own: it takes them from the other runs in the runs folder.
+    monkeypatch.setattr(experiment, "_ROUND_ESTIMATE", {})
+    r = _job(tmp_path, "federation.num_rounds=4", "experiment.time_limit_s=300", strategy="local")
+    assert r.status == "incomplete" and "the whole run" in r.message
+
+    monkeypatch.setattr(experiment, "simulate", fake_simulator(calls, fail_at=2))
+    r = _job(tmp_path / "f", "federation.num_rounds=3")
+    assert r.status == "failed" and "RuntimeError: round failed" in r.message
+    err = capsys.readouterr().err
+    assert "FAILED: run synthetic-fedamole-s0" in err and "logs:" in err
+    record = json.loads((tmp_path / "f" / "synthetic-fedamole-s0" / "experiment.json").read_text())
+    assert record["status"] == "failed" and record["rounds_done"] == 1
+    assert experiment.summary([r]) == experiment.EXIT_FAILED
