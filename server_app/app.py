@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from amole.compose import compose, overrides_from_run_config
 from server_app.federation import run
+from server_app.logs import setup_logging
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    logger = logging.getLogger("amole")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    setup_logging()
     settings = compose(overrides_from_run_config(context.run_config))
     resume = str(context.run_config.get("resume", "")).strip() or None
     run(grid, settings, resume=resume)

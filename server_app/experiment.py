@@ -17,20 +17,8 @@ under ``federation.runs_dir`` (default here ``runs/experiments``; ``federation.n
   planned and completed rounds, status, and for every simulation call its wall time and peak memory;
   ``experiment.log`` gets the server's log and, if the run failed, the traceback.
 
-Peak memory is sampled every 0.5 s with psutil over this process and all its descendants, which are the Ray
-head (GCS, raylet) and the client workers: ``peak_total_mb`` is the largest sum of their PSS (proportional set
-size: shared pages counted once), ``peak_client_mb`` the largest RSS of one Ray worker process (one simulated
-client's model and training), ``peak_server_mb`` this process's RSS. Where ``nvidia-smi`` exists, ``peak_gpu_mb``
-is the largest memory used on the GPUs as it reports it (every process on them, sampled every 2 s).
-
-Chunks. ``run(resume=dir)`` takes its settings from the checkpoint, so a run of ``num_rounds=k`` is continued by
-rewriting ``federation.num_rounds`` (and the metrics header) in the checkpoint before resuming; the round loop
-is deterministic given the checkpoint, so the chunks end where one uninterrupted run ends. With
-``experiment.time_limit_s=T`` a call starts no chunk it expects to end after T seconds from the runner's start
-(estimated from the run's round times and the start-up overhead seen so far; a run with no estimate yet starts
-with one round), leaves the rest ``incomplete`` and exits with code 3: run the same command again to go on.
-The local-only baseline keeps its adapters inside the simulated clients, which a new simulation cannot restore:
-it is never split, and a local run found unfinished is started again from round 0.
+Peak memory and CPU time are sampled over the runner and all its descendants (``server_app.resources``); the
+chunk and time-limit planning is ``server_app.chunking``.
 
 Exit code: 0 when every run is complete, 1 when any failed, 3 when some were left for a later call.
 """
@@ -41,14 +29,10 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import os
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -59,9 +43,6 @@ from typing import Any
 
 import hydra
 import psutil
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -70,21 +51,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amole.compose import CONF_DIR, GROUPS, settings_from_cfg
 from amole.config import Settings
-from client_app.app import app as client_app
-from server_app import checkpoint
-from server_app.federation import run
+from server_app.chunking import (
+    EXPERIMENT_FILE,
+    config_mismatch,
+    estimate,
+    metrics_rounds,
+    note_call,
+    plan_step,
+    retarget_checkpoint,
+    rounds_done,
+)
+from server_app.logs import setup_logging
+from server_app.resources import host_info
+from server_app.simulation import simulate
 
 DEFAULT_RUNS_DIR = "runs/experiments"
-EXPERIMENT_FILE = "experiment.json"
 LOG_FILE = "experiment.log"
 BASE_COMMAND = "python -m server_app.experiment"
-# Keys a resumed run takes from the command rather than from its checkpoint: where things are on this machine,
-# how long to wait, how many rounds in all. Any other difference is an error (the run would mix two configs).
-OPERATIONAL = {
-    "federation": ("num_rounds", "runs_dir", "name", "reply_timeout", "query_timeout", "wait_for_nodes"),
-    "scenario": ("local_path", "local_dir", "cache_dir"),
-    "model": ("cache_dir",),
-}
 EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
 
 log = logging.getLogger("amole.experiment")
@@ -102,99 +85,6 @@ class JobResult:
     status: str  # completed | skipped | incomplete | failed
     run_dir: Path
     message: str = ""
-
-
-# ------------------------------------------------------------------------------------------------ memory
-
-
-class MemorySampler:
-    """Peak memory of this process and all its descendants (Ray head and client workers), sampled in a thread."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-        self.peak = {"peak_total_mb": 0.0, "peak_client_mb": 0.0, "peak_server_mb": 0.0}
-        self._cpu: dict[int, float] = {}  # pid -> CPU seconds at its last sample (processes that end keep theirs)
-        ct = psutil.Process().cpu_times()
-        self._cpu_before = ct.user + ct.system  # this process's CPU time before the simulation
-        self.gpu = shutil.which("nvidia-smi")
-        self.gpu_baseline_mb = self._gpu_used() if self.gpu else None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sample()
-
-    def _loop(self) -> None:
-        n = 0
-        while not self._stop.wait(self.interval):
-            self.sample(gpu=n % 4 == 0)
-            n += 1
-
-    def sample(self, gpu: bool = True) -> None:
-        me = psutil.Process()
-        try:
-            procs = [me, *me.children(recursive=True)]
-        except psutil.Error:
-            procs = [me]
-        total, workers, others = 0, [], []
-        for p in procs:
-            try:
-                info = p.memory_full_info()
-                total += getattr(info, "pss", info.rss)
-                ct = p.cpu_times()
-                self._cpu[p.pid] = ct.user + ct.system
-                if p.pid == me.pid:
-                    self._max("peak_server_mb", info.rss / 1e6)
-                elif (p.name() or "").startswith("ray::") or " ".join(p.cmdline()[:1]).startswith("ray::"):
-                    workers.append(info.rss)
-                else:
-                    others.append(info.rss)
-            except psutil.Error:  # gone, zombie or not ours to read
-                continue
-        self._max("peak_total_mb", total / 1e6)
-        self._max("peak_client_mb", max(workers or others or [0]) / 1e6)
-        if gpu and self.gpu:
-            used = self._gpu_used()
-            if used is not None:
-                self._max("peak_gpu_mb", used)
-
-    def _max(self, key: str, value: float) -> None:
-        self.peak[key] = max(self.peak.get(key, 0.0), round(value, 1))
-
-    def _gpu_used(self) -> float | None:
-        try:
-            out = subprocess.run([self.gpu or "nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout
-            return float(sum(float(x) for x in out.split()))  # MiB as nvidia-smi reports, summed over GPUs
-        except (OSError, subprocess.SubprocessError, ValueError):
-            return None
-
-    def result(self) -> dict[str, float]:
-        out = dict(self.peak)
-        # CPU seconds of the runner (this call only) and of every descendant seen: a load-independent cost.
-        out["cpu_s"] = round(sum(self._cpu.values()) - self._cpu_before, 1)
-        if self.gpu_baseline_mb is not None:
-            out["gpu_baseline_mb"] = self.gpu_baseline_mb
-        return out
-
-
-def host_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count(),
-                            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpus": []}
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=10, check=True).stdout
-            info["gpus"] = [line.strip() for line in out.splitlines() if line.strip()]
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return info
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -221,125 +111,7 @@ def experiment_options(cfg: DictConfig) -> dict[str, Any]:
     return opts
 
 
-def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Keys whose value differs between a checkpoint's settings and the command's, operational keys aside."""
-    diff = []
-    for section in sorted(set(saved) | set(wanted)):
-        a, b = saved.get(section) or {}, wanted.get(section) or {}
-        for key in sorted(set(a) | set(b)):
-            if key in OPERATIONAL.get(section, ()):
-                continue
-            if _norm(a.get(key)) != _norm(b.get(key)):
-                diff.append(f"{section}.{key}: {a.get(key)!r} in the run, {b.get(key)!r} now")
-    return diff
-
-
-def _norm(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple | list) else value
-
-
-def retarget_checkpoint(run_dir: Path, settings: Settings, num_rounds: int) -> None:
-    """Before a resume: the checkpoint's operational keys follow the command, and it plans ``num_rounds``."""
-    state = checkpoint.load(run_dir)
-    saved = state.settings
-    wanted = settings.to_dict()
-    for section, keys in OPERATIONAL.items():
-        for key in keys:
-            saved[section][key] = wanted[section][key]
-    saved["federation"]["num_rounds"] = num_rounds
-    saved["federation"]["name"] = run_dir.name
-    header = state.metrics.setdefault("run", {})
-    header["num_rounds"] = num_rounds
-    header["config"] = copy.deepcopy(saved)
-    checkpoint.save(state, run_dir)
-
-
-# ------------------------------------------------------------------------------------------------ one simulation
-
-
-def simulate(settings: Settings, runs_dir: Path, resume: Path | None, opts: dict[str, Any],
-             log_path: Path) -> tuple[Any, str | None, dict[str, float], float]:
-    """One run_simulation of ``run``: (final state or None, the error's traceback, resources, wall seconds)."""
-    box: dict[str, Any] = {}
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            box["state"] = run(grid, settings, runs_dir=runs_dir, resume=resume)
-        except BaseException:
-            box["error"] = traceback.format_exc()
-            raise
-
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    loggers = [logging.getLogger("amole"), logging.getLogger("flwr")]
-    for lg in loggers:
-        lg.addHandler(handler)
-    start = time.perf_counter()
-    try:
-        with MemorySampler() as sampler:
-            try:
-                run_simulation(server_app=server, client_app=client_app,
-                               num_supernodes=settings.federation.num_clients,
-                               backend_config={"client_resources": {"num_cpus": opts["client_num_cpus"],
-                                                                    "num_gpus": opts["client_num_gpus"]}})
-            except (Exception, SystemExit):
-                box.setdefault("error", traceback.format_exc())
-        if "state" not in box and "error" not in box:
-            box["error"] = "the ServerApp ended without a final state (no exception reached the runner)"
-        if "error" in box:
-            logging.getLogger("amole").error("run failed:\n%s", box["error"])
-    finally:
-        for lg in loggers:
-            lg.removeHandler(handler)
-        handler.close()
-    return box.get("state"), box.get("error"), sampler.result(), time.perf_counter() - start
-
-
 # ------------------------------------------------------------------------------------------------ one job
-
-
-def rounds_done(run_dir: Path) -> tuple[int, dict[str, Any] | None]:
-    if not (run_dir / checkpoint.CHECKPOINT).is_file():
-        return 0, None
-    state = checkpoint.load(run_dir)
-    return int(state.round), state.settings
-
-
-def _estimate(record: dict[str, Any], metrics_rounds: list[dict],
-              runs_dir: Path | None = None) -> tuple[float | None, float | None]:
-    """(seconds per round, start-up seconds per simulation), the largest seen: from this run's history, else
-    from the runs of this process, else from the other runs in ``runs_dir`` (None when nothing ran yet)."""
-    secs = [float(r["seconds"]) for r in metrics_rounds if "seconds" in r]
-    overheads = _overheads(record)
-    if not secs and "round" not in _ROUND_ESTIMATE and runs_dir is not None:
-        for path in Path(runs_dir).glob(f"*/{EXPERIMENT_FILE}"):  # a previous call's runs: a prior
-            try:
-                other = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            rounds = [float(r["seconds"]) for r in _metrics_rounds(path.parent) if "seconds" in r]
-            if rounds:
-                _ROUND_ESTIMATE["round"] = max(_ROUND_ESTIMATE.get("round", 0.0), max(rounds))
-            for o in _overheads(other):
-                _ROUND_ESTIMATE["overhead"] = max(_ROUND_ESTIMATE.get("overhead", 0.0), o)
-    per_round = max(secs) if secs else _ROUND_ESTIMATE.get("round")
-    overhead = max(overheads) if overheads else _ROUND_ESTIMATE.get("overhead")
-    return per_round, overhead
-
-
-def _overheads(record: dict[str, Any]) -> list[float]:
-    return [c["wall_s"] - c.get("round_seconds", 0.0) for c in record.get("calls", []) if c.get("status") != "failed"]
-
-
-def _metrics_rounds(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.json"
-    try:
-        return list(json.loads(path.read_text(encoding="utf-8")).get("rounds", []))
-    except (OSError, ValueError):
-        return []
 
 
 def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
@@ -429,31 +201,16 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
         record["restarted"] = record.get("restarted", 0) + 1
 
     while done < planned:
-        per_round, overhead = _estimate(record, _metrics_rounds(run_dir) if done else [],
-                                        runs_dir if opts.get("time_limit_s") else None)
-        step = planned - done
-        if splittable and opts.get("rounds_per_call"):
-            step = min(step, int(opts["rounds_per_call"]))
-        limit = opts.get("time_limit_s")
-        if limit:
-            left = float(limit) - (_now() - _STARTED)
-            if per_round is None:
-                step = min(step, 1) if splittable else step
-            else:
-                fit = math.floor((left - (overhead or 0.0)) / per_round)
-                if splittable:
-                    step = min(step, fit)
-                elif fit < step:
-                    step = 0
-            if step < 1:
-                need = (overhead or 0.0) + per_round * (1 if splittable else planned) if per_round else math.nan
-                msg = (f"time limit: {left:.0f} s left of {float(limit):.0f}, "
-                       f"{'a round' if splittable else 'the whole run'} needs about {need:.0f} s")
-                print(f"{tag} {fed.name}: incomplete ({done}/{planned} rounds), {msg}; run the same command "
-                      f"again to continue", flush=True)
-                record.update(status="incomplete", rounds_done=done)
-                _write_record(run_dir, record)
-                return _finish(JobResult(fed.name, "incomplete", run_dir, msg))
+        per_round, overhead = estimate(record, metrics_rounds(run_dir) if done else [], _ROUND_ESTIMATE,
+                                       runs_dir if opts.get("time_limit_s") else None)
+        step, msg = plan_step(planned=planned, done=done, splittable=splittable, opts=opts, per_round=per_round,
+                              overhead=overhead, elapsed=_now() - _STARTED)
+        if step < 1:
+            print(f"{tag} {fed.name}: incomplete ({done}/{planned} rounds), {msg}; run the same command "
+                  f"again to continue", flush=True)
+            record.update(status="incomplete", rounds_done=done)
+            _write_record(run_dir, record)
+            return _finish(JobResult(fed.name, "incomplete", run_dir, msg))
         target = done + step
         verb = f"resuming after round {done}" if done else "starting"
         print(f"{tag} {fed.name}: {verb}, rounds {done + 1}-{target} of {planned} -> {run_dir}", flush=True)
@@ -464,15 +221,12 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
         started = datetime.now(UTC).isoformat(timespec="seconds")
         state, error, resources, wall = simulate(chunk, runs_dir, run_dir if done else None, opts, run_dir / LOG_FILE)
         after, _ = rounds_done(run_dir)
-        round_secs = [float(r["seconds"]) for r in _metrics_rounds(run_dir) if r.get("round", 0) > done]
+        round_secs = [float(r["seconds"]) for r in metrics_rounds(run_dir) if r.get("round", 0) > done]
         call = {"started": started, "wall_s": round(wall, 1), "rounds_before": done, "rounds_after": after,
                 "round_seconds": round(sum(round_secs), 1), "resources": resources,
                 "status": "failed" if error else "ok"}
         record["calls"].append(call)
-        if round_secs:
-            _ROUND_ESTIMATE["round"] = max(_ROUND_ESTIMATE.get("round", 0.0), max(round_secs))
-            if not error:
-                _ROUND_ESTIMATE["overhead"] = max(_ROUND_ESTIMATE.get("overhead", 0.0), wall - sum(round_secs))
+        note_call(_ROUND_ESTIMATE, round_secs, wall, bool(error))
         if error or state is None or after < target:
             last = (error or "").strip().splitlines()[-1:] or ["no final state"]
             return _fail(tag, run_dir, record, f"{last[0]} (after {after}/{planned} rounds)", rounds=after)
@@ -589,12 +343,7 @@ def cli(argv: list[str] | None = None) -> int:
     _COMMAND = " ".join([BASE_COMMAND, shlex.join(args)]).strip()
     multirun = "-m" in args or "--multirun" in args
     _TOTAL_JOBS = count_jobs(args) if multirun else 1
-    logger = logging.getLogger("amole")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    setup_logging()
     print(f"$ {_COMMAND}" + (f"  ({_TOTAL_JOBS} runs)" if _TOTAL_JOBS else ""), flush=True)
     sys.argv = [sys.argv[0], *hydra_args(args)]
     main()

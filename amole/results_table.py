@@ -1,0 +1,268 @@
+"""The results tables: per-strategy summaries over seeds, FedAMoLE's relative gain, results.md and the CSVs.
+
+Kept apart from ``amole.results`` (which reads run directories into rows) so the rendering can change without
+touching how runs are collected; ``python -m amole.results`` is the entry point for both.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+BASELINES = ("fedit", "fedit_ft", "local", "fdlora")
+STRATEGY_ORDER = ("fedamole", "static", "random", "homogeneous", "no_shared", "fedit", "fedit_ft", "fdlora", "local")
+SUMMARY_COLUMNS = ["scenario", "budget", "strategy", "n_seeds", "score_mean", "score_std", "best_score_mean",
+                   "kb_up_per_client_round", "kb_down_per_client_round", "seconds_per_round", "peak_total_mb",
+                   "peak_client_mb", "peak_gpu_mb", "gain_vs_best_baseline", "best_baseline", "model",
+                   "num_clients", "num_rounds", "steps", "batch_size", "max_seq_len", "commands"]
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def finite(xs: Iterable[Any]) -> list[float]:
+    """The values that are finite numbers: missing or failed measurements (None, NaN) stay out of means."""
+    out = []
+    for x in xs:
+        try:
+            v = float(x)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def mean(xs: Sequence[float]) -> float:
+    """NaN for no values, so an empty column renders as a dash rather than raising."""
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def strategy_key(name: str) -> tuple[int, str]:
+    return (STRATEGY_ORDER.index(name), name) if name in STRATEGY_ORDER else (len(STRATEGY_ORDER), name)
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per strategy, over the complete runs given (its seeds): the numbers of one table row."""
+    out: dict[str, dict[str, Any]] = {}
+    for strategy in sorted({r["strategy"] for r in runs}, key=strategy_key):
+        rs = [r for r in runs if r["strategy"] == strategy and r["status"] == "completed"]
+        if not rs:
+            continue
+        finals = finite(r["final_score"] for r in rs)
+        out[strategy] = {
+            "strategy": strategy, "n_seeds": len(rs), "seeds": sorted(str(r["seed"]) for r in rs),
+            "score_mean": mean(finals),
+            "score_std": statistics.stdev(finals) if len(finals) >= 2 else math.nan,
+            "best_score_mean": mean(finite(r["best_score"] for r in rs)),
+            "kb_up_per_client_round": mean(finite(r["kb_up_per_client_round"] for r in rs)),
+            "kb_down_per_client_round": mean(finite(r["kb_down_per_client_round"] for r in rs)),
+            "seconds_per_round": mean(finite(r["seconds_per_round"] for r in rs)),
+            "peak_total_mb": max(finite(r["peak_total_mb"] for r in rs), default=math.nan),
+            "peak_client_mb": max(finite(r["peak_client_mb"] for r in rs), default=math.nan),
+            "peak_gpu_mb": max(finite(r["peak_gpu_mb"] for r in rs), default=math.nan),
+        }
+    return out
+
+
+def relative_gain(rows: dict[str, dict[str, Any]]) -> tuple[float | None, str | None, str]:
+    """(gain, best baseline, one sentence): FedAMoLE's ``(fedamole - best) / best`` over the best baseline."""
+    base = {s: r for s, r in rows.items() if s in BASELINES and math.isfinite(r["score_mean"])}
+    ours = rows.get("fedamole")
+    if ours is None or not math.isfinite(ours["score_mean"]):
+        return None, None, "No complete FedAMoLE run in this table: no relative gain."
+    if not base:
+        return None, None, f"No complete baseline run ({', '.join(BASELINES)}) in this table: no relative gain."
+    best = max(base, key=lambda s: base[s]["score_mean"])
+    f, b = ours["score_mean"], base[best]["score_mean"]
+    if b <= 0:
+        return None, best, (f"The best baseline, {best}, scores {b:.4f}: the relative gain is undefined "
+                            f"(FedAMoLE scores {f:.4f}).")
+    gain = (f - b) / b
+    head = (f"FedAMoLE's relative gain over the best baseline ({best}): **{gain:+.1%}** "
+            f"((fedamole − {best}) / {best} = ({f:.4f} − {b:.4f}) / {b:.4f}).")
+    if gain <= 0:
+        head += f" **FedAMoLE does not win here**: {best} scores {b:.4f} against FedAMoLE's {f:.4f}."
+    spread = finite([ours["score_std"], base[best]["score_std"]])
+    if len(spread) == 2:
+        if abs(f - b) <= max(spread):
+            head += " The difference is within one standard deviation over seeds."
+    else:
+        head += " (Fewer than two seeds on a side: no spread over seeds to compare the difference with.)"
+    return gain, best, head
+
+
+def group_runs(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """One group per (scenario, budget preset, planned rounds, budget fingerprint), in a stable order."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["scenario"], str(r["budget"]), r["rounds_planned"], r["_fingerprint"])
+        groups.setdefault(key, []).append(r)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3]))]
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def _fmt(x: Any, spec: str = ".4f", empty: str = "–") -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return empty
+    return format(v, spec) if math.isfinite(v) else empty
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{n} {word}" + ("" if str(n) == "1" else "s")
+
+
+def budget_line(runs: Sequence[dict[str, Any]]) -> str:
+    """The key numbers of the budget a table ran with."""
+    r0 = runs[0]
+    cfg = r0["_config"]
+    m, t, s, e = cfg.get("model", {}), cfg.get("train", {}), cfg.get("scenario", {}), cfg.get("eval", {})
+    ours = next((r["_config"] for r in runs if r["strategy"] == "fedamole"), None)
+    parts = [f"budget preset `{r0['budget']}`",
+             f"model {m.get('name', r0['model'])} ({m.get('quantization', '?')}, {m.get('dtype', '?')})",
+             _plural(r0["num_clients"], "client"), _plural(r0["rounds_planned"], "round"),
+             f"{t.get('steps')} local steps × batch {t.get('batch_size')}, max_seq_len {t.get('max_seq_len')}, "
+             f"lr {t.get('lr')}",
+             f"test ≤ {s.get('test_cap') if s.get('test_cap') is not None else 'default'} examples per client, "
+             f"{s.get('examples_per_task') or 'all'} examples per task",
+             f"generation ≤ {e.get('max_new_tokens')} new tokens"]
+    if ours:
+        a, g = ours.get("adapter", {}), ours.get("assign", {})
+        parts.append(f"FedAMoLE: N={a.get('num_experts')} experts/module, top-{a.get('top_k')}, rank {a.get('r')}, "
+                     f"K={g.get('clients_per_expert')}, {g.get('min_experts')}–{g.get('max_experts')} per client")
+    return "; ".join(parts) + "."
+
+
+def host_line(runs: Sequence[dict[str, Any]]) -> str:
+    hosts = []
+    for r in runs:
+        h = r["_host"]
+        if not h:
+            continue
+        gpus = ", ".join(h.get("gpus") or []) or "no GPU"
+        text = f"{h.get('cpus', '?')} CPU cores, {h.get('memory_gb', '?')} GB RAM, {gpus}"
+        if text not in hosts:
+            hosts.append(text)
+    return "; ".join(hosts) if hosts else "not recorded"
+
+
+def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """A table's markdown and its summary rows (for results.csv)."""
+    rows = summarize(runs)
+    gain, best, sentence = relative_gain(rows)
+    r0 = runs[0]
+    gpu = any(math.isfinite(r["peak_gpu_mb"]) for r in rows.values())
+    lines = [f"## {r0['scenario']} — budget `{r0['budget']}`", "",
+             f"Budget: {budget_line(runs)}", "", f"Machine: {host_line(runs)}.", ""]
+    commands = sorted({r["command"] for r in runs if r["command"]})
+    lines.append("Produced by:" if commands else "Produced by: (no command recorded: runs not made by "
+                 "`server_app.experiment`)")
+    if commands:
+        lines += ["", "```", *commands, "```"]
+    lines.append("")
+    if rows:
+        head = ["strategy", "score, last round (mean ± std)", "seeds", "best-round score",
+                "kB up / down per client·round", "s / round", "peak MB all / one client"]
+        if gpu:
+            head.append("peak GPU MB")
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for s, row in rows.items():
+            score = _fmt(row["score_mean"]) + (f" ± {_fmt(row['score_std'])}" if row["n_seeds"] > 1 else "")
+            cells = [f"**{s}**" if s == "fedamole" else s, score, str(row["n_seeds"]), _fmt(row["best_score_mean"]),
+                     f"{_fmt(row['kb_up_per_client_round'], ',.1f')} / {_fmt(row['kb_down_per_client_round'], ',.1f')}",
+                     _fmt(row["seconds_per_round"], ".1f"),
+                     f"{_fmt(row['peak_total_mb'], ',.0f')} / {_fmt(row['peak_client_mb'], ',.0f')}"]
+            if gpu:
+                cells.append(_fmt(row["peak_gpu_mb"], ",.0f"))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", sentence, ""]
+    else:
+        lines += ["No complete run in this group.", ""]
+    left_out = [r for r in runs if r["status"] != "completed"]
+    if left_out:
+        lines.append("Not in the table:")
+        for r in left_out:
+            why = f": {r['error']}" if r["error"] else ""
+            lines.append(f"- `{Path(r['run_dir']).name}` {r['status']} ({r['rounds_done']}/{r['rounds_planned']} "
+                         f"rounds){why}")
+        lines.append("")
+    summary_rows = []
+    for s, row in rows.items():
+        summary_rows.append({
+            **{k: row[k] for k in SUMMARY_COLUMNS if k in row},
+            "scenario": r0["scenario"], "budget": r0["budget"], "strategy": s,
+            "gain_vs_best_baseline": gain if s == "fedamole" and gain is not None else "",
+            "best_baseline": best if s == "fedamole" and best else "",
+            "model": r0["model"], "num_clients": r0["num_clients"], "num_rounds": r0["rounds_planned"],
+            "steps": r0["steps"], "batch_size": r0["batch_size"], "max_seq_len": r0["max_seq_len"],
+            "commands": " ; ".join(commands),
+        })
+    return "\n".join(lines), summary_rows
+
+
+PREAMBLE = """# Results
+
+Collected by `{command}` from {n} run directories under `{runs}` ({complete} complete). Regenerate with
+`make results` after `make experiments-small` (or any `python -m server_app.experiment` sweep).
+
+- **score**: each client's personalized test score after the last round (accuracy by LM scoring for multiple
+  choice, Rouge-L F1 for generation), averaged over the clients, then mean ± sample standard deviation over seeds;
+  FedIT is scored on the aggregated model, the others right after local training. best-round score: the same
+  mean for each run's best round.
+- **kB**: 1000 bytes per client per round, counted from the records actually sent (up: adapters and routing
+  statistics; down: the payload, plus the aggregate FedIT's clients score).
+- **s / round**: wall-clock of a round on the server, clients included (they share the machine in simulation).
+- **peak MB**: all = the largest sum of PSS over the runner and its descendants (Ray head and client workers),
+  one client = the largest RSS of one Ray worker; sampled every 0.5 s (`experiment.json` in each run).
+"""
+
+
+def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str) -> tuple[str, list[dict[str, Any]]]:
+    complete = sum(r["status"] == "completed" for r in rows)
+    parts = [PREAMBLE.format(command=command, n=len(rows), runs=runs_dir, complete=complete)]
+    summary_rows: list[dict[str, Any]] = []
+    if not rows:
+        parts.append(f"No run directory found under `{runs_dir}`.\n")
+    for group in group_runs(rows):
+        text, srows = render_table(group)
+        parts.append(text)
+        summary_rows += srows
+    if rows:
+        parts.append("## All runs\n")
+        parts.append("| run | budget | seed | status | rounds | last-round score | best (round) | s / round |")
+        parts.append("|---|---|---|---|---|---|---|---|")
+        for r in sorted(rows, key=lambda r: (r["scenario"], str(r["budget"]), strategy_key(r["strategy"]),
+                                             str(r["seed"]))):
+            parts.append(f"| `{Path(r['run_dir']).name}` | {r['budget']} | {r['seed']} | {r['status']} | "
+                         f"{r['rounds_done']}/{r['rounds_planned']} | {_fmt(r['final_score'])} | "
+                         f"{_fmt(r['best_score'])} ({r['best_round'] if r['best_round'] is not None else '–'}) | "
+                         f"{_fmt(r['seconds_per_round'], '.1f')} |")
+        parts.append("")
+    return "\n".join(parts), summary_rows
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else round(v, 6)
+    if isinstance(v, list | tuple):
+        return " ".join(map(str, v))
+    return "" if v is None else v
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: _csv_value(row.get(k)) for k in columns})
