@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from amole.compose import compose, overrides_from_run_config
 
-    run_config = dict(tomllib_loads_pairs(args.run_config))
+    run_config = dict(run_config_pairs(args.run_config))
     extra = f"federation.runs_dir={args.runs_dir}"
     run_config["overrides"] = f"{run_config.get('overrides', '')} {extra}".strip()
     settings = compose(overrides_from_run_config({**default_run_config(), **run_config}))
@@ -130,7 +130,7 @@ def default_run_config() -> dict[str, str]:
         return {k: str(v) for k, v in tomllib.load(f)["tool"]["flwr"]["app"]["config"].items()}
 
 
-def tomllib_loads_pairs(text: str) -> dict[str, str]:
+def run_config_pairs(text: str) -> dict[str, str]:
     """``k=v k2='v 2'`` -> dict, with shell-style quoting (as `flwr run --run-config` accepts)."""
     out = {}
     for item in shlex.split(text):
