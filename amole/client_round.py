@@ -58,7 +58,10 @@ def local_round(
     stream = batches(tokenizer, splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
     metrics = train_round(model, stream, settings.train, server_round)
     result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
-    stats = collect_statistics(model, embedding_batches(tokenizer, splits, settings))
+    # No routed pool (plain LoRA baselines): nothing for RSEA to score, so skip encoding the embedding set.
+    stats: dict[str, Tensor] = {}
+    if settings.adapter.num_experts:
+        stats = collect_statistics(model, embedding_batches(tokenizer, splits, settings))
     if settings.assign.dp_eta is not None:
         stats = privatize(stats, settings.assign.dp_eta, np.random.default_rng(seed))
     metrics.update(
