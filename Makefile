@@ -53,9 +53,10 @@ certs:
 # rerunning skips finished runs and resumes unfinished ones. SNLI needs a JSONL copy: SNLI_PATH=/data/snli
 # (without it the scenario falls back to ~/.cache/amole/snli, then to the hub). Then `make results`.
 SNLI_PATH ?=
+SEEDS ?= 0
 experiments-small: model
-	$(PY) -m server_app.experiment -m budget=cpu_small model=smollm2 strategy=fedamole,fedit,fedit_ft,local \
-		scenario=bigbench_tasks,snli_dir0.1 seed=0 $(if $(SNLI_PATH),++scenario.local_path=$(SNLI_PATH))
+	$(PY) -m server_app.experiment -m budget=cpu_small model=smollm2 strategy=fedamole,fedit,fedit_ft,fdlora,local \
+		scenario=bigbench_tasks,snli_dir0.1 seed=$(SEEDS) $(if $(SNLI_PATH),++scenario.local_path=$(SNLI_PATH))
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
 results: $(STAMP)

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from amole import bank
 from amole.config import Settings
 from amole.data import ClientSplits, batches, collate, encode, pad_id_of
-from amole.evaluate import evaluate
+from amole.evaluate import answer_loss, evaluate
+from amole.fusion import merge, tune_weights
 from amole.model import amole_layers, export_adapters, import_adapters
 from amole.seeds import stable_seed
 from amole.statistics import collect_statistics, privatize
@@ -71,6 +72,57 @@ def local_round(
         seconds=time.perf_counter() - start,
     )
     return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})
+
+
+def dual_round(
+    model: nn.Module,
+    tokenizer,
+    splits: ClientSplits,
+    global_payload: Mapping[str, Tensor],
+    private: Mapping[str, Tensor],
+    settings: Settings,
+    server_round: int,
+    client: str,
+) -> tuple[RoundResult, dict[str, Tensor]]:
+    """FDLoRA's round: train the private and the global LoRA in turn, tune their fusion, score the fused one.
+
+    Returns what is uploaded (the trained global LoRA only) and the client's new private LoRA, which never
+    leaves it. ``model`` holds one plain LoRA per module (no routed experts); it is loaded three ways in turn.
+    """
+    if not splits.eval:
+        raise ValueError(f"client {client}: FDLoRA tunes its fusion weights on the eval split, which is empty "
+                         "(raise scenario.eval_cap / eval_frac)")
+    start = time.perf_counter()
+    cfg = settings.train
+    phases = {}
+    for phase, payload in (("private", private), ("global", global_payload)):
+        seed = stable_seed("round", settings.federation.seed, server_round, client, phase)
+        torch.manual_seed(seed)
+        import_adapters(model, payload)
+        stream = batches(tokenizer, splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
+        phases[phase] = (train_round(model, stream, cfg, server_round), export_adapters(model))
+    (private_metrics, new_private), (metrics, new_global) = phases["private"], phases["global"]
+
+    def loss_of(adapters: Mapping[str, Tensor]) -> float:
+        import_adapters(model, adapters)
+        return answer_loss(model, tokenizer, splits.eval, cfg.max_seq_len, settings.eval.batch_size)
+
+    fusion = tune_weights(loss_of, new_private, new_global, settings.fusion)
+    import_adapters(model, merge(new_private, new_global, fusion.w_private, fusion.w_global))
+    result = evaluate(model, tokenizer, splits.test, cfg.max_seq_len, settings.eval)
+    metrics.update({f"private_{k}": v for k, v in private_metrics.items() if k.startswith("train_")})
+    metrics.update(
+        score=float(result["score"]),
+        num_examples=float(len(splits.train)),
+        experts_mean=0.0,
+        fusion_w_private=fusion.w_private,
+        fusion_w_global=fusion.w_global,
+        fusion_objective=fusion.objective,
+        fusion_evals=float(fusion.evaluations),
+        seconds=time.perf_counter() - start,
+    )
+    info = {"task": splits.task, "metric": result["metric"]}
+    return RoundResult(new_global, {}, metrics, info), new_private
 
 
 def score_payload(model: nn.Module, tokenizer, splits: ClientSplits, payload: Mapping[str, Tensor],

@@ -52,6 +52,22 @@ class TrainConfig:
 
 
 @dataclass
+class FusionConfig:
+    """The FDLoRA baseline: a private LoRA per client next to the federated one, merged by tuned weights.
+
+    Off by default (FedAMoLE and the other strategies ignore this section). When on, each client trains its
+    private LoRA and the global LoRA for ``train.steps`` steps each, uploads only the global one, and scores
+    the merge ``w_p * private + w_g * global`` (A and B merged separately, as LoraHub does) whose weights a
+    gradient-free search (bounded Nelder-Mead) picks on its own eval split.
+    """
+
+    private_adapter: bool = False
+    max_evals: int = 20  # eval-loss evaluations the weight search may spend per client per round
+    l1: float = 0.05  # penalty on |w_p| + |w_g| added to the eval loss (keeps the merge near small weights)
+    max_weight: float = 1.5  # both weights are searched in [0, max_weight]
+
+
+@dataclass
 class ModelConfig:
     """Which backbone to load and how."""
 
@@ -127,6 +143,7 @@ class Settings:
     eval: EvalConfig
     scenario: ScenarioConfig
     federation: FederationConfig
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Settings:
@@ -135,7 +152,8 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown config sections {unknown}; known: {sorted(sections)}")
         types = {"model": ModelConfig, "adapter": AdapterConfig, "assign": AssignConfig, "train": TrainConfig,
-                 "eval": EvalConfig, "scenario": ScenarioConfig, "federation": FederationConfig}
+                 "eval": EvalConfig, "scenario": ScenarioConfig, "federation": FederationConfig,
+                 "fusion": FusionConfig}
         return cls(**{name: from_dict(types[name], values.get(name)) for name in sections})
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,6 +33,24 @@ def sequence_losses(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 @torch.no_grad()
+def answer_loss(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
+    """Mean over ``examples`` of the answer-token loss of their targets (teacher forcing): a cheap, smooth
+    validation objective that works for multiple choice and generation alike."""
+    if not examples:
+        raise ValueError("no examples to compute a validation loss on")
+    pad = pad_id_of(tokenizer)
+    rows = [encode(tokenizer, ex, max_len) for ex in examples]
+    was_training = model.training
+    model.eval()
+    try:
+        total = sum(sequence_losses(model, collate(rows[i : i + batch_size], pad)).sum().item()
+                    for i in range(0, len(rows), batch_size))
+    finally:
+        model.train(was_training)
+    return total / len(rows)
+
+
+@torch.no_grad()
 def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
     """Share of examples whose correct choice has the lowest mean answer-token loss."""
     pad = pad_id_of(tokenizer)

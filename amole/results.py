@@ -54,6 +54,7 @@ NOT_BUDGET = {
     "assign": {"mode"},
     "scenario": {"local_path", "local_dir", "cache_dir"},
     "model": {"cache_dir"},
+    "fusion": {"private_adapter"},
 }
 RUN_COLUMNS = ["scenario", "budget", "strategy", "seed", "status", "rounds_done", "rounds_planned", "final_score",
                "best_score", "best_round", "kb_up_per_client_round", "kb_down_per_client_round",

@@ -11,12 +11,13 @@ import json
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from amole.client_round import initial_adapters, local_round, score_payload
+from amole.client_round import dual_round, initial_adapters, local_round, score_payload
 from amole.config import Settings
 from client_app.runtime import client_identity, client_splits, client_task, injected_model
 
 app = ClientApp()
 LOCAL_ADAPTERS = "amole.local-adapters"
+PRIVATE_ADAPTERS = "amole.private-adapters"  # FDLoRA: the LoRA that never leaves this node
 
 
 def _settings(msg: Message) -> Settings:
@@ -47,7 +48,14 @@ def train(msg: Message, context: Context) -> Message:
         payload = context.state[LOCAL_ADAPTERS].to_torch_state_dict()
     else:
         payload = initial_adapters(model, settings)
-    result = local_round(model, tokenizer, splits, payload, settings, int(config["round"]), client)
+    server_round = int(config["round"])
+    if settings.fusion.private_adapter:
+        private = (context.state[PRIVATE_ADAPTERS].to_torch_state_dict() if PRIVATE_ADAPTERS in context.state
+                   else initial_adapters(model, settings))
+        result, private = dual_round(model, tokenizer, splits, payload, private, settings, server_round, client)
+        context.state[PRIVATE_ADAPTERS] = ArrayRecord(private)
+    else:
+        result = local_round(model, tokenizer, splits, payload, settings, server_round, client)
     if not settings.federation.communicate:
         context.state[LOCAL_ADAPTERS] = ArrayRecord(result.adapters)
         result.adapters, result.stats = {}, {}

@@ -190,10 +190,10 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
         record.update(status="completed", rounds_done=done)
         _write_record(run_dir, record)
         return _finish(JobResult(fed.name, "skipped", run_dir))
-    splittable = fed.communicate
+    splittable = fed.communicate and not settings.fusion.private_adapter
     if done > 0 and not splittable:
-        print(f"{tag} {fed.name}: restarting from round 0 ({done}/{planned} rounds were done): the local-only "
-              f"baseline keeps its adapters in the clients, which a resume cannot restore", flush=True)
+        print(f"{tag} {fed.name}: restarting from round 0 ({done}/{planned} rounds were done): the local-only and "
+              f"FDLoRA baselines keep adapters in the clients, which a resume cannot restore", flush=True)
         for child in run_dir.iterdir():
             if child.name != EXPERIMENT_FILE:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -34,6 +34,7 @@ from server_app.registry import ClientRegistry
 from server_app.replies import BadReply, check_upload
 
 log = logging.getLogger("amole.server")
+FUSION_METRICS = ("fusion_w_private", "fusion_w_global")  # FDLoRA clients report their tuned weights
 
 
 def run_name(settings: Settings) -> str:
@@ -61,6 +62,7 @@ def run(grid: Grid, settings: Settings, runs_dir: Path | None = None, resume: st
         state = None
         if settings.adapter.num_experts > 0:  # fail before any work
             adapted_constraints(settings.assign, settings.adapter.num_experts, fed.num_clients)
+        check_strategy(settings)
     registry = ClientRegistry(grid, settings_record(settings), fed.query_timeout)
     nodes = registry.wait_for(fed.num_clients if state is None else fed.min_clients, fed.wait_for_nodes)
     if state is None:
@@ -76,6 +78,17 @@ def run(grid: Grid, settings: Settings, runs_dir: Path | None = None, resume: st
     finally:
         report.close()
     return state
+
+
+def check_strategy(settings: Settings) -> None:
+    """Reject combinations the round loop cannot run, before any client does work."""
+    fed, adapter = settings.federation, settings.adapter
+    if settings.fusion.private_adapter and (adapter.num_experts or not adapter.shared_expert or not fed.communicate
+                                            or fed.evaluate != "after_training"):
+        raise ValueError("fusion.private_adapter (FDLoRA) fuses one federated plain LoRA per module with a private "
+                         "one: it needs adapter.num_experts=0, adapter.shared_expert=true, federation.communicate=true "
+                         f"and federation.evaluate=after_training (got {adapter.num_experts}, {adapter.shared_expert}, "
+                         f"{fed.communicate}, {fed.evaluate})")
 
 
 def fresh_state(settings: Settings, clients: list[str]) -> ServerState:
@@ -212,6 +225,7 @@ def collect(replies, by_message: dict[str, str], sent: dict[str, dict], r: int,
                 "train_loss": float(m["train_lm_loss"]), "experts_mean": float(m["experts_mean"]),
                 "num_examples": int(m["num-examples"]), "seconds": float(m["seconds"]),
                 "bytes_up": int(reply.content["adapters"].count_bytes() + reply.content["stats"].count_bytes()),
+                **{k: float(m[k]) for k in FUSION_METRICS if k in m},  # FDLoRA's tuned weights
             }
         except (BadReply, KeyError, TypeError, ValueError) as err:
             rejected[client] = str(err)

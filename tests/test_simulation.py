@@ -15,7 +15,7 @@ from amole import keys
 from amole.compose import compose
 from client_app.app import app as client_app
 from server_app import checkpoint
-from server_app.federation import run
+from server_app.federation import check_strategy, run
 
 OVERRIDES = ["model=tiny", "scenario=synthetic", "budget=smoke"]
 
@@ -150,7 +150,7 @@ def test_bad_and_missing_replies_are_left_out_and_the_run_goes_on(tmp_path: Path
 
 def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     """The ablations are presets of the same loop: one simulation runs a one-round federation of each."""
-    strategies = ["static", "random", "homogeneous", "no_shared", "fedit_ft", "fedit", "local"]
+    strategies = ["static", "random", "homogeneous", "no_shared", "fedit_ft", "fedit", "local", "fdlora"]
     results = {}
     server = ServerApp()
 
@@ -174,3 +174,13 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     assert all("score_after_training" in m for m in fedit.values())  # scored after aggregation
     local = results["local"].metrics["rounds"][0]["clients"]
     assert all(m["bytes_up"] == 0 and m["bytes_down"] == 0 for m in local.values())  # nothing leaves a client
+    fdlora = results["fdlora"].metrics["rounds"][0]["clients"]
+    assert all(m["bytes_up"] > 0 and 0 <= m["fusion_w_private"] <= 1.5 and 0 <= m["fusion_w_global"] <= 1.5
+               for m in fdlora.values())  # the global LoRA goes up; each client tuned its own fusion
+    assert set(results["fdlora"].bank) == set(results["fedit_ft"].bank)  # the server sees one plain LoRA
+
+
+def test_fdlora_with_routed_experts_is_refused_before_any_work() -> None:
+    settings = compose([*OVERRIDES, "strategy=fedamole", "fusion.private_adapter=true"])
+    with pytest.raises(ValueError, match="num_experts=0"):
+        check_strategy(settings)
