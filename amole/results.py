@@ -125,6 +125,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "error": exp.get("error", "") if status == "failed" else "",
         "run_dir": str(run_dir), "command": exp.get("command", ""), "job_command": exp.get("job_command", ""),
         "_config": config, "_host": exp.get("host", {}), "_fingerprint": budget_fingerprint(config),
+        "_round_scores": dict(scores),
+        "_last_clients": {c: {"task": str(v.get("task", "")), "score": v.get("score")}
+                          for c, v in (rounds[-1].get("clients", {}) if rounds else {}).items()},
     }
 
 
@@ -143,13 +146,17 @@ def collect(runs_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(runs_dir: Path, out_dir: Path,
-                  command: str | None = None) -> tuple[dict[str, Path], list[dict[str, Any]]]:
-    """Collect ``runs_dir``, write results.md, results.csv and results_runs.csv into ``out_dir``; (paths, runs)."""
+def write_results(runs_dir: Path, out_dir: Path, command: str | None = None,
+                  notes: Path | None = None) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """Collect ``runs_dir``, write results.md, results.csv and results_runs.csv into ``out_dir``; (paths, runs).
+
+    ``notes`` (a markdown file, if it exists) is the written analysis of the numbers; it goes in verbatim.
+    """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     command = command or f"python -m amole.results --runs {runs_dir} --out {out_dir}"
     rows = collect(runs_dir)
-    text, summary_rows = render(rows, str(runs_dir), command)
+    text_notes = notes.read_text(encoding="utf-8") if notes is not None and notes.is_file() else None
+    text, summary_rows = render(rows, str(runs_dir), command, text_notes)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "runs_csv": out_dir / "results_runs.csv"}
     paths["md"].write_text(text, encoding="utf-8")
@@ -163,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/experiments", help="folder of run directories (searched recursively)")
     p.add_argument("--out", default="docs", help="where results.md, results.csv and results_runs.csv go")
+    p.add_argument("--notes", default="docs/results_notes.md",
+                   help="written analysis included verbatim in results.md (skipped if the file does not exist)")
     args = p.parse_args(argv)
     if not Path(args.runs).is_dir():
         print(f"no runs folder {args.runs}: run an experiment sweep first (make experiments-small)", file=sys.stderr)
         return 1
-    paths, rows = write_results(Path(args.runs), Path(args.out))
+    paths, rows = write_results(Path(args.runs), Path(args.out), notes=Path(args.notes))
     bad = [r for r in rows if r["status"] != "completed"]
     print(f"{len(rows)} runs ({len(rows) - len(bad)} complete) -> {', '.join(str(p) for p in paths.values())}")
     for r in bad:

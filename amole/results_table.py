@@ -189,6 +189,7 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
         lines += ["", sentence, ""]
     else:
         lines += ["No complete run in this group.", ""]
+    lines += diagnostics(runs, list(rows))
     left_out = [r for r in runs if r["status"] != "completed"]
     if left_out:
         lines.append("Not in the table:")
@@ -211,6 +212,28 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
     return "\n".join(lines), summary_rows
 
 
+def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str]) -> list[str]:
+    """Two small tables that show where scores come from: per client, and by round (means over seeds)."""
+    done = [r for r in runs if r["status"] == "completed"]
+    if not done or not strategies:
+        return []
+    clients = sorted({c for r in done for c in r["_last_clients"]}, key=lambda c: (len(c), c))
+    lines = ["Per client, last round (mean over seeds):", "",
+             "| client | task | " + " | ".join(strategies) + " |", "|---|---|" + "---|" * len(strategies)]
+    for c in clients:
+        tasks = sorted({r["_last_clients"][c]["task"] for r in done if c in r["_last_clients"]})
+        cells = [_fmt(mean(finite(r["_last_clients"].get(c, {}).get("score") for r in done if r["strategy"] == s)))
+                 for s in strategies]
+        lines.append(f"| {c} | {', '.join(tasks)} | " + " | ".join(cells) + " |")
+    rounds = sorted({n for r in done for n in r["_round_scores"]})
+    lines += ["", "Mean score by round (mean over seeds):", "",
+              "| round | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
+    for n in rounds:
+        cells = [_fmt(mean(finite(r["_round_scores"].get(n) for r in done if r["strategy"] == s))) for s in strategies]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 PREAMBLE = """# Results
 
 Collected by `{command}` from {n} run directories under `{runs}` ({complete} complete). Regenerate with
@@ -228,7 +251,8 @@ Collected by `{command}` from {n} run directories under `{runs}` ({complete} com
 """
 
 
-def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str) -> tuple[str, list[dict[str, Any]]]:
+def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str,
+           notes: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     complete = sum(r["status"] == "completed" for r in rows)
     parts = [PREAMBLE.format(command=command, n=len(rows), runs=runs_dir, complete=complete)]
     summary_rows: list[dict[str, Any]] = []
@@ -238,6 +262,8 @@ def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str) -> tuple
         text, srows = render_table(group)
         parts.append(text)
         summary_rows += srows
+    if notes:
+        parts.append(notes.rstrip() + "\n")
     if rows:
         parts.append("## All runs\n")
         parts.append("| run | budget | seed | status | rounds | last-round score | best (round) | s / round |")

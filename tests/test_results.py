@@ -116,6 +116,24 @@ def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
     assert list(per_run[0]) == RUN_COLUMNS and len(per_run) == 6
 
 
+def test_per_client_and_per_round_tables_and_notes(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "fedamole", 0, [[0.1, 0.3], [0.5, 0.7]])
+    make_run(runs, "fedamole", 1, [[0.9, 0.9], [0.7, 0.9]])
+    make_run(runs, "local", 0, [[0.2, 0.2], [0.4, 0.6]])
+    notes = tmp_path / "notes.md"
+    notes.write_text("## What was found\n\nWritten by hand.\n")
+    md = write_results(runs, tmp_path / "docs", notes=notes)[0]["md"].read_text()
+    # Client 0 (task t0): fedamole's last rounds 0.5 and 0.7 -> 0.6; local 0.4. Client 1: (0.7 + 0.9) / 2, 0.6.
+    assert "| client | task | fedamole | local |" in md
+    assert "| 0 | t0 | 0.6000 | 0.4000 |" in md and "| 1 | t1 | 0.8000 | 0.6000 |" in md
+    # Round 1: fedamole (0.2 + 0.9) / 2 = 0.55, local 0.2; round 2: 0.7 and 0.5.
+    assert "| 1 | 0.5500 | 0.2000 |" in md and "| 2 | 0.7000 | 0.5000 |" in md
+    assert "## What was found\n\nWritten by hand." in md
+    assert "Written by hand" not in write_results(runs, tmp_path / "docs2", notes=tmp_path / "none.md")[0][
+        "md"].read_text()
+
+
 def test_fedamole_that_does_not_win_is_said_so(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     make_run(runs, "fedamole", 0, [[0.4, 0.4]])
