@@ -49,7 +49,7 @@ EXPERIMENT_FILE = "experiment.json"  # written by server_app.experiment beside t
 # between the rows of one table. Everything else must be equal for two runs to share a table.
 NOT_BUDGET = {
     "federation": {"strategy", "evaluate", "communicate", "seed", "name", "runs_dir", "reply_timeout",
-                   "query_timeout", "wait_for_nodes", "num_rounds"},
+                   "query_timeout", "wait_for_nodes", "num_rounds", "client_state_dir"},
     "adapter": {"num_experts", "shared_expert"},
     "assign": {"mode"},
     "scenario": {"local_path", "local_dir", "cache_dir"},

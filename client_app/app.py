@@ -13,11 +13,10 @@ from flwr.clientapp import ClientApp
 
 from amole.client_round import dual_round, initial_adapters, local_round, score_payload
 from amole.config import Settings
+from amole.kept import KeptAdapters
 from client_app.runtime import client_identity, client_splits, client_task, injected_model
 
 app = ClientApp()
-LOCAL_ADAPTERS = "amole.local-adapters"
-PRIVATE_ADAPTERS = "amole.private-adapters"  # FDLoRA: the LoRA that never leaves this node
 
 
 def _settings(msg: Message) -> Settings:
@@ -42,22 +41,21 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(f"message for client {config['client-id']} reached client {client}")
     model, tokenizer = injected_model(settings)
     splits = client_splits(settings, client, context.node_config)
-    if settings.federation.communicate:
-        payload = msg.content["adapters"].to_torch_state_dict()
-    elif LOCAL_ADAPTERS in context.state:  # local-only baseline: this node's own adapters, kept between rounds
-        payload = context.state[LOCAL_ADAPTERS].to_torch_state_dict()
-    else:
-        payload = initial_adapters(model, settings)
     server_round = int(config["round"])
+    # Adapters that never leave this node (local-only, FDLoRA's private LoRA) live on its disk between rounds.
+    kept = KeptAdapters(settings.federation.client_state_dir, str(config["run-id"]), client)
+    own = None
+    if not settings.federation.communicate or settings.fusion.private_adapter:
+        own = kept.load_before(server_round)
+        own = initial_adapters(model, settings) if own is None else own
+    payload = msg.content["adapters"].to_torch_state_dict() if settings.federation.communicate else own
     if settings.fusion.private_adapter:
-        private = (context.state[PRIVATE_ADAPTERS].to_torch_state_dict() if PRIVATE_ADAPTERS in context.state
-                   else initial_adapters(model, settings))
-        result, private = dual_round(model, tokenizer, splits, payload, private, settings, server_round, client)
-        context.state[PRIVATE_ADAPTERS] = ArrayRecord(private)
+        result, private = dual_round(model, tokenizer, splits, payload, own, settings, server_round, client)
+        kept.save(server_round, private)
     else:
         result = local_round(model, tokenizer, splits, payload, settings, server_round, client)
     if not settings.federation.communicate:
-        context.state[LOCAL_ADAPTERS] = ArrayRecord(result.adapters)
+        kept.save(server_round, result.adapters)
         result.adapters, result.stats = {}, {}
     metrics = {k: float(v) for k, v in result.metrics.items()}
     metrics["num-examples"] = int(result.metrics["num_examples"])

@@ -7,8 +7,8 @@ is deterministic given the checkpoint, so the chunks end where one uninterrupted
 ``experiment.time_limit_s=T`` a call starts no chunk it expects to end after T seconds from the runner's start
 (estimated from the run's round times and the start-up overhead seen so far; a run with no estimate yet starts
 with one round), leaves the rest ``incomplete`` and exits with code 3: run the same command again to go on.
-The local-only baseline keeps its adapters inside the simulated clients, which a new simulation cannot restore:
-it is never split, and a local run found unfinished is started again from round 0.
+Every strategy splits: what local-only and FDLoRA clients keep to themselves is on disk, keyed by the run id the
+checkpoint holds (``amole.kept``), so a resumed chunk finds it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ EXPERIMENT_FILE = "experiment.json"
 # Keys a resumed run takes from the command rather than from its checkpoint: where things are on this machine,
 # how long to wait, how many rounds in all. Any other difference is an error (the run would mix two configs).
 OPERATIONAL = {
-    "federation": ("num_rounds", "runs_dir", "name", "reply_timeout", "query_timeout", "wait_for_nodes"),
+    "federation": ("num_rounds", "runs_dir", "name", "reply_timeout", "query_timeout", "wait_for_nodes",
+                   "client_state_dir"),
     "scenario": ("local_path", "local_dir", "cache_dir"),
     "model": ("cache_dir",),
 }
@@ -123,26 +124,22 @@ def note_call(prior: dict[str, float], round_secs: list[float], wall: float, fai
             prior["overhead"] = max(prior.get("overhead", 0.0), wall - sum(round_secs))
 
 
-def plan_step(*, planned: int, done: int, splittable: bool, opts: dict[str, Any], per_round: float | None,
+def plan_step(*, planned: int, done: int, opts: dict[str, Any], per_round: float | None,
               overhead: float | None, elapsed: float) -> tuple[int, str]:
-    """(rounds the next simulation call runs, why none fits): 0 rounds when the time limit leaves no room."""
+    """(rounds the next simulation call runs, why none fits): 0 rounds when the time limit leaves no room.
+
+    Every strategy resumes exactly (the server's state is checkpointed, what clients keep is on their disk), so
+    any run may be cut after any round.
+    """
     step = planned - done
-    if splittable and opts.get("rounds_per_call"):
+    if opts.get("rounds_per_call"):
         step = min(step, int(opts["rounds_per_call"]))
     limit = opts.get("time_limit_s")
     if not limit:
         return step, ""
     left = float(limit) - elapsed
-    if per_round is None:
-        step = min(step, 1) if splittable else step
-    else:
-        fit = math.floor((left - (overhead or 0.0)) / per_round)
-        if splittable:
-            step = min(step, fit)
-        elif fit < step:
-            step = 0
+    step = min(step, 1) if per_round is None else min(step, math.floor((left - (overhead or 0.0)) / per_round))
     if step >= 1:
         return step, ""
-    need = (overhead or 0.0) + per_round * (1 if splittable else planned) if per_round else math.nan
-    return step, (f"time limit: {left:.0f} s left of {float(limit):.0f}, "
-                  f"{'a round' if splittable else 'the whole run'} needs about {need:.0f} s")
+    need = (overhead or 0.0) + per_round if per_round else math.nan
+    return step, f"time limit: {left:.0f} s left of {float(limit):.0f}, a round needs about {need:.0f} s"

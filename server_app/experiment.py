@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import time
 import traceback
@@ -190,20 +189,10 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
         record.update(status="completed", rounds_done=done)
         _write_record(run_dir, record)
         return _finish(JobResult(fed.name, "skipped", run_dir))
-    splittable = fed.communicate and not settings.fusion.private_adapter
-    if done > 0 and not splittable:
-        print(f"{tag} {fed.name}: restarting from round 0 ({done}/{planned} rounds were done): the local-only and "
-              f"FDLoRA baselines keep adapters in the clients, which a resume cannot restore", flush=True)
-        for child in run_dir.iterdir():
-            if child.name != EXPERIMENT_FILE:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        done = 0
-        record["restarted"] = record.get("restarted", 0) + 1
-
     while done < planned:
         per_round, overhead = estimate(record, metrics_rounds(run_dir) if done else [], _ROUND_ESTIMATE,
                                        runs_dir if opts.get("time_limit_s") else None)
-        step, msg = plan_step(planned=planned, done=done, splittable=splittable, opts=opts, per_round=per_round,
+        step, msg = plan_step(planned=planned, done=done, opts=opts, per_round=per_round,
                               overhead=overhead, elapsed=_now() - _STARTED)
         if step < 1:
             print(f"{tag} {fed.name}: incomplete ({done}/{planned} rounds), {msg}; run the same command "

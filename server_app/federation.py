@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,14 @@ def run_header(settings: Settings, name: str) -> dict[str, Any]:
     fed = settings.federation
     return {"name": name, "strategy": fed.strategy, "scenario": settings.scenario.name, "model": settings.model.name,
             "num_rounds": fed.num_rounds, "num_clients": fed.num_clients, "seed": fed.seed,
+            "id": re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{uuid.uuid4().hex[:8]}"),
             "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": settings.to_dict()}
+
+
+def run_id(state: ServerState) -> str:
+    """This federation's id, drawn once and kept in the checkpoint: clients key the files they keep by it."""
+    run = state.metrics["run"]
+    return str(run.get("id") or re.sub(r"[^A-Za-z0-9_.-]", "_", run["name"]))  # checkpoints from before ids
 
 
 def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: ServerState, server_round: int) -> None:
@@ -131,7 +140,8 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
         sent[client] = payload(state.bank, used.held(client)) if fed.communicate else {}
         record = ArrayRecord(sent[client])
         down[client] = record.count_bytes()
-        config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client})
+        config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client,
+                               "run-id": run_id(state)})
         messages.append(Message(RecordDict({"adapters": record, "config": config}), dst_node_id=nodes[client],
                                 message_type=MessageType.TRAIN, group_id=str(server_round)))
     replies = grid.send_and_receive(messages, timeout=fed.reply_timeout)
@@ -174,7 +184,8 @@ def score_aggregate(grid: Grid, settings: Settings, state: ServerState, used, no
     for client, node in nodes.items():
         record = ArrayRecord(payload(state.bank, used.held(client)))
         down[client] += record.count_bytes()
-        config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client})
+        config = ConfigRecord({"settings": settings_json, "round": server_round, "client-id": client,
+                               "run-id": run_id(state)})
         messages.append(Message(RecordDict({"adapters": record, "config": config}), dst_node_id=node,
                                 message_type=MessageType.EVALUATE, group_id=str(server_round)))
     replies = list(grid.send_and_receive(messages, timeout=settings.federation.reply_timeout))

@@ -41,8 +41,9 @@ class RecordingGrid:
 
 
 def simulate(tmp: Path, name: str, resume: Path | None = None, log: list | None = None,
-             crash_after: int | None = None, tamper=None):
-    settings = compose([*OVERRIDES, f"federation.name={name}"])
+             crash_after: int | None = None, tamper=None, overrides: tuple[str, ...] = ()):
+    settings = compose([*OVERRIDES, f"federation.name={name}", f"federation.client_state_dir={tmp / 'kept'}",
+                        *overrides])
     result = {}
     server = ServerApp()
     log = [] if log is None else log
@@ -113,6 +114,26 @@ def test_round_loop_payloads_aggregation_and_resume(tmp_path: Path) -> None:
                    {k: v for k, v in b["clients"][c].items() if k not in timing}, (a["round"], c)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated crash
+@pytest.mark.parametrize("strategy", ["local", "fdlora"])
+def test_client_kept_adapters_survive_a_server_crash(tmp_path: Path, strategy: str) -> None:
+    """Local-only and FDLoRA clients keep adapters on their disk, so a resumed run equals an unbroken one."""
+    overrides = (f"strategy={strategy}",)
+    full = simulate(tmp_path, "full", overrides=overrides)
+    assert full is not None and full.round == 2
+    assert simulate(tmp_path, "resumed", crash_after=2, overrides=overrides) is None
+    resumed = simulate(tmp_path, "ignored", resume=tmp_path / "resumed", overrides=overrides)
+    assert resumed is not None and resumed.round == 2
+    for a, b in zip(resumed.metrics["rounds"], full.metrics["rounds"], strict=True):
+        for c in b["clients"]:
+            assert a["clients"][c]["score"] == b["clients"][c]["score"], (a["round"], c)
+            assert a["clients"][c]["train_loss"] == b["clients"][c]["train_loss"], (a["round"], c)
+    # Each run keeps its own files (by run id), at most the two newest rounds per client.
+    runs = sorted(p.name for p in (tmp_path / "kept").iterdir())
+    assert len(runs) == 2 and runs[0].startswith("full-") and runs[1].startswith("resumed-")
+    assert all(len(list(d.iterdir())) <= 2 for run in (tmp_path / "kept").iterdir() for d in run.iterdir())
+
+
 def client_of(reply) -> str:
     return str(reply.content["info"]["client-id"])
 
@@ -157,7 +178,8 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         for name in strategies:
-            settings = compose([*OVERRIDES, f"strategy={name}", "federation.num_rounds=1", f"federation.name={name}"])
+            settings = compose([*OVERRIDES, f"strategy={name}", "federation.num_rounds=1", f"federation.name={name}",
+                                f"federation.client_state_dir={tmp_path / 'kept'}"])
             results[name] = run(grid, settings, runs_dir=tmp_path)
 
     run_simulation(server_app=server, client_app=client_app, num_supernodes=3,
