@@ -130,7 +130,7 @@ class FederationConfig:
     wait_for_nodes: float = 300.0  # seconds to wait until num_clients nodes are connected
     runs_dir: str = "runs"
     name: str | None = None
-    client_state_dir: str = "~/.cache/amole/client-state"  # where clients keep adapters that never leave them
+    client_state_dir: str | None = None  # where clients keep adapters that never leave them; None: amole.kept's default
 
 
 @dataclass

@@ -22,14 +22,21 @@ _ROUND = re.compile(r"^round-(\d+)\.safetensors$")
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def default_root() -> Path:
+    """``$AMOLE_CACHE/client-state`` if set (the Docker images point it into the site's volume), else
+    ``~/.cache/amole/client-state``."""
+    root = os.environ.get("AMOLE_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "amole") / "client-state"
+
+
 class KeptAdapters:
     """The files of one client in one run."""
 
-    def __init__(self, root: str | os.PathLike[str], run_id: str, client: str) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None, run_id: str, client: str) -> None:
         for what, value in (("run id", run_id), ("client id", client)):
             if not _SAFE.match(value) or value in (".", ".."):
                 raise ValueError(f"{what} {value!r} cannot name a folder (letters, digits, '.', '_', '-' only)")
-        self.folder = expand(root) / run_id / client
+        self.folder = (default_root() if root is None else expand(root)) / run_id / client
 
     def rounds(self) -> list[int]:
         if not self.folder.is_dir():

@@ -26,3 +26,8 @@ def test_load_before_finds_the_newest_older_round_and_old_rounds_are_pruned(tmp_
 def test_names_that_would_leave_the_folder_are_refused(tmp_path: Path, run_id: str, client: str) -> None:
     with pytest.raises(ValueError, match="cannot name a folder"):
         KeptAdapters(tmp_path, run_id, client)
+
+
+def test_default_folder_follows_amole_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOLE_CACHE", str(tmp_path))
+    assert KeptAdapters(None, "run", "3").folder == tmp_path / "client-state" / "run" / "3"
