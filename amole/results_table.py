@@ -163,6 +163,8 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
     gain, best, sentence = relative_gain(rows)
     r0 = runs[0]
     gpu = any(math.isfinite(r["peak_gpu_mb"]) for r in rows.values())
+    if best is not None:
+        sentence += " " + paired_sentence(runs, "fedamole", best)
     lines = [f"## {r0['scenario']} — budget `{r0['budget']}`", "",
              f"Budget: {budget_line(runs)}", "", f"Machine: {host_line(runs)}.", ""]
     commands = sorted({r["command"] for r in runs if r["command"]})
@@ -210,6 +212,30 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
             "commands": " ; ".join(commands),
         })
     return "\n".join(lines), summary_rows
+
+
+def paired_difference(runs: Sequence[dict[str, Any]], a: str, b: str) -> tuple[float, float, int]:
+    """Mean and standard error of ``a - b`` over last-round client scores paired by (seed, client)."""
+    last = {(r["strategy"], str(r["seed"])): r["_last_clients"] for r in runs if r["status"] == "completed"}
+    diffs = []
+    for (strategy, seed), clients in last.items():
+        other = last.get((b, seed)) if strategy == a else None
+        for c, v in clients.items() if other else ():
+            pair = finite([v.get("score"), other.get(c, {}).get("score")])
+            if len(pair) == 2:
+                diffs.append(pair[0] - pair[1])
+    if not diffs:
+        return math.nan, math.nan, 0
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= 2 else math.nan
+    return mean(diffs), se, len(diffs)
+
+
+def paired_sentence(runs: Sequence[dict[str, Any]], a: str, b: str) -> str:
+    d, se, n = paired_difference(runs, a, b)
+    if n < 2:
+        return ""
+    return (f"Paired by seed and client ({n} pairs), {a} − {b} = {d:+.4f} ± {se:.4f} (standard error of the mean "
+            f"difference{'; within two standard errors of zero' if abs(d) <= 2 * se else ''}).")
 
 
 def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str]) -> list[str]:

@@ -130,6 +130,8 @@ def test_per_client_and_per_round_tables_and_notes(tmp_path: Path) -> None:
     # Round 1: fedamole (0.2 + 0.9) / 2 = 0.55, local 0.2; round 2: 0.7 and 0.5.
     assert "| 1 | 0.5500 | 0.2000 |" in md and "| 2 | 0.7000 | 0.5000 |" in md
     assert "## What was found\n\nWritten by hand." in md
+    # fedamole - local per (seed 0, client): 0.5 - 0.4, 0.7 - 0.6 -> +0.1 each (seed 1 has no local run).
+    assert "Paired by seed and client (2 pairs), fedamole − local = +0.1000 ± 0.0000" in md
     assert "Written by hand" not in write_results(runs, tmp_path / "docs2", notes=tmp_path / "none.md")[0][
         "md"].read_text()
 
