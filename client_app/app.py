@@ -33,7 +33,7 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One FedAMoLE round on this node's private shard."""
+    """One round of the configured strategy on this node's private shard."""
     settings = _settings(msg)
     config = msg.content["config"]
     client = client_identity(context.node_config)
