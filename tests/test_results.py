@@ -287,11 +287,12 @@ def test_runner_time_limit_leaves_runs_incomplete_and_failures_are_reported(tmp_
     r = _job(tmp_path, "federation.num_rounds=4", "experiment.time_limit_s=300")
     assert r.status == "incomplete" and calls == [(0, 1, False), (1, 2, True)]
     assert experiment.summary([r]) == experiment.EXIT_INCOMPLETE
-    # The local-only baseline is never split: with an estimate that does not fit it is deferred whole. A new
-    # process has no round times of its own: it takes them from the other runs in the runs folder.
+    # The local-only baseline splits like the others (its clients keep their adapters on disk). A new process has
+    # no round times of its own: it takes them from the other runs in the runs folder, so with 46 s left it starts
+    # nothing rather than a first round it cannot finish.
     monkeypatch.setattr(experiment, "_ROUND_ESTIMATE", {})
     r = _job(tmp_path, "federation.num_rounds=4", "experiment.time_limit_s=300", strategy="local")
-    assert r.status == "incomplete" and "the whole run" in r.message
+    assert r.status == "incomplete" and "a round needs about 102 s" in r.message, r.message
 
     monkeypatch.setattr(experiment, "simulate", fake_simulator(calls, fail_at=2))
     r = _job(tmp_path / "f", "federation.num_rounds=3")
