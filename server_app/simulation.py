@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -32,6 +33,9 @@ def simulate(settings: Settings, runs_dir: Path, resume: Path | None, opts: dict
             box["error"] = traceback.format_exc()
             raise
 
+    # Ray does not cap a client actor's torch threads (torch starts one per core in every actor), so match them to
+    # the CPUs Ray reserves per client; the actors inherit this environment when the simulation starts Ray.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(opts["client_num_cpus"]))))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
