@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -50,7 +51,11 @@ def simulate(settings: Settings, runs_dir: Path, resume: Path | None, opts: dict
                                num_supernodes=settings.federation.num_clients,
                                backend_config={"client_resources": {"num_cpus": opts["client_num_cpus"],
                                                                     "num_gpus": opts["client_num_gpus"]}})
-            except (Exception, SystemExit):
+            except SystemExit as err:
+                if err.code in (signal.SIGTERM, signal.SIGINT):  # Flower turns these signals into SystemExit
+                    raise  # the runner was told to stop: end the sweep, not just this run
+                box.setdefault("error", traceback.format_exc())
+            except Exception:
                 box.setdefault("error", traceback.format_exc())
         if "state" not in box and "error" not in box:
             box["error"] = "the ServerApp ended without a final state (no exception reached the runner)"

@@ -302,3 +302,21 @@ def test_runner_time_limit_leaves_runs_incomplete_and_failures_are_reported(tmp_
     record = json.loads((tmp_path / "f" / "synthetic-fedamole-s0" / "experiment.json").read_text())
     assert record["status"] == "failed" and record["rounds_done"] == 1
     assert experiment.summary([r]) == experiment.EXIT_FAILED
+
+
+def test_a_terminated_runner_stops_instead_of_going_on_to_the_next_run(tmp_path: Path, monkeypatch) -> None:
+    """Flower turns SIGTERM into SystemExit(15) inside the simulation: that must end the sweep, not one run."""
+    from amole.compose import compose
+    from server_app import simulation
+
+    def terminated(**kwargs):
+        raise SystemExit(15)
+
+    monkeypatch.setattr(simulation, "run_simulation", terminated)
+    settings = compose(["model=tiny", "scenario=synthetic", "budget=smoke"])
+    opts = {"client_num_cpus": 1, "client_num_gpus": 0.0}
+    with pytest.raises(SystemExit):
+        simulation.simulate(settings, tmp_path, None, opts, tmp_path / "log.txt")
+    monkeypatch.setattr(simulation, "run_simulation", lambda **kwargs: (_ for _ in ()).throw(SystemExit(1)))
+    state, error, _, _ = simulation.simulate(settings, tmp_path, None, opts, tmp_path / "log2.txt")
+    assert state is None and "SystemExit: 1" in error  # any other exit is this run's failure, reported
