@@ -283,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retry-seconds", type=float, default=5.0,
                    help="start the killed node again this long after a refused restart (like restart: on-failure)")
     p.add_argument("--kill-site", type=int, default=2, choices=range(1, NODES + 1), help="which site to kill")
-    p.add_argument("--reply-timeout", type=float, default=45.0, help="federation.reply_timeout in seconds")
+    p.add_argument("--reply-timeout", type=float, default=120.0,
+                   help="federation.reply_timeout in seconds (each round starts a fresh ClientApp process: "
+                        "~45 s per reply on a slow 2-core host)")
     p.add_argument("--isolation", choices=fc.ISOLATIONS, default="subprocess",
                    help="subprocess: SuperLink/SuperNodes start their SuperExec; process: separate SuperExec "
                         "processes as in docker/compose.yaml")
