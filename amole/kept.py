@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from amole.data.records import expand
+from amole.gguf import cache_root
 
 _ROUND = re.compile(r"^round-(\d+)\.safetensors$")
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -25,8 +26,12 @@ _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 def default_root() -> Path:
     """``$AMOLE_CACHE/client-state`` if set (the Docker images point it into the site's volume), else
     ``~/.cache/amole/client-state``."""
-    root = os.environ.get("AMOLE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "amole") / "client-state"
+    return cache_root() / "client-state"
+
+
+def safe_name(text: str) -> str:
+    """``text`` with every character a folder name should not hold replaced by ``_`` (for run ids)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 class KeptAdapters:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from flwr.serverapp import Grid
 from amole.aggregate import aggregate
 from amole.bank import create_bank, modules_of, payload
 from amole.config import Settings
+from amole.kept import safe_name
 from amole.loader import adapter_target_shapes
 from amole.planner import adapted_constraints, plan
 from amole.report import RunReport, client_order
@@ -104,14 +104,14 @@ def run_header(settings: Settings, name: str) -> dict[str, Any]:
     fed = settings.federation
     return {"name": name, "strategy": fed.strategy, "scenario": settings.scenario.name, "model": settings.model.name,
             "num_rounds": fed.num_rounds, "num_clients": fed.num_clients, "seed": fed.seed,
-            "id": re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{uuid.uuid4().hex[:8]}"),
+            "id": safe_name(f"{name}-{uuid.uuid4().hex[:8]}"),
             "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": settings.to_dict()}
 
 
 def run_id(state: ServerState) -> str:
     """This federation's id, drawn once and kept in the checkpoint: clients key the files they keep by it."""
     run = state.metrics["run"]
-    return str(run.get("id") or re.sub(r"[^A-Za-z0-9_.-]", "_", run["name"]))  # checkpoints from before ids
+    return str(run.get("id") or safe_name(run["name"]))  # checkpoints from before ids
 
 
 def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: ServerState, server_round: int) -> None:
