@@ -41,6 +41,16 @@ def embedding_batches(tokenizer, splits: ClientSplits, settings: Settings) -> li
     return [collate(feats[i : i + size], pad) for i in range(0, len(feats), size)]
 
 
+def _train(model: nn.Module, tokenizer, splits: ClientSplits, payload: Mapping[str, Tensor], settings: Settings,
+           server_round: int, seed: int) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """Load ``payload`` and run the local steps on the client's training split: (experts held, train metrics)."""
+    torch.manual_seed(seed)
+    held = import_adapters(model, payload)
+    cfg = settings.train
+    stream = batches(tokenizer, splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
+    return held, train_round(model, stream, cfg, server_round)
+
+
 def local_round(
     model: nn.Module,
     tokenizer,
@@ -53,11 +63,7 @@ def local_round(
     """Run one client's round on ``model`` (already injected) and return what it uploads."""
     start = time.perf_counter()
     seed = stable_seed("round", settings.federation.seed, server_round, client)
-    torch.manual_seed(seed)
-    held = import_adapters(model, payload)
-    cfg = settings.train
-    stream = batches(tokenizer, splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
-    metrics = train_round(model, stream, settings.train, server_round)
+    held, metrics = _train(model, tokenizer, splits, payload, settings, server_round, seed)
     result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
     # No routed pool (plain LoRA baselines): nothing for RSEA to score, so skip encoding the embedding set.
     stats: dict[str, Tensor] = {}
@@ -97,10 +103,8 @@ def dual_round(
     phases = {}
     for phase, payload in (("private", private), ("global", global_payload)):
         seed = stable_seed("round", settings.federation.seed, server_round, client, phase)
-        torch.manual_seed(seed)
-        import_adapters(model, payload)
-        stream = batches(tokenizer, splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
-        phases[phase] = (train_round(model, stream, cfg, server_round), export_adapters(model))
+        phases[phase] = (_train(model, tokenizer, splits, payload, settings, server_round, seed)[1],
+                         export_adapters(model))
     (private_metrics, new_private), (metrics, new_global) = phases["private"], phases["global"]
 
     def loss_of(adapters: Mapping[str, Tensor]) -> float:
