@@ -49,7 +49,7 @@ deploy-test: $(STAMP)
 certs:
 	docker/certs.sh
 
-# The small CPU experiment sweep (conf/budget/cpu_small.yaml: about an hour on 2 cores) into runs/experiments/;
+# The small CPU experiment sweep (conf/budget/cpu_small.yaml: ~5 min a run on 2 unshared cores) into runs/experiments/;
 # rerunning skips finished runs and resumes unfinished ones. SNLI needs a JSONL copy: SNLI_PATH=/data/snli
 # (without it the scenario falls back to ~/.cache/amole/snli, then to the hub). Then `make results`.
 SNLI_PATH ?=
