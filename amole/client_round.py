@@ -21,8 +21,9 @@ from amole.data import ClientSplits, batches, collate, encode, pad_id_of
 from amole.evaluate import answer_loss, evaluate
 from amole.fusion import merge, tune_weights
 from amole.model import amole_layers, export_adapters, import_adapters
+from amole.privacy import privatize
 from amole.seeds import stable_seed
-from amole.statistics import collect_statistics, privatize
+from amole.statistics import collect_statistics
 from amole.train import train_round
 
 
@@ -69,8 +70,8 @@ def local_round(
     stats: dict[str, Tensor] = {}
     if settings.adapter.num_experts:
         stats = collect_statistics(model, embedding_batches(tokenizer, splits, settings))
-    if settings.assign.dp_eta is not None:
-        stats = privatize(stats, settings.assign.dp_eta, np.random.default_rng(seed))
+    if settings.assign.dp_eta is not None:  # noise from the OS entropy: the server cannot regenerate it
+        stats = privatize(stats, settings.assign.dp_eta, settings.assign.dp_clip)
     metrics.update(
         score=float(result["score"]),
         num_examples=float(len(splits.train)),

@@ -36,6 +36,7 @@ class AssignConfig:
     max_experts: int = 8
     mode: str = "rsea"  # rsea | static | random | homogeneous
     dp_eta: float | None = None  # Gamma rate of the DP noise on embedding statistics; None = off
+    dp_clip: float = 1.0  # public norm bound every statistic is clipped to before noise (sets the DP epsilon)
 
 
 @dataclass

@@ -37,6 +37,13 @@ class Assignment:
         c = self.clients.index(client)
         return {m: np.flatnonzero(X[:, c]).tolist() for m, X in self.X.items()}
 
+    def extended(self, other: Assignment) -> Assignment:
+        """This assignment plus the columns of ``other``'s clients it does not cover yet (static mode)."""
+        new = [c for c in other.clients if c not in self.clients]
+        cols = [other.clients.index(c) for c in new]
+        return Assignment([*self.clients, *new],
+                          {m: np.concatenate([X, other.X[m][:, cols]], axis=1) for m, X in self.X.items()})
+
     def restricted(self, clients: Sequence[str]) -> Assignment:
         """The same architectures for a subset of the clients (experts of absent clients go untrained)."""
         missing = [c for c in clients if c not in self.clients]
@@ -51,6 +58,8 @@ def adapted_constraints(cfg: AssignConfig, num_experts: int, num_clients: int) -
 
     With every configured client present this returns the configured values unchanged (they were checked at
     start). With fewer, K shrinks to at most the number present and [min, max] widens to contain N*K/C.
+    Every client holds at least one routed expert per module: a configuration with N*K < C (some client
+    would hold none) is refused here, naming the numbers, rather than run with expert-less clients.
     """
     if cfg.mode not in MODES:
         raise AssignmentError(f"unknown assignment mode {cfg.mode!r}; expected one of {MODES}")
@@ -58,6 +67,12 @@ def adapted_constraints(cfg: AssignConfig, num_experts: int, num_clients: int) -
     if C < 1:
         raise AssignmentError("no clients to assign experts to")
     K = min(cfg.clients_per_expert, C)
+    if cfg.min_experts < 1 or N * K < C:
+        raise AssignmentError(
+            f"every client must hold at least one routed expert per module, but num_experts N={N} x "
+            f"clients_per_expert K={K} = {N * K} expert slots < C={C} clients (min_experts={cfg.min_experts}, "
+            f"max_experts={cfg.max_experts}); raise num_experts or clients_per_expert, use fewer clients, "
+            f"or set min_experts >= 1")
     if cfg.mode == "homogeneous":
         lo, hi = homogeneous_bounds(N, C, K)
     else:
@@ -89,6 +104,10 @@ def plan(
     adapted = adapted_constraints(cfg, num_experts, len(clients))
     K, lo, hi = adapted.clients_per_expert, adapted.min_experts, adapted.max_experts
     if cfg.mode == "static" and previous is not None:
+        newcomers = [c for c in clients if c not in previous.clients]
+        if newcomers:  # a late joiner gets a random architecture under the same constraints, then keeps it
+            drawn = Assignment(clients, random_assignment(modules, num_experts, len(clients), K, lo, hi, rng))
+            previous = previous.extended(drawn.restricted(newcomers))
         return previous.restricted(clients)
     if previous is None or expert_codes is None or cfg.mode == "random":
         return Assignment(clients, random_assignment(modules, num_experts, len(clients), K, lo, hi, rng))

@@ -31,6 +31,8 @@ from typing import Any
 
 from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no global state, nothing to close
 
+from amole.privacy import EXPLANATION
+
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 SCORE_PNG = "score_by_round.png"
@@ -97,7 +99,7 @@ def _mean(xs: list[float]) -> float:
 def round_summary(rnd: dict) -> dict[str, float]:
     """The per-round numbers shown in report.md and TensorBoard, computed in one place so they agree."""
     clients = list(rnd.get("clients", {}).values())
-    scores = [float(c["score"]) for c in clients]
+    scores = [float(c["score"]) for c in clients if not math.isnan(float(c["score"]))]  # NaN: score left out
     return {
         "score_mean": _mean(scores),
         "score_min": min(scores, default=math.nan),
@@ -185,9 +187,29 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
         lines += [f"## Clients, best round ({best['round']})", "", *_client_table(best), ""]
     elif best is last:
         lines += ["The last round is also the best round.", ""]
+    lines += _privacy_section(rounds)
     if plots:
         lines += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     return "\n".join(lines)
+
+
+def _privacy_section(rounds: list[dict]) -> list[str]:
+    """Per round, the metric-DP guarantee of the uploaded routing statistics (absent when DP is off)."""
+    rows = [r for r in rounds if "privacy" in r]
+    if not rows:
+        return ["## Privacy", "", "Differential privacy of the routing statistics is off (`assign.dp_eta` unset): "
+                "clients upload them clean.", ""]
+    lines = ["## Privacy (routing statistics)", "", EXPLANATION, "",
+             "| round | η | clip c | ε per vector (2ηc) | ε per client·round (max) | ε cumulative (max) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    total: dict[str, float] = {}
+    for r in rows:
+        p = r["privacy"]
+        for cid, g in p.get("clients", {}).items():
+            total[cid] = total.get(cid, 0.0) + float(g["epsilon_round"])
+        lines.append(f"| {r['round']} | {p['eta']:g} | {p['clip']:g} | {p['epsilon_per_vector']:g} "
+                     f"| {p['epsilon_round_max']:g} | {max(total.values(), default=0.0):g} |")
+    return [*lines, ""]
 
 
 # -------------------------------------------------------------------------------------------------------- plots

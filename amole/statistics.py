@@ -1,8 +1,9 @@
 """Embedding statistics for RSEA (spec §2): the client's mean router code and each held expert's mean code.
 
 Client side: one no-grad pass over the embedding set accumulates token-weighted means of ``W_tok x`` and
-``A_i x`` per module; optional metric-DP noise is added before anything leaves the client. Server side:
-the uploads become each module's expert matrix E (mean over holders) and client matrix T.
+``A_i x`` per module; optional metric-DP noise (amole.privacy) is added before anything leaves the client.
+Server side: the uploads become each module's expert matrix E (mean over holders, last known code for experts
+nobody held this round) and client matrix T.
 """
 
 from __future__ import annotations
@@ -53,48 +54,16 @@ def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
     return out
 
 
-def gamma_noise(shape: tuple[int, ...], eta: float, rng: np.random.Generator) -> Tensor:
-    """Metric-DP noise for r-vectors: a uniform direction scaled by a Gamma(shape=r, rate=eta) magnitude."""
-    *lead, r = shape
-    direction = rng.standard_normal(shape)
-    direction /= np.maximum(np.linalg.norm(direction, axis=-1, keepdims=True), 1e-12)
-    magnitude = rng.gamma(shape=r, scale=1.0 / eta, size=(*lead, 1))
-    return torch.from_numpy(direction * magnitude).float()
-
-
-def privatize(stats: Mapping[str, Tensor], eta: float, rng: np.random.Generator) -> dict[str, Tensor]:
-    """Noisy copy of the statistics, each module's vectors clipped to that module's largest clean norm."""
-    if eta <= 0:
-        raise ValueError(f"dp eta must be positive (smaller = more noise), got {eta}")
-    by_module: dict[str, list[str]] = {}
-    for key in stats:
-        by_module.setdefault(_module_of(key), []).append(key)
-    out: dict[str, Tensor] = {}
-    for names in by_module.values():
-        clean = torch.stack([stats[k].float() for k in names])
-        bound = clean.norm(dim=-1).max()
-        noisy = clean + gamma_noise(tuple(clean.shape), eta, rng)
-        norms = noisy.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        noisy = noisy * torch.clamp(bound / norms, max=1.0)
-        out.update({k: noisy[i].clone() for i, k in enumerate(names)})
-    return out
-
-
-def _module_of(key: str) -> str:
-    head, _, tail = key.rpartition(".")
-    if tail == "t":
-        return head
-    module, _, kind = head.rpartition(".")
-    if kind != "e" or not tail.isdigit():
-        raise ValueError(f"{key!r} is not a statistics name (<module>.t or <module>.e.<id>)")
-    return module
-
-
 def embedding_matrices(
-    uploads: Sequence[Mapping[str, Tensor]], module: str, num_experts: int, r: int
+    uploads: Sequence[Mapping[str, Tensor]], module: str, num_experts: int, r: int,
+    previous: np.ndarray | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(E, T) for one module: E[i] = mean code of expert i over the clients that held it (zeros if none),
-    T[c] = client c's mean router code."""
+    """(E, T) for one module: E[i] = mean code of expert i over the clients that held it, T[c] = client c's
+    mean router code.
+
+    The paper rebuilds E from every client each round; here an expert whose holders were all absent keeps its
+    last known code (``previous[i]``, zeros if it never had one) instead of scoring as a zero vector.
+    """
     E = torch.zeros(num_experts, r, dtype=torch.float64)
     count = torch.zeros(num_experts, dtype=torch.float64)
     T = torch.zeros(len(uploads), r, dtype=torch.float64)
@@ -106,4 +75,7 @@ def embedding_matrices(
                 E[i] += v.double()
                 count[i] += 1
     E = E / count.clamp_min(1).unsqueeze(-1)
+    if previous is not None:
+        unheld = count == 0
+        E[unheld] = torch.as_tensor(np.asarray(previous), dtype=torch.float64)[unheld]
     return E, T

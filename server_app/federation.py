@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -28,7 +29,8 @@ from amole.config import Settings
 from amole.kept import safe_name
 from amole.loader import adapter_target_shapes
 from amole.planner import adapted_constraints, plan
-from amole.report import RunReport, client_order
+from amole.privacy import Guarantee
+from amole.report import RunReport, client_order, round_summary
 from amole.statistics import embedding_matrices
 from server_app import checkpoint
 from server_app.checkpoint import ServerState
@@ -130,6 +132,8 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
     assign_seconds = time.perf_counter() - t0
     if state.assignment is None or settings.assign.mode != "static":
         state.assignment = used
+    else:  # static: late joiners keep the architecture drawn for them
+        state.assignment = state.assignment.extended(used)
     log.info("round %d/%d: training clients %s (experts held per module, mean: %s)", server_round,
              fed.num_rounds, present, ", ".join(f"{np.mean([len(v) for v in used.held(c).values()]):.1f}"
                                                 for c in present))
@@ -157,9 +161,9 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
     weights = [valid[c]["num_examples"] for c in order] if fed.weighted else None
     state.bank = aggregate(state.bank, [valid[c]["adapters"] for c in order], weights)
     stats = [valid[c]["stats"] for c in order]
-    state.expert_codes = {}
+    previous_codes, state.expert_codes = state.expert_codes or {}, {}
     for m in modules if N > 0 else []:
-        E, T = embedding_matrices(stats, m, N, r)
+        E, T = embedding_matrices(stats, m, N, r, previous_codes.get(m))
         state.expert_codes[m] = E.numpy()
         for i, c in enumerate(order):
             state.client_codes.setdefault(c, {})[m] = T[i].numpy()
@@ -173,7 +177,18 @@ def run_round(grid: Grid, registry: ClientRegistry, settings: Settings, state: S
         "absent": absent, "rejected": rejected,
         "assignment": {m: [used.held(c)[m] for c in used.clients] for m in modules},
         "assignment_clients": used.clients, "num_experts": N,
+        **({"privacy": privacy_entry(settings, {c: valid[c]["stats"] for c in order})}
+           if settings.assign.dp_eta is not None else {}),
     })
+
+
+def privacy_entry(settings: Settings, stats: dict[str, dict]) -> dict[str, Any]:
+    """What the DP mechanism guaranteed this round: epsilon per vector and per client (amole.privacy)."""
+    eta, clip = float(settings.assign.dp_eta), float(settings.assign.dp_clip)
+    per_client = {c: Guarantee(eta, clip, len(s)).to_dict() for c, s in stats.items()}
+    return {"eta": eta, "clip": clip, "epsilon_per_vector": Guarantee(eta, clip, 1).epsilon_per_vector,
+            "epsilon_round_max": max((g["epsilon_round"] for g in per_client.values()), default=0.0),
+            "clients": per_client}
 
 
 def score_aggregate(grid: Grid, settings: Settings, state: ServerState, used, nodes: dict[str, int],
@@ -190,17 +205,26 @@ def score_aggregate(grid: Grid, settings: Settings, state: ServerState, used, no
                                 message_type=MessageType.EVALUATE, group_id=str(server_round)))
     replies = list(grid.send_and_receive(messages, timeout=settings.federation.reply_timeout))
     by_message = sent_to(messages, list(nodes))
+    scores: dict[str, float] = {}
     for reply in replies:
         client = by_message.get(reply.metadata.reply_to_message_id)
-        if client is None or reply.has_error():
-            log.warning("round %d: no score of the aggregate from client %s", server_round, client)
+        if client is None:
+            log.warning("round %d: ignoring a reply to a message this round did not send", server_round)
             continue
+        try:
+            if reply.has_error():
+                raise BadReply(f"client error: {reply.error.reason}")
+            score = float(reply.content["metrics"]["score"])
+            if not math.isfinite(score):
+                raise BadReply(f"score {score} is not finite")
+        except (BadReply, KeyError, TypeError, ValueError) as err:
+            log.warning("round %d: left out client %s's score of the aggregate: %s", server_round, client, err)
+            continue
+        scores[client] = score
+    for client in nodes:
         m = valid[client]["metrics"]
         m["score_after_training"] = m["score"]
-        m["score"] = float(reply.content["metrics"]["score"])
-    for client in nodes:
-        if "score_after_training" not in valid[client]["metrics"]:
-            valid[client]["metrics"]["score"] = float("nan")  # no score of the aggregate: not the local one
+        m["score"] = scores.get(client, float("nan"))  # no valid score of the aggregate: not the local one
 
 
 def sent_to(messages: list[Message], clients: list[str]) -> dict[str, str]:
@@ -251,6 +275,6 @@ def log_round(entry: dict[str, Any]) -> None:
     scores = [c["score"] for c in entry["clients"].values()]
     mb = sum(c["bytes_up"] + c["bytes_down"] for c in entry["clients"].values()) / 1e6
     log.info("round %d: mean score %.4f over %d clients, %.2f MB moved, %.1f s%s", entry["round"],
-             float(np.mean(scores)), len(scores), mb, entry["seconds"],
+             round_summary(entry)["score_mean"], len(scores), mb, entry["seconds"],
              f" (absent {entry['absent']}, rejected {sorted(entry['rejected'])})"
              if entry["absent"] or entry["rejected"] else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from amole.assign import AssignmentError, check_assignment, client_scores, solve_many
 from amole.config import AssignConfig
@@ -98,3 +99,47 @@ def test_random_mode_redraws_and_homogeneous_gives_equal_counts() -> None:
     cfg = AssignConfig(mode="homogeneous")
     h = plan(cfg, CLIENTS, MODULES, N, R, first(cfg), E, T, np.random.default_rng(0))
     assert all((X.sum(axis=0) == 6).all() for X in h.X.values())
+
+
+def test_a_config_that_would_leave_a_client_without_experts_is_refused_with_the_numbers() -> None:
+    cfg = AssignConfig(clients_per_expert=2, min_experts=1, max_experts=8)
+    with pytest.raises(AssignmentError, match=r"N=8 x clients_per_expert K=2 = 16 expert slots < C=20"):
+        adapted_constraints(cfg, 8, 20)
+    with pytest.raises(AssignmentError, match="min_experts=0"):
+        adapted_constraints(AssignConfig(min_experts=0), N, 10)
+    # Whenever a plan is made, every client holds at least one expert in every module.
+    for C in (1, 2, 7, 16):
+        got = first(AssignConfig(min_experts=1), clients=[str(i) for i in range(C)])
+        assert all(X.sum(0).min() >= 1 for X in got.X.values())
+
+
+def test_static_gives_a_late_joiner_an_architecture_and_keeps_it() -> None:
+    cfg = AssignConfig(mode="static")
+    start = first(cfg, clients=CLIENTS[:8])
+    rng = np.random.default_rng(3)
+    got = plan(cfg, CLIENTS, MODULES, N, R, start, None, {}, rng)  # clients 8 and 9 were absent in round 1
+    assert got.clients == CLIENTS
+    lo, hi = adapted_constraints(cfg, N, len(CLIENTS)).min_experts, 8
+    for m in MODULES:
+        assert np.array_equal(got.X[m][:, :8], start.X[m])  # the others keep theirs
+        assert all(lo <= got.X[m][:, c].sum() <= hi for c in (8, 9))
+    kept = start.extended(got)
+    again = plan(cfg, ["9", "0"], MODULES, N, R, kept, None, {}, rng)
+    for m in MODULES:
+        assert np.array_equal(again.X[m][:, 0], got.X[m][:, 9])  # the joiner's architecture is kept
+
+
+def test_an_expert_nobody_held_keeps_its_last_known_code() -> None:
+    from amole.statistics import embedding_matrices, expert_stat_key, router_stat_key
+
+    m, r = MODULES[0], 2
+    previous = np.array([[9.0, 9.0], [5.0, -5.0], [7.0, 7.0]])
+    ups = [{router_stat_key(m): torch.tensor([1.0, 0.0]), expert_stat_key(m, 0): torch.tensor([2.0, 2.0])}]
+    E, _ = embedding_matrices(ups, m, num_experts=3, r=r, previous=previous)
+    assert E.tolist() == [[2.0, 2.0], [5.0, -5.0], [7.0, 7.0]]  # expert 0 re-measured, 1 and 2 remembered
+    E0, _ = embedding_matrices(ups, m, num_experts=3, r=r)
+    assert E0[1].tolist() == [0.0, 0.0]  # never measured: zero code
+    # RSEA then scores a remembered expert by its code, not as a zero vector.
+    T = np.array([[1.0, 0.0], [0.0, 1.0]])
+    scores = client_scores(E.numpy(), T, r)
+    assert scores[1, 0] > scores[1, 1]

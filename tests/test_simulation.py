@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from amole import keys
+from amole.assign import AssignmentError
 from amole.compose import compose
 from client_app.app import app as client_app
 from server_app import checkpoint
@@ -27,15 +28,26 @@ class RecordingGrid:
     simulated nodes come up, so counting those made the crash point (and the test) depend on machine speed.
     """
 
-    def __init__(self, grid: Grid, log: list, crash_after: int | None = None, tamper=None) -> None:
+    def __init__(self, grid: Grid, log: list, crash_after: int | None = None, tamper=None,
+                 late_joiner: bool = False) -> None:
         self.grid, self.log, self.crash_after, self.tamper = grid, log, crash_after, tamper
+        self.late_joiner = late_joiner  # hide the last node during round 1 (after all were identified)
 
     def get_node_ids(self):
-        return self.grid.get_node_ids()
+        ids = list(self.grid.get_node_ids())
+        if self.late_joiner and not self._trained():
+            identified = {r.metadata.src_node_id for m, rs in self.log if m[0].metadata.message_type == "query"
+                          for r in rs}
+            if len(identified) >= len(ids) > 1:
+                ids = sorted(ids)[:-1]
+        return ids
+
+    def _trained(self) -> int:
+        return sum(m[0].metadata.message_type == "train" for m, _ in self.log if m)
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        trained = sum(m[0].metadata.message_type == "train" for m, _ in self.log if m)
+        trained = self._trained()
         is_train = bool(messages) and messages[0].metadata.message_type == "train"
         if self.crash_after is not None and is_train and trained >= self.crash_after:
             raise SystemExit("simulated ServerApp crash")
@@ -47,7 +59,8 @@ class RecordingGrid:
 
 
 def simulate(tmp: Path, name: str, resume: Path | None = None, log: list | None = None,
-             crash_after: int | None = None, tamper=None, overrides: tuple[str, ...] = ()):
+             crash_after: int | None = None, tamper=None, overrides: tuple[str, ...] = (),
+             late_joiner: bool = False):
     settings = compose([*OVERRIDES, f"federation.name={name}", f"federation.client_state_dir={tmp / 'kept'}",
                         *overrides])
     result = {}
@@ -56,7 +69,8 @@ def simulate(tmp: Path, name: str, resume: Path | None = None, log: list | None 
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        result["state"] = run(RecordingGrid(grid, log, crash_after, tamper), settings, runs_dir=tmp, resume=resume)
+        result["state"] = run(RecordingGrid(grid, log, crash_after, tamper, late_joiner), settings, runs_dir=tmp,
+                              resume=resume)
 
     run_simulation(server_app=server, client_app=client_app, num_supernodes=settings.federation.num_clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
@@ -212,3 +226,48 @@ def test_fdlora_with_routed_experts_is_refused_before_any_work() -> None:
     settings = compose([*OVERRIDES, "strategy=fedamole", "fusion.private_adapter=true"])
     with pytest.raises(ValueError, match="num_experts=0"):
         check_strategy(settings)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_static_mode_gives_a_late_joiner_an_architecture(tmp_path: Path) -> None:
+    """A client absent from round 1 is not in the static assignment; when it appears it gets one and trains."""
+    state = simulate(tmp_path, "static", overrides=("strategy=static",), late_joiner=True)
+    assert state is not None and state.round == 2
+    r1, r2 = state.metrics["rounds"]
+    assert len(r1["clients"]) == 2 and len(r2["clients"]) == 3
+    (joiner,) = set(r2["clients"]) - set(r1["clients"])
+    assert all(n >= 1 for n in r2["clients"][joiner]["experts"].values())
+    assert joiner in state.assignment.clients  # kept for the rounds to come
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_bad_score_of_the_aggregate_is_left_out(tmp_path: Path) -> None:
+    def tamper(exchange: int, replies: list) -> list:
+        for reply in replies:
+            if reply.metadata.message_type != "evaluate" or reply.has_error():
+                continue
+            who = reply.metadata.src_node_id
+            if who == min(r.metadata.src_node_id for r in replies):
+                reply.content["metrics"]["score"] = float("nan")  # NaN score
+            elif who == max(r.metadata.src_node_id for r in replies):
+                del reply.content["metrics"]["score"]  # malformed
+        return replies
+
+    state = simulate(tmp_path, "fedit", overrides=("strategy=fedit",), tamper=tamper)
+    assert state is not None and state.round == 2
+    for rnd in state.metrics["rounds"]:
+        scores = [c["score"] for c in rnd["clients"].values()]
+        assert sum(np.isnan(scores)) == 2 and len(scores) == 3  # two left out, the run went on
+        assert all("score_after_training" in c for c in rnd["clients"].values())
+
+
+def test_a_federation_that_would_leave_a_client_without_experts_fails_at_start(tmp_path: Path) -> None:
+    class NoGrid:  # any contact with a node would be work done before the refusal
+        def __getattr__(self, name):
+            raise AssertionError(f"grid.{name} used before the config was checked")
+
+    settings = compose([*OVERRIDES, "federation.num_clients=5", "adapter.num_experts=2",
+                        "assign.clients_per_expert=2", "assign.min_experts=1"])
+    with pytest.raises(AssignmentError, match=r"N=2 x clients_per_expert K=2 = 4 expert slots < C=5 clients"):
+        run(NoGrid(), settings, runs_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
