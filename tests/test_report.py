@@ -132,3 +132,22 @@ def test_empty_run_and_names(tmp_path: Path) -> None:
     mods = [f"model.layers.{i}.mlp.up_proj" for i in (10, 2, 0)]
     assert plotted_modules(mods) == ["model.layers.0.mlp.up_proj", "model.layers.2.mlp.up_proj",
                                      "model.layers.10.mlp.up_proj"]
+
+
+def test_report_states_the_privacy_guarantee_per_round(tmp_path: Path) -> None:
+    from amole.privacy import Guarantee
+
+    metrics = _metrics(2)
+    (tmp_path / "off").mkdir()
+    RunReport(tmp_path / "off").update(metrics)
+    assert "Differential privacy of the routing statistics is off" in (tmp_path / "off" / "report.md").read_text()
+    for rnd in metrics["rounds"]:
+        per = {c: Guarantee(100.0, 0.5, 10 + int(c)).to_dict() for c in rnd["clients"]}
+        rnd["privacy"] = {"eta": 100.0, "clip": 0.5, "epsilon_per_vector": 100.0,
+                          "epsilon_round_max": max(g["epsilon_round"] for g in per.values()), "clients": per}
+    rnd["clients"]["1"]["score"] = float("nan")  # a score left out
+    RunReport(tmp_path).update(metrics)
+    text = (tmp_path / "report.md").read_text()
+    assert "ε per vector = 2ηc" in text
+    assert "| 1 | 100 | 0.5 | 100 | 1200 | 1200 |" in text and "| 2 | 100 | 0.5 | 100 | 1200 | 2400 |" in text
+    assert "| 2 | 0.800 |" in text  # the mean over the two scores that count: (0.70 + 0.90) / 2
