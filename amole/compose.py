@@ -12,11 +12,12 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from amole.config import Settings
+from amole.strategies import resolve_strategy
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "scenario", "strategy", "budget")
 # Top-level keys of conf/config.yaml that are not Settings: ``seed`` (federation.seed interpolates it) and
-# ``experiment`` (options of the experiment runner, server_app.experiment).
+# ``experiment`` (options of the experiment runner, tools.experiment).
 EXTRA_KEYS = ("seed", "experiment")
 
 
@@ -35,7 +36,7 @@ def settings_from_cfg(cfg: Any) -> Settings:
     for key in EXTRA_KEYS:
         values.pop(key, None)  # type: ignore[union-attr]
     values.pop("hydra", None)  # type: ignore[union-attr]
-    return Settings.from_dict(values)  # type: ignore[arg-type]
+    return resolve_strategy(Settings.from_dict(values))  # type: ignore[arg-type]
 
 
 def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ class AssignConfig:
     clients_per_expert: int = 2  # K: each expert picks exactly K clients
     min_experts: int = 2
     max_experts: int = 8
-    mode: str = "rsea"  # rsea | static | random | homogeneous
+    mode: str = "rsea"  # rsea | static | random | homogeneous: set by the strategy (amole.strategies), not in conf/
     dp_eta: float | None = None  # Gamma rate of the DP noise on embedding statistics; None = off
     dp_clip: float = 1.0  # public norm bound every statistic is clipped to before noise (sets the DP epsilon)
 
@@ -56,13 +56,12 @@ class TrainConfig:
 class FusionConfig:
     """The FDLoRA baseline: a private LoRA per client next to the federated one, merged by tuned weights.
 
-    Off by default (FedAMoLE and the other strategies ignore this section). When on, each client trains its
-    private LoRA and the global LoRA for ``train.steps`` steps each, uploads only the global one, and scores
-    the merge ``w_p * private + w_g * global`` (A and B merged separately, as LoraHub does) whose weights a
+    Only ``strategy=fdlora`` reads it: each client trains its private LoRA and the global LoRA for
+    ``train.steps`` steps each, uploads only the global one, and scores the merge
+    ``w_p * private + w_g * global`` (A and B merged separately, as LoraHub does) whose weights a
     gradient-free search (bounded Nelder-Mead) picks on its own eval split.
     """
 
-    private_adapter: bool = False
     max_evals: int = 20  # eval-loss evaluations the weight search may spend per client per round
     l1: float = 0.05  # penalty on |w_p| + |w_g| added to the eval loss (keeps the merge near small weights)
     max_weight: float = 1.5  # both weights are searched in [0, max_weight]
@@ -121,17 +120,15 @@ class FederationConfig:
     num_rounds: int = 30
     num_clients: int = 10
     seed: int = 0
-    strategy: str = "fedamole"
+    strategy: str = "fedamole"  # the method, an object of amole.strategies (fedamole, fedit, local, ...)
     weighted: bool = False  # weight aggregation by example counts (the paper: unweighted)
-    evaluate: str = "after_training"  # or "after_aggregation": score the aggregated model (FedIT)
-    communicate: bool = True  # false: local-only training, clients keep their adapters, nothing is averaged
     reply_timeout: float = 3600.0  # seconds to wait for a round's replies; late clients are left out
     query_timeout: float = 60.0  # seconds a new node has to say who it is
     min_clients: int = 2  # a round with fewer valid replies stops the run
     wait_for_nodes: float = 300.0  # seconds to wait until num_clients nodes are connected
     runs_dir: str = "runs"
     name: str | None = None
-    client_state_dir: str | None = None  # where clients keep adapters that never leave them; None: amole.kept's default
+    site_dir: str | None = None  # each client's site folder (amole.site); a node's ``site-dir`` wins; None: default
 
 
 @dataclass
@@ -149,6 +146,7 @@ class Settings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Settings:
+        values = _upgraded(values)
         sections = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(sections))
         if unknown:
@@ -173,3 +171,20 @@ def from_dict(cls: type, values: dict[str, Any] | None) -> Any:
         if key in values and values[key] is not None:
             values[key] = tuple(values[key])
     return cls(**values)
+
+
+# Keys that became properties of the strategy object (amole.strategies) or were renamed; a checkpoint written
+# before keeps loading.
+_RETIRED = {"federation": ("evaluate", "communicate"), "fusion": ("private_adapter",)}
+_RENAMED = {("federation", "client_state_dir"): "site_dir"}
+
+
+def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for section, keys in _RETIRED.items():
+        for key in keys:
+            (values.get(section) or {}).pop(key, None)
+    for (section, old), new in _RENAMED.items():
+        if old in (values.get(section) or {}):
+            values[section][new] = values[section].pop(old)
+    return values

@@ -36,6 +36,7 @@ from transformers import (
 
 from amole.config import ModelConfig
 from amole.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
+from amole.model import target_linears
 from amole.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -235,12 +236,7 @@ def model_config(cfg: ModelConfig) -> PretrainedConfig:
 def linear_shapes(model: nn.Module, target_modules: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     """``{qualified name: (in_features, out_features)}`` of every nn.Linear (bnb ones included, they
     subclass it) whose last name component is in ``target_modules``, in module order."""
-    targets = set(target_modules)
-    return {
-        name: (mod.in_features, mod.out_features)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets
-    }
+    return {name: (mod.in_features, mod.out_features) for name, mod in target_linears(model, target_modules).items()}
 
 
 def adapter_target_shapes(cfg: ModelConfig, target_modules: tuple[str, ...]) -> dict[str, tuple[int, int]]:
@@ -251,13 +247,10 @@ def adapter_target_shapes(cfg: ModelConfig, target_modules: tuple[str, ...]) -> 
     config = model_config(cfg)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    shapes = linear_shapes(model, target_modules)
-    if not shapes:
-        available = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        )
-        raise ValueError(f"no nn.Linear named {list(target_modules)} in {cfg.name!r}; available: {available}")
-    return shapes
+    try:
+        return linear_shapes(model, target_modules)
+    except ValueError as err:
+        raise ValueError(f"{cfg.name!r}: {err}") from None
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -18,9 +18,19 @@ from amole.config import AdapterConfig
 from amole.layer import AMoLELinear
 
 
-def _is_linear(module: nn.Module) -> bool:
-    # bitsandbytes Linear4bit / Linear8bitLt subclass nn.Linear, so this covers quantized layers too.
-    return isinstance(module, nn.Linear)
+def target_linears(model: nn.Module, target_modules: tuple[str, ...] | list[str]) -> dict[str, nn.Linear]:
+    """The linear layers that get an AMoLE module: every nn.Linear whose last name component is a target.
+
+    bitsandbytes Linear4bit / Linear8bitLt subclass nn.Linear, so quantized layers are included. The one rule
+    for "which layers are adapted", used by injection and by the server's bank shapes (meta device).
+    """
+    targets = set(target_modules)
+    found = {name: m for name, m in model.named_modules()
+             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+    if not found:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"no linear layer named {list(target_modules)} in the model; available: {linear}")
+    return found
 
 
 def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.float32) -> dict[str, AMoLELinear]:
@@ -29,14 +39,7 @@ def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.floa
         raise ValueError("an adapter with neither a shared expert nor routed experts trains nothing")
     for p in model.parameters():
         p.requires_grad_(False)
-    targets = [
-        name for name, m in model.named_modules()
-        if name.rsplit(".", 1)[-1] in cfg.target_modules and _is_linear(m)
-    ]
-    if not targets:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m)})
-        raise ValueError(f"no linear layer named {list(cfg.target_modules)} in the model; its linear layers: {linear}")
-    for name in targets:
+    for name in target_linears(model, cfg.target_modules):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, AMoLELinear(getattr(parent, child), cfg, dtype))

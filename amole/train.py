@@ -20,21 +20,25 @@ def round_lr(cfg: TrainConfig, server_round: int) -> float:
     return cfg.lr * cfg.lr_decay ** (server_round - 1)
 
 
-def train_round(
+def train_steps(
     model: nn.Module,
     batches: Iterator[Mapping[str, Tensor]],
     cfg: TrainConfig,
     server_round: int,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Run ``cfg.steps`` optimizer steps on the adapter tensors; return mean losses and token counts."""
+    """Run ``cfg.steps`` optimizer steps on the adapter tensors; return mean losses and token counts.
+
+    ``train_loss`` is the response-only LM loss (what the report shows), ``train_total_loss`` adds the
+    load-balancing term that is optimised, ``train_lb_loss`` is that term alone.
+    """
     params = trainable_parameters(model)
     if not params:
         raise ValueError("the model has no trainable AMoLE parameters: inject adapters first")
     device = params[0].device
     optimizer = torch.optim.Adam(params, lr=round_lr(cfg, server_round))
     model.train()
-    sums = {"loss": 0.0, "lm_loss": 0.0, "lb_loss": 0.0}
+    sums = {"total_loss": 0.0, "loss": 0.0, "lb_loss": 0.0}
     tokens = 0
     for _ in tqdm(range(cfg.steps), desc=f"round {server_round} train", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in next(batches).items()}
@@ -49,8 +53,8 @@ def train_round(
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
-        sums["loss"] += loss.item()
-        sums["lm_loss"] += out.loss.item()
+        sums["total_loss"] += loss.item()
+        sums["loss"] += out.loss.item()
         sums["lb_loss"] += lb.item()
         tokens += int((batch["labels"] != -100).sum())
     steps = max(cfg.steps, 1)

@@ -1,4 +1,5 @@
-"""Per-process state of a ClientApp: the base model is loaded and injected once and reused every round.
+"""Per-process state of a ClientApp: the base model is loaded and injected once and reused every round, and
+each request becomes a ClientJob (model, this client's splits, its site folder).
 
 In simulation one worker process serves many clients in turn; that is safe because every round's import
 replaces every adapter tensor, so nothing of one client's round survives into another's.
@@ -11,12 +12,15 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from amole.client_round import ClientJob
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
 from amole.data.scenario import task_name
 from amole.loader import load_base_model
 from amole.model import inject
+from amole.site import PrivateAdapters, site_folder
+from client_app.protocol import Request
 
 
 @lru_cache(maxsize=1)
@@ -62,3 +66,15 @@ def client_splits(settings: Settings, client: str, node_config: Mapping[str, Any
     """This client's private splits (cached per process): its task from node config or the scenario's list."""
     scenario = json.dumps(settings.to_dict()["scenario"], sort_keys=True)
     return _splits(scenario, settings.federation.seed, client, *_data_choice(node_config))
+
+
+def client_job(request: Request, node_config: Mapping[str, Any]) -> ClientJob:
+    """Everything this node needs for the request's round; refuses a message meant for another client."""
+    client = client_identity(node_config)
+    if request.client != client:
+        raise ValueError(f"message for client {request.client} reached client {client}")
+    settings = request.settings
+    model, tokenizer = injected_model(settings)
+    site = site_folder(node_config.get("site-dir") or settings.federation.site_dir, client)
+    return ClientJob(model, tokenizer, client_splits(settings, client, node_config), settings,
+                     request.server_round, client, PrivateAdapters(site, request.run_id))

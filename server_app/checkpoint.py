@@ -8,7 +8,6 @@ makes a resumed run end where an unbroken one ends.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from amole.atomic import atomic_path
 from amole.planner import Assignment
 
 CHECKPOINT = "checkpoint.pt"
@@ -36,13 +36,11 @@ class ServerState:
 
 def save(state: ServerState, run_dir: Path) -> Path:
     """Write atomically: a crash mid-write leaves the previous round's checkpoint intact."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CHECKPOINT
-    tmp = path.with_suffix(".tmp")
     data = {k: v for k, v in vars(state).items() if k != "rng"}
     data["rng"] = state.rng.bit_generator.state
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
     return path
 
 

@@ -7,10 +7,14 @@ SuperNode crashed and came back under a new node id simply takes its place again
 from __future__ import annotations
 
 import logging
+import re
 import time
+from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
+
+from client_app import protocol
 
 log = logging.getLogger("amole.server")
 
@@ -34,8 +38,7 @@ class ClientRegistry:
         return dict(self.nodes)
 
     def _identify(self, node_ids: list[int]) -> None:
-        config = ConfigRecord({"settings": self.settings_json})
-        msgs = [Message(RecordDict({"config": config}), dst_node_id=n, message_type=MessageType.QUERY)
+        msgs = [Message(protocol.identify_request(self.settings_json), dst_node_id=n, message_type=MessageType.QUERY)
                 for n in node_ids]
         answered = set()
         replies = list(self.grid.send_and_receive(msgs, timeout=self.query_timeout))
@@ -48,7 +51,11 @@ class ClientRegistry:
             if reply.has_error():
                 log.warning("node %s failed to identify itself: %s", node, reply.error.reason)
                 continue
-            client = str(reply.content["info"]["client-id"])
+            try:
+                client = protocol.read_identify_reply(reply.content)
+            except (KeyError, TypeError) as err:
+                log.warning("node %s answered who it is without a client id: %s", node, err)
+                continue
             old = self.nodes.get(client)
             if old is not None and old != node:
                 log.warning("client %s moved from node %s to node %s", client, old, node)
@@ -67,3 +74,16 @@ class ClientRegistry:
                 raise TimeoutError(f"only {len(nodes)} of {count} clients connected and identified within "
                                    f"{timeout:.0f} s: {sorted(nodes)}")
             time.sleep(1.0)
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort ``layers.10`` after ``layers.2`` (module names and client ids)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
+
+
+def client_order(ids: Any) -> list[str]:
+    """The order clients appear in an assignment: numeric when every id is an integer, else natural."""
+    ids = list(ids)
+    if all(re.fullmatch(r"-?\d+", i) for i in ids):
+        return sorted(ids, key=int)
+    return sorted(ids, key=natural_key)

@@ -1,22 +1,74 @@
-"""Checks on what clients send back, before anything is aggregated.
+"""What clients send back, checked before anything is aggregated.
 
 A reply must carry exactly the adapter tensors its client was sent (same names, same shapes, finite values)
 and the statistics for the experts it held; anything else is rejected with the reason, never averaged in.
+Replies are matched to clients by the message they answer, not by sender: when a node is gone, the SuperLink
+itself answers for it (with a node-unavailable error), and that client counts as absent, not rejected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 
 import torch
+from flwr.app import Message
+from flwr.common.constant import ErrorCode
 from torch import Tensor
 
 from amole.keys import held_experts, router_key
-from amole.statistics import expert_stat_key, router_stat_key
+from amole.routing_stats import expert_stat_key, router_stat_key
+from client_app.protocol import BadReply, TrainReply, read_evaluate_reply, read_train_reply
+
+log = logging.getLogger("amole.server")
 
 
-class BadReply(ValueError):
-    """A client's reply that must not be aggregated."""
+def sent_to(messages: list[Message], clients: list[str]) -> dict[str, str]:
+    """Message id -> client, to match each reply to the message it answers."""
+    return {m.metadata.message_id: c for m, c in zip(messages, clients, strict=True)}
+
+
+def collect(replies: Iterable[Message], by_message: dict[str, str], sent: Mapping[str, Mapping[str, Tensor]],
+            r: int, server_round: int) -> tuple[dict[str, TrainReply], dict[str, str]]:
+    """Valid train replies by client, and the reason each rejected client was left out of the aggregation."""
+    valid: dict[str, TrainReply] = {}
+    rejected: dict[str, str] = {}
+    for reply in replies:
+        client = by_message.get(reply.metadata.reply_to_message_id)
+        if client is None:
+            log.warning("round %d: ignoring a reply to a message this round did not send", server_round)
+            continue
+        if reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+            log.warning("round %d: client %s's node became unavailable", server_round, client)
+            continue  # absent, not rejected: it may come back
+        try:
+            if reply.has_error():
+                raise BadReply(f"client error: {reply.error.reason}")
+            upload = read_train_reply(reply.content)
+            check_upload(client, sent[client], upload.adapters, upload.stats, r)
+        except BadReply as err:
+            rejected[client] = str(err)
+            log.warning("round %d: rejected the reply of client %s: %s", server_round, client, err)
+            continue
+        valid[client] = upload
+    return valid, rejected
+
+
+def collect_scores(replies: Iterable[Message], by_message: dict[str, str], server_round: int) -> dict[str, float]:
+    """Valid scores of the aggregate by client; failed, malformed and non-finite ones are logged and left out."""
+    scores: dict[str, float] = {}
+    for reply in replies:
+        client = by_message.get(reply.metadata.reply_to_message_id)
+        if client is None:
+            log.warning("round %d: ignoring a reply to a message this round did not send", server_round)
+            continue
+        try:
+            if reply.has_error():
+                raise BadReply(f"client error: {reply.error.reason}")
+            scores[client] = read_evaluate_reply(reply.content)
+        except BadReply as err:
+            log.warning("round %d: left out client %s's score of the aggregate: %s", server_round, client, err)
+    return scores
 
 
 def check_upload(client: str, sent: Mapping[str, Tensor], adapters: Mapping[str, Tensor],

@@ -7,7 +7,8 @@ import torch
 
 from amole import keys
 from amole.aggregate import aggregate
-from amole.statistics import embedding_matrices, expert_stat_key, router_stat_key
+from amole.routing_codes import embedding_matrices
+from amole.routing_stats import expert_stat_key, router_stat_key
 
 M = "model.layers.0.self_attn.q_proj"
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from amole.bank import create_bank, payload
-from amole.client_round import local_round
+from amole.client_round import ClientJob, train_and_score
 from amole.compose import compose
 from amole.data.scenario import client_splits
 from amole.loader import load_base_model
 from amole.model import inject
+from amole.site import PrivateAdapters
 
 
 def run_client(overrides: list[str]):
@@ -20,7 +23,8 @@ def run_client(overrides: list[str]):
     held = {n: [0, 3] for n in layers}
     sent = payload(create_bank(shapes, settings.adapter, seed=0), held)
     splits = client_splits(settings.scenario, "1", settings.federation.seed)
-    return settings, sent, local_round(model, tok, splits, sent, settings, server_round=1, client="1")
+    job = ClientJob(model, tok, splits, settings, 1, "1", PrivateAdapters(Path("unused-site"), "run"))
+    return settings, sent, train_and_score(job, sent)
 
 
 def test_upload_is_what_was_sent_trained() -> None:

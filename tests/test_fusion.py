@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from amole.bank import create_bank, payload
-from amole.client_round import dual_round
+from amole.client_round import ClientJob, train_dual_and_score
 from amole.compose import compose
 from amole.config import FusionConfig
 from amole.data.scenario import client_splits
 from amole.fusion import merge, tune_weights
 from amole.loader import load_base_model
 from amole.model import export_adapters, inject
+from amole.site import PrivateAdapters
 
 
 def test_merge_is_the_weighted_sum_of_every_tensor() -> None:
@@ -59,7 +60,7 @@ def test_search_respects_bounds_budget_and_penalty() -> None:
         tune_weights(lambda a: 1.0, PRIVATE, GLOBAL, FusionConfig(max_evals=0))
 
 
-def test_dual_round_uploads_the_global_lora_and_scores_the_fusion() -> None:
+def test_dual_round_uploads_the_global_lora_and_scores_the_fusion(tmp_path) -> None:
     settings = compose(["model=tiny", "scenario=synthetic", "budget=smoke", "strategy=fdlora"])
     model, tok = load_base_model(settings.model, device="cpu")
     layers = inject(model, settings.adapter)
@@ -67,7 +68,8 @@ def test_dual_round_uploads_the_global_lora_and_scores_the_fusion() -> None:
     sent = payload(create_bank(shapes, settings.adapter, seed=0), {})
     private = {k: v + 0.01 for k, v in sent.items()}  # a private LoRA from an earlier round
     splits = client_splits(settings.scenario, "1", settings.federation.seed)
-    result, new_private = dual_round(model, tok, splits, sent, private, settings, server_round=1, client="1")
+    job = ClientJob(model, tok, splits, settings, 1, "1", PrivateAdapters(tmp_path, "run"))
+    result, new_private = train_dual_and_score(job, sent, private)
 
     assert result.adapters.keys() == sent.keys() == new_private.keys() and result.stats == {}
     assert all(k.endswith((".shared.A", ".shared.B")) for k in sent)  # one plain LoRA per module
@@ -77,18 +79,18 @@ def test_dual_round_uploads_the_global_lora_and_scores_the_fusion() -> None:
     m = result.metrics
     assert 0.0 <= m["fusion_w_private"] <= 1.5 and 0.0 <= m["fusion_w_global"] <= 1.5
     assert 1 <= m["fusion_evals"] <= settings.fusion.max_evals and 0.0 <= m["score"] <= 1.0
-    assert {"train_lm_loss", "private_train_lm_loss", "experts_mean"} <= set(m)
+    assert {"train_loss", "private_train_loss", "experts_mean"} <= set(m)
     # The model was scored with the fused adapter: it still holds it.
     fused = merge(new_private, result.adapters, m["fusion_w_private"], m["fusion_w_global"])
     held = export_adapters(model)
     assert all(torch.allclose(held[k], fused[k]) for k in fused)
 
 
-def test_dual_round_needs_an_eval_split() -> None:
+def test_dual_round_needs_an_eval_split(tmp_path) -> None:
     settings = compose(["model=tiny", "scenario=synthetic", "budget=smoke", "strategy=fdlora"])
     model, tok = load_base_model(settings.model, device="cpu")
     inject(model, settings.adapter)
     splits = client_splits(settings.scenario, "1", settings.federation.seed)
     splits.eval = []
     with pytest.raises(ValueError, match="eval split"):
-        dual_round(model, tok, splits, {}, {}, settings, server_round=1, client="1")
+        train_dual_and_score(ClientJob(model, tok, splits, settings, 1, "1", PrivateAdapters(tmp_path, "run")), {}, {})

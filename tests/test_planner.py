@@ -130,7 +130,8 @@ def test_static_gives_a_late_joiner_an_architecture_and_keeps_it() -> None:
 
 
 def test_an_expert_nobody_held_keeps_its_last_known_code() -> None:
-    from amole.statistics import embedding_matrices, expert_stat_key, router_stat_key
+    from amole.routing_codes import embedding_matrices
+    from amole.routing_stats import expert_stat_key, router_stat_key
 
     m, r = MODULES[0], 2
     previous = np.array([[9.0, 9.0], [5.0, -5.0], [7.0, 7.0]])

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from amole.privacy import Guarantee, clip_to_norm, gamma_noise, privatize
-from amole.statistics import expert_stat_key, router_stat_key
+from amole.routing_stats import expert_stat_key, router_stat_key
 
 M = "model.layers.0.self_attn.q_proj"
 

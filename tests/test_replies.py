@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from amole import keys
-from amole.statistics import expert_stat_key, router_stat_key
+from amole.routing_stats import expert_stat_key, router_stat_key
 from server_app.replies import BadReply, check_upload
 
 M, R = "model.layers.0.self_attn.q_proj", 4

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from amole.report import RunReport, client_order, load_metrics, plotted_modules, short_module_name
+from server_app.registry import client_order
+from server_app.run_report import RunReport, load_metrics, plotted_modules, short_module_name
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(3) for p in ("q_proj", "v_proj")]

@@ -1,4 +1,4 @@
-"""amole.results on synthetic run directories: mean ± std over seeds, relative gain, the 'does not win' sentence,
+"""tools.results on synthetic run directories: mean ± std over seeds, relative gain, the 'does not win' sentence,
 the CSV files; and one experiment-runner smoke run (2 strategies, 1 round, tiny model) with a rerun that skips."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from amole.results import RUN_COLUMNS, SUMMARY_COLUMNS, collect, main, relative_gain, summarize, write_results
+from tools.results import RUN_COLUMNS, SUMMARY_COLUMNS, collect, main, relative_gain, summarize, write_results
 
 CONFIG = {
     "model": {"name": "smollm2-135m", "quantization": "4bit", "dtype": "float32"},
@@ -26,7 +26,7 @@ CONFIG = {
 def make_run(root: Path, strategy: str, seed: int, scores: list[list[float]], *, scenario: str = "bigbench_tasks",
              budget: str = "cpu_small", planned: int | None = None, status: str | None = None,
              steps: int = 10, experiment: bool = True) -> Path:
-    """A run directory as the runner leaves it: metrics.json (amole.report's schema) and experiment.json."""
+    """A run directory as the runner leaves it: metrics.json (server_app.run_report's schema) and experiment.json."""
     name = f"{scenario}-{strategy}-s{seed}"
     run_dir = root / name
     run_dir.mkdir(parents=True)
@@ -48,8 +48,8 @@ def make_run(root: Path, strategy: str, seed: int, scores: list[list[float]], *,
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     if experiment:
         planned = planned or len(scores)
-        exp = {"name": name, "command": f"python -m server_app.experiment -m budget={budget} strategy=...",
-               "job_command": f"python -m server_app.experiment budget={budget} strategy={strategy} seed={seed}",
+        exp = {"name": name, "command": f"python -m tools.experiment -m budget={budget} strategy=...",
+               "job_command": f"python -m tools.experiment budget={budget} strategy={strategy} seed={seed}",
                "choices": {"budget": budget, "strategy": strategy}, "budget": budget, "planned_rounds": planned,
                "status": status or ("completed" if planned <= len(scores) else "incomplete"),
                "host": {"cpus": 2, "memory_gb": 24.0, "gpus": []},
@@ -99,7 +99,7 @@ def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
     md = paths["md"].read_text()
     assert "## bigbench_tasks — budget `cpu_small`" in md
     assert "0.7000 ± 0.1414" in md and "+40.0%" in md
-    assert "python -m server_app.experiment -m budget=cpu_small strategy=..." in md
+    assert "python -m tools.experiment -m budget=cpu_small strategy=..." in md
     assert "smollm2-135m (4bit, float32)" in md and "2 clients" in md and "10 local steps × batch 4" in md
     assert "`bigbench_tasks-local-s0` incomplete (1/3 rounds)" in md
     assert "`bigbench_tasks-local-s1` failed (1/2 rounds): RuntimeError: boom" in md
@@ -177,7 +177,7 @@ def test_cli_without_runs(tmp_path: Path, capsys) -> None:
 
 def test_runner_smoke_writes_run_dirs_and_skips_completed_runs(tmp_path: Path, capsys) -> None:
     """Two strategies x one seed, one round each, tiny model; a rerun skips both; results collects them."""
-    from server_app import experiment
+    from tools import experiment
 
     runs = tmp_path / "exp"
     jobs = [["model=tiny", "scenario=synthetic", "budget=smoke", f"strategy={s}", "federation.num_rounds=1",
@@ -200,7 +200,7 @@ def test_runner_smoke_writes_run_dirs_and_skips_completed_runs(tmp_path: Path, c
 
 
 # ------------------------------------------------------------------------------------------------ runner logic
-# The chunking, skip, resume and failure paths of server_app.experiment with `simulate` replaced by a fake that
+# The chunking, skip, resume and failure paths of tools.experiment with `simulate` replaced by a fake that
 # writes what the round loop writes (checkpoint + metrics.json), so they run in milliseconds.
 
 
@@ -241,7 +241,7 @@ def fake_simulator(calls: list, fail_at: int | None = None, round_seconds: float
 
 
 def _job(runs: Path, *extra: str, strategy: str = "fedamole"):
-    from server_app import experiment
+    from tools import experiment
 
     overrides = ["model=tiny", "scenario=synthetic", "budget=smoke", f"strategy={strategy}",
                  f"federation.runs_dir={runs}", *extra]
@@ -250,7 +250,8 @@ def _job(runs: Path, *extra: str, strategy: str = "fedamole"):
 
 
 def test_runner_chunks_resume_and_retarget_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    from server_app import checkpoint, experiment
+    from server_app import checkpoint
+    from tools import experiment
 
     calls: list = []
     monkeypatch.setattr(experiment, "simulate", fake_simulator(calls))
@@ -275,7 +276,7 @@ def test_runner_chunks_resume_and_retarget_the_checkpoint(tmp_path: Path, monkey
 
 def test_runner_time_limit_leaves_runs_incomplete_and_failures_are_reported(tmp_path: Path, monkeypatch,
                                                                           capsys) -> None:
-    from server_app import experiment
+    from tools import experiment
 
     calls: list = []
     clock = [1000.0]
@@ -307,7 +308,7 @@ def test_runner_time_limit_leaves_runs_incomplete_and_failures_are_reported(tmp_
 def test_a_terminated_runner_stops_instead_of_going_on_to_the_next_run(tmp_path: Path, monkeypatch) -> None:
     """Flower turns SIGTERM into SystemExit(15) inside the simulation: that must end the sweep, not one run."""
     from amole.compose import compose
-    from server_app import simulation
+    from tools import simulation
 
     def terminated(**kwargs):
         raise SystemExit(15)

@@ -16,7 +16,7 @@ from amole.assign import AssignmentError
 from amole.compose import compose
 from client_app.app import app as client_app
 from server_app import checkpoint
-from server_app.federation import check_strategy, run
+from server_app.federation import run
 
 OVERRIDES = ["model=tiny", "scenario=synthetic", "budget=smoke"]
 
@@ -61,7 +61,7 @@ class RecordingGrid:
 def simulate(tmp: Path, name: str, resume: Path | None = None, log: list | None = None,
              crash_after: int | None = None, tamper=None, overrides: tuple[str, ...] = (),
              late_joiner: bool = False):
-    settings = compose([*OVERRIDES, f"federation.name={name}", f"federation.client_state_dir={tmp / 'kept'}",
+    settings = compose([*OVERRIDES, f"federation.name={name}", f"federation.site_dir={tmp / 'kept'}",
                         *overrides])
     result = {}
     server = ServerApp()
@@ -148,10 +148,13 @@ def test_client_kept_adapters_survive_a_server_crash(tmp_path: Path, strategy: s
         for c in b["clients"]:
             assert a["clients"][c]["score"] == b["clients"][c]["score"], (a["round"], c)
             assert a["clients"][c]["train_loss"] == b["clients"][c]["train_loss"], (a["round"], c)
-    # Each run keeps its own files (by run id), at most the two newest rounds per client.
-    runs = sorted(p.name for p in (tmp_path / "kept").iterdir())
-    assert len(runs) == 2 and runs[0].startswith("full-") and runs[1].startswith("resumed-")
-    assert all(len(list(d.iterdir())) <= 2 for run in (tmp_path / "kept").iterdir() for d in run.iterdir())
+    # Each run keeps its own files (by run id) in each client's site folder, at most the two newest rounds.
+    sites = list((tmp_path / "kept").iterdir())
+    assert len(sites) == 3
+    for site in sites:
+        runs = sorted(p.name for p in (site / "private").iterdir())
+        assert len(runs) == 2 and runs[0].startswith("full-") and runs[1].startswith("resumed-")
+        assert all(len(list(run.iterdir())) <= 2 for run in (site / "private").iterdir())
 
 
 def client_of(reply) -> str:
@@ -199,7 +202,7 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     def main(grid: Grid, context: Context) -> None:
         for name in strategies:
             settings = compose([*OVERRIDES, f"strategy={name}", "federation.num_rounds=1", f"federation.name={name}",
-                                f"federation.client_state_dir={tmp_path / 'kept'}"])
+                                f"federation.site_dir={tmp_path / 'kept'}"])
             results[name] = run(grid, settings, runs_dir=tmp_path)
 
     run_simulation(server_app=server, client_app=client_app, num_supernodes=3,
@@ -222,10 +225,13 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     assert set(results["fdlora"].bank) == set(results["fedit_ft"].bank)  # the server sees one plain LoRA
 
 
-def test_fdlora_with_routed_experts_is_refused_before_any_work() -> None:
-    settings = compose([*OVERRIDES, "strategy=fedamole", "fusion.private_adapter=true"])
-    with pytest.raises(ValueError, match="num_experts=0"):
-        check_strategy(settings)
+def test_fdlora_with_routed_experts_cannot_be_configured() -> None:
+    """A strategy fixes its architecture: FDLoRA (or FedIT) always trains one plain LoRA per module, and the
+    old flags that could combine FDLoRA's private adapter with routed experts no longer exist."""
+    settings = compose([*OVERRIDES, "strategy=fdlora", "adapter.num_experts=30", "adapter.shared_expert=false"])
+    assert settings.adapter.num_experts == 0 and settings.adapter.shared_expert
+    with pytest.raises(Exception, match="private_adapter"):
+        compose([*OVERRIDES, "strategy=fedamole", "fusion.private_adapter=true"])
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

@@ -11,8 +11,8 @@ from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
 from amole.evaluate import choice_accuracy, evaluate, rouge_l, sequence_losses
 from amole.model import import_adapters, inject
-from amole.statistics import collect_statistics, expert_stat_key, router_stat_key
-from amole.train import round_lr, train_round
+from amole.routing_stats import collect_statistics, expert_stat_key, router_stat_key
+from amole.train import round_lr, train_steps
 
 
 def setup(tiny, adapter_cfg, held=(0, 2, 3)):
@@ -27,9 +27,9 @@ def test_local_round_lowers_the_loss_and_decays_lr(tiny, adapter_cfg) -> None:
     model, tok, _ = setup(tiny, adapter_cfg)
     data = synthetic_task("reverse", n=32, seed=0)
     cfg = TrainConfig(lr=3e-3, steps=25, batch_size=8, max_seq_len=64)
-    first = train_round(model, batches(tok, data, 8, 64, random.Random(0)), cfg, server_round=1)
-    later = train_round(model, batches(tok, data, 8, 64, random.Random(1)), cfg, server_round=3)
-    assert later["train_lm_loss"] < first["train_lm_loss"]
+    first = train_steps(model, batches(tok, data, 8, 64, random.Random(0)), cfg, server_round=1)
+    later = train_steps(model, batches(tok, data, 8, 64, random.Random(1)), cfg, server_round=3)
+    assert later["train_loss"] < first["train_loss"]
     assert first["lr"] == 3e-3
     assert abs(later["lr"] - 3e-3 * 0.99**2) < 1e-12 and later["lr"] == round_lr(cfg, 3)
     assert first["train_lb_loss"] > 0
@@ -63,7 +63,7 @@ def test_rouge_l_of_a_trained_copy_task_is_high(tiny, adapter_cfg) -> None:
     model, tok, _ = setup(tiny, adapter_cfg)
     data = [Example("Say hi:", "hi there")] * 4
     cfg = TrainConfig(lr=1e-2, steps=60, batch_size=4, max_seq_len=32)
-    train_round(model, batches(tok, data, 4, 32, random.Random(0)), cfg, server_round=1)
+    train_steps(model, batches(tok, data, 4, 32, random.Random(0)), cfg, server_round=1)
     score = rouge_l(model, tok, data[:2], 32, EvalConfig(max_new_tokens=12, batch_size=2))
     assert score > 0.9
     result = evaluate(model, tok, data[:2], 32, EvalConfig(max_new_tokens=12))

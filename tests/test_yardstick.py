@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amole.data import ClientSplits, Example
-from amole.yardstick import main, majority_score
+from tools.yardstick import main, majority_score
 
 
 def choice(answer: str) -> Example:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from amole.atomic import atomic_path
 from amole.data.errors import DataSourceError, TaskFormatError
 
 Row = dict[str, Any]
@@ -91,12 +92,9 @@ def hub_rows(hub_id: str, split: str, what: str, local_path: str | None) -> list
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write rows atomically (temp file, then rename), so concurrent clients never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def load_rows(

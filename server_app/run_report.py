@@ -24,32 +24,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no global state, nothing to close
 
+from amole.atomic import atomic_path, write_text
 from amole.privacy import EXPLANATION
+from server_app.registry import client_order, natural_key
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 SCORE_PNG = "score_by_round.png"
 TB_DIR = "tb"
-
-
-def _natural_key(text: str) -> list[Any]:
-    """Sort ``layers.10`` after ``layers.2`` (module names and client ids)."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
-
-
-def client_order(ids: Any) -> list[str]:
-    """The order clients appear in an assignment: numeric when every id is an integer, else natural."""
-    ids = list(ids)
-    if all(re.fullmatch(r"-?\d+", i) for i in ids):
-        return sorted(ids, key=int)
-    return sorted(ids, key=_natural_key)
 
 
 def short_module_name(name: str) -> str:
@@ -59,20 +47,9 @@ def short_module_name(name: str) -> str:
     return f"L{m.group(1)}.{leaf}" if m else leaf
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Write then rename, so a reader (or a crash) never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _save_figure(fig: Figure, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def load_metrics(run_dir: Path) -> dict:
@@ -264,7 +241,7 @@ def plot_assignment(rnd: dict, module: str, path: Path) -> None:
 
 def plotted_modules(modules: Any) -> list[str]:
     """First, middle and last module in layer order: a glance at the bottom, middle and top of the model."""
-    ordered = sorted(modules, key=_natural_key)
+    ordered = sorted(modules, key=natural_key)
     picks = sorted({0, len(ordered) // 2, len(ordered) - 1}) if ordered else []
     return [ordered[i] for i in picks]
 
@@ -301,7 +278,7 @@ class RunReport:
         """Log new rounds to TensorBoard, then rewrite metrics.json, the plots and report.md."""
         rounds = sorted(metrics.get("rounds", []), key=lambda r: r["round"])
         self._log_tensorboard(rounds)
-        _atomic_write(self.run_dir / METRICS_FILE, json.dumps(metrics, separators=(",", ":")) + "\n")
+        write_text(self.run_dir / METRICS_FILE, json.dumps(metrics, separators=(",", ":")) + "\n")
         plots: list[str] = []
         if rounds:
             plot_scores(rounds, self.run_dir / SCORE_PNG)
@@ -311,7 +288,7 @@ class RunReport:
                 name = f"assignment_{_safe_file_part(short_module_name(module))}.png"
                 plot_assignment(last, module, self.run_dir / name)
                 plots.append(name)
-        _atomic_write(self.run_dir / REPORT_FILE, render_markdown({**metrics, "rounds": rounds}, plots))
+        write_text(self.run_dir / REPORT_FILE, render_markdown({**metrics, "rounds": rounds}, plots))
 
     def _log_tensorboard(self, rounds: list[dict]) -> None:
         new = [r for r in rounds if r["round"] > self._last_logged]

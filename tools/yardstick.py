@@ -4,7 +4,7 @@ the answer most common in its own training split (a learned label prior), and by
 A personalized method that only learns each client's answer distribution reaches the majority score; one that
 beats it has learned something about the inputs. Usage (same overrides as a run):
 
-    python -m amole.yardstick budget=cpu_small scenario=snli_dir0.1 ++scenario.local_path=/data/snli seed=0
+    python -m tools.yardstick budget=cpu_small scenario=snli_dir0.1 ++scenario.local_path=/data/snli seed=0
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Flower's `flwr run` exits 0 even when the run failed, so the run's status is rea
 (`flwr ls --format json`). The SuperLink is started without runtime dependency installation (the app's
 dependencies are already in this virtualenv) and stopped by its pid afterwards, whatever happened.
 
-    python -m server_app.demo [--port 39191] [--supernodes 4] [--run-config "budget=demo overrides='...'"]
+    python -m tools.demo [--port 39191] [--supernodes 4] [--run-config "budget=demo overrides='...'"]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from flwr.simulation import run_simulation
 from amole.config import Settings
 from client_app.app import app as client_app
 from server_app.federation import run
-from server_app.resources import MemorySampler
+from tools.resources import MemorySampler
 
 
 def simulate(settings: Settings, runs_dir: Path, resume: Path | None, opts: dict[str, Any],

@@ -1,7 +1,7 @@
 """The results tables: per-strategy summaries over seeds, FedAMoLE's relative gain, results.md and the CSVs.
 
-Kept apart from ``amole.results`` (which reads run directories into rows) so the rendering can change without
-touching how runs are collected; ``python -m amole.results`` is the entry point for both.
+Kept apart from ``tools.results`` (which reads run directories into rows) so the rendering can change without
+touching how runs are collected; ``python -m tools.results`` is the entry point for both.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
              f"Budget: {budget_line(runs)}", "", f"Machine: {host_line(runs)}.", ""]
     commands = sorted({r["command"] for r in runs if r["command"]})
     lines.append("Produced by:" if commands else "Produced by: (no command recorded: runs not made by "
-                 "`server_app.experiment`)")
+                 "`tools.experiment`)")
     if commands:
         lines += ["", "```", *commands, "```"]
     lines.append("")
@@ -263,7 +263,7 @@ def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str]) -> list[s
 PREAMBLE = """# Results
 
 Collected by `{command}` from {n} run directories under `{runs}` ({complete} complete). Regenerate with
-`make results` after `make experiments-small` (or any `python -m server_app.experiment` sweep).
+`make results` after `make experiments-small` (or any `python -m tools.experiment` sweep).
 
 - **score**: each client's personalized test score after the last round (accuracy by LM scoring for multiple
   choice, Rouge-L F1 for generation), averaged over the clients, then mean ± sample standard deviation over seeds;

@@ -1,7 +1,7 @@
 """Experiment runner: a Hydra multirun over strategy x scenario x seed, each job one in-process simulation.
 
-    python -m server_app.experiment -m strategy=fedamole,fedit_ft,local scenario=bigbench_tasks seed=0,1,2
-    python -m server_app.experiment -m budget=cpu_small strategy=fedamole,fedit scenario=bigbench_tasks,snli_dir0.1 \\
+    python -m tools.experiment -m strategy=fedamole,fedit_ft,local scenario=bigbench_tasks seed=0,1,2
+    python -m tools.experiment -m budget=cpu_small strategy=fedamole,fedit scenario=bigbench_tasks,snli_dir0.1 \\
         ++scenario.local_path=/data/snli seed=0
 
 Any override of ``conf/`` goes on the command line; ``seed`` is the run seed (``federation.seed`` follows it), and
@@ -17,8 +17,8 @@ under ``federation.runs_dir`` (default here ``runs/experiments``; ``federation.n
   planned and completed rounds, status, and for every simulation call its wall time and peak memory;
   ``experiment.log`` gets the server's log and, if the run failed, the traceback.
 
-Peak memory and CPU time are sampled over the runner and all its descendants (``server_app.resources``); the
-chunk and time-limit planning is ``server_app.chunking``.
+Peak memory and CPU time are sampled over the runner and all its descendants (``tools.resources``); the
+chunk and time-limit planning is ``tools.chunking``.
 
 Exit code: 0 when every run is complete, 1 when any failed, 3 when some were left for a later call.
 """
@@ -29,7 +29,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -48,9 +47,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from amole.atomic import write_text
 from amole.compose import CONF_DIR, GROUPS, settings_from_cfg
 from amole.config import Settings
-from server_app.chunking import (
+from server_app.logs import setup_logging
+from tools.chunking import (
     EXPERIMENT_FILE,
     config_mismatch,
     estimate,
@@ -60,13 +61,12 @@ from server_app.chunking import (
     retarget_checkpoint,
     rounds_done,
 )
-from server_app.logs import setup_logging
-from server_app.resources import host_info
-from server_app.simulation import simulate
+from tools.resources import host_info
+from tools.simulation import simulate
 
 DEFAULT_RUNS_DIR = "runs/experiments"
 LOG_FILE = "experiment.log"
-BASE_COMMAND = "python -m server_app.experiment"
+BASE_COMMAND = "python -m tools.experiment"
 EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
 
 log = logging.getLogger("amole.experiment")
@@ -123,9 +123,7 @@ def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
                 peaks[k] = max(peaks.get(k, 0.0), v)
     record["peak_memory"] = peaks
     record["cpu_s"] = round(sum(c.get("resources", {}).get("cpu_s", 0.0) for c in record.get("calls", [])), 1)
-    tmp = run_dir / (EXPERIMENT_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / EXPERIMENT_FILE)
+    write_text(run_dir / EXPERIMENT_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def run_job(cfg: DictConfig, *, index: int = 1, total: int | None = None, command: str = BASE_COMMAND,

@@ -1,9 +1,9 @@
 """Collect experiment run directories into the results tables: ``docs/results.md`` and two CSV files.
 
-    python -m amole.results [--runs runs/experiments] [--out docs]
+    python -m tools.results [--runs runs/experiments] [--out docs]
 
 Every ``metrics.json`` under ``--runs`` (at any depth, so ``runs/experiments/<budget>/<run>/`` works too) is one
-run; ``experiment.json`` beside it, written by the experiment runner (``server_app.experiment``), adds the command
+run; ``experiment.json`` beside it, written by the experiment runner (``tools.experiment``), adds the command
 line, the budget preset, the planned rounds and the peak memory. Runs are grouped into one table per scenario and
 budget (the budget preset plus every config value that is not a strategy's own, so runs of different sizes never
 share a table); a table's rows are the strategies, each with the mean ± sample standard deviation over seeds of
@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from amole.report import METRICS_FILE, load_metrics
-from amole.results_table import (
+from server_app.run_report import METRICS_FILE, load_metrics
+from tools.chunking import EXPERIMENT_FILE  # written by tools.experiment beside the run's own files
+from tools.results_table import (
     BASELINES,
     STRATEGY_ORDER,
     SUMMARY_COLUMNS,
@@ -44,12 +45,13 @@ __all__ = ["BASELINES", "EXPERIMENT_FILE", "NOT_BUDGET", "RUN_COLUMNS", "STRATEG
            "budget_fingerprint", "collect", "load_run", "main", "relative_gain", "round_score", "summarize",
            "write_results"]
 
-EXPERIMENT_FILE = "experiment.json"  # written by server_app.experiment beside the run's own files
 # Config keys that are a strategy's own, a run's identity or where things are on a machine: they may differ
-# between the rows of one table. Everything else must be equal for two runs to share a table.
+# between the rows of one table. Everything else must be equal for two runs to share a table. (evaluate,
+# communicate, client_state_dir and private_adapter are in the configs of runs made before strategies were
+# objects.)
 NOT_BUDGET = {
     "federation": {"strategy", "evaluate", "communicate", "seed", "name", "runs_dir", "reply_timeout",
-                   "query_timeout", "wait_for_nodes", "num_rounds", "client_state_dir"},
+                   "query_timeout", "wait_for_nodes", "num_rounds", "client_state_dir", "site_dir"},
     "adapter": {"num_experts", "shared_expert"},
     "assign": {"mode"},
     "scenario": {"local_path", "local_dir", "cache_dir"},
@@ -153,7 +155,7 @@ def write_results(runs_dir: Path, out_dir: Path, command: str | None = None,
     ``notes`` (a markdown file, if it exists) is the written analysis of the numbers; it goes in verbatim.
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    command = command or f"python -m amole.results --runs {runs_dir} --out {out_dir}"
+    command = command or f"python -m tools.results --runs {runs_dir} --out {out_dir}"
     rows = collect(runs_dir)
     text_notes = notes.read_text(encoding="utf-8") if notes is not None and notes.is_file() else None
     text, summary_rows = render(rows, str(runs_dir), command, text_notes)

@@ -1,0 +1,52 @@
+"""Routing statistics, the client half of RSEA (spec §2): the client's mean router code and each held
+expert's mean code over its embedding set.
+
+One no-grad pass accumulates token-weighted means of ``W_tok x`` and ``A_i x`` per module; optional metric-DP
+noise (amole.privacy) is added before anything leaves the client. The server half is amole.routing_codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from amole.model import amole_layers, token_mask
+
+
+def router_stat_key(module: str) -> str:
+    return f"{module}.t"
+
+
+def expert_stat_key(module: str, expert: int) -> str:
+    return f"{module}.e.{expert}"
+
+
+@torch.no_grad()
+def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Token-weighted means of the router and expert codes over ``batches`` (eval mode, padding ignored)."""
+    layers = {n: m for n, m in amole_layers(model).items() if m.router is not None}
+    if not layers:
+        return {}  # no routed experts anywhere: RSEA has nothing to score
+    was_training = model.training
+    model.eval()
+    for layer in layers.values():
+        layer.reset_stats()
+        layer.collect_stats = True
+    try:
+        for batch in batches:
+            with token_mask(model, batch["attention_mask"]):
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        for layer in layers.values():
+            layer.collect_stats = False
+        model.train(was_training)
+    out: dict[str, Tensor] = {}
+    for name, layer in layers.items():
+        if layer.stat_tokens == 0:
+            raise ValueError("the embedding set produced no tokens: cannot compute routing statistics")
+        out[router_stat_key(name)] = (layer.stat_router / layer.stat_tokens).float()
+        for j, eid in enumerate(layer.expert_ids):
+            out[expert_stat_key(name, eid)] = (layer.stat_experts[j] / layer.stat_tokens).float()
+    return out

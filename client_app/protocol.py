@@ -1,0 +1,133 @@
+"""The messages between the ServerApp and a ClientApp: every record name, config key and metric key, and how
+each message kind is built and read. The server loop and the ClientApp call these and never spell a key.
+
+    identify  (QUERY)     server -> settings                      client -> client id, task
+    train     (TRAIN)     server -> settings, round, client id,   client -> trained adapters, routing
+                                    run id, adapters                        statistics, metrics, task, metric
+    evaluate  (EVALUATE)  server -> same as train                 client -> score, num_examples
+
+Metric names are the same end to end: what the client's round reports is what metrics.json holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from torch import Tensor
+
+from amole.client_round import RoundResult
+from amole.config import Settings
+
+# Records of a message's content.
+CONFIG, ADAPTERS, STATS, METRICS, INFO = "config", "adapters", "stats", "metrics", "info"
+# Keys of the config record (server -> client) and of the info record (client -> server).
+SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-id", "run-id", "task", "metric"
+# Metrics every train reply carries, and the optional ones a strategy adds (FDLoRA's tuned fusion weights).
+TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
+OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global")
+
+
+class BadReply(ValueError):
+    """A client's reply that must not be used."""
+
+
+@dataclass
+class Request:
+    """What the server asks of a client (identify requests carry only the settings)."""
+
+    settings: Settings
+    server_round: int = 0
+    client: str = ""
+    run_id: str = ""
+    adapters: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TrainReply:
+    adapters: dict[str, Tensor]
+    stats: dict[str, Tensor]
+    metrics: dict[str, float | int | str]  # TRAIN_METRICS (+ optional ones), task, metric, bytes_up
+
+
+# -- server -> client ---------------------------------------------------------------------------------------
+def settings_json(settings: Settings) -> str:
+    return json.dumps(settings.to_dict(), sort_keys=True)
+
+
+def identify_request(settings_text: str) -> RecordDict:
+    return RecordDict({CONFIG: ConfigRecord({SETTINGS: settings_text})})
+
+
+def round_request(settings_text: str, server_round: int, client: str, run_id: str,
+                  adapters: ArrayRecord) -> RecordDict:
+    """A train or evaluate request: the adapters the client is to train or score, and who it is for."""
+    config = ConfigRecord({SETTINGS: settings_text, ROUND: server_round, CLIENT_ID: client, RUN_ID: run_id})
+    return RecordDict({ADAPTERS: adapters, CONFIG: config})
+
+
+def read_request(content: RecordDict) -> Request:
+    config = content[CONFIG]
+    settings = Settings.from_dict(json.loads(str(config[SETTINGS])))
+    if ROUND not in config:
+        return Request(settings)
+    return Request(settings, int(config[ROUND]), str(config[CLIENT_ID]), str(config[RUN_ID]),
+                   content[ADAPTERS].to_torch_state_dict())
+
+
+# -- client -> server ---------------------------------------------------------------------------------------
+def identify_reply(client: str, task: str) -> RecordDict:
+    return RecordDict({INFO: ConfigRecord({CLIENT_ID: client, TASK: task})})
+
+
+def read_identify_reply(content: RecordDict) -> str:
+    return str(content[INFO][CLIENT_ID])
+
+
+def train_reply(client: str, result: RoundResult) -> RecordDict:
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics["num_examples"] = int(result.metrics["num_examples"])
+    return RecordDict({
+        ADAPTERS: ArrayRecord(result.adapters),
+        STATS: ArrayRecord(result.stats),
+        METRICS: MetricRecord(metrics),
+        INFO: ConfigRecord({CLIENT_ID: client, TASK: result.info["task"], METRIC: result.info["metric"]}),
+    })
+
+
+def read_train_reply(content: RecordDict) -> TrainReply:
+    """The reply's tensors and the metrics the server keeps; a reply missing any of them is a BadReply."""
+    try:
+        adapters, stats = content[ADAPTERS].to_torch_state_dict(), content[STATS].to_torch_state_dict()
+        m, info = content[METRICS], content[INFO]
+        metrics: dict[str, float | int | str] = {k: float(m[k]) for k in TRAIN_METRICS}
+        metrics["num_examples"] = int(m["num_examples"])
+        metrics.update({k: float(m[k]) for k in OPTIONAL_METRICS if k in m})
+        metrics.update(task=str(info[TASK]), metric=str(info[METRIC]),
+                       bytes_up=int(content[ADAPTERS].count_bytes() + content[STATS].count_bytes()))
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadReply(f"malformed train reply: {type(err).__name__}: {err}") from None
+    return TrainReply(adapters, stats, metrics)
+
+
+def evaluate_reply(score: float, num_examples: int) -> RecordDict:
+    return RecordDict({METRICS: MetricRecord({"score": float(score), "num_examples": int(num_examples)})})
+
+
+def read_evaluate_reply(content: RecordDict) -> float:
+    try:
+        score = float(content[METRICS]["score"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadReply(f"malformed evaluate reply: {type(err).__name__}: {err}") from None
+    if not math.isfinite(score):
+        raise BadReply(f"score {score} is not finite")
+    return score
+
+
+def sent_bytes(adapters: Mapping[str, Tensor]) -> tuple[ArrayRecord, int]:
+    """The record of ``adapters`` and its size as Flower counts it (what the traffic figures report)."""
+    record = ArrayRecord(dict(adapters))
+    return record, record.count_bytes()
