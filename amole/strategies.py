@@ -15,6 +15,7 @@ what a client keeps in its site folder.
     fedit_ft      FedAvg of one plain LoRA; clients are scored right after local training
     local         one plain LoRA per client, nothing leaves it
     fdlora        a private and a federated plain LoRA per client, scored fused by weights each tunes
+    fedsa_lora    one plain LoRA per client whose A matrices are averaged and whose B matrices stay home
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from amole import bank as banks
 from amole.aggregate import aggregate
 from amole.client_round import ClientJob, RoundResult, initial_adapters, score, train_and_score, train_dual_and_score
 from amole.config import AdapterConfig, Settings
+from amole.keys import parse_key
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,28 @@ class FDLoRA(FedIT):
         return result
 
 
+@dataclass(frozen=True)
+class FedSALoRA(FedIT):
+    """FedSA-LoRA (Guo et al., ICLR 2025): A learns what is shared and is averaged on the server; B learns
+    what is the client's own and never leaves it (kept in the site folder, zero-initialised like LoRA's B)."""
+
+    def payload(self, bank: Mapping[str, Tensor], held: Mapping[str, list[int]]) -> dict[str, Tensor]:
+        return {k: v for k, v in banks.payload(bank, held).items() if parse_key(k).part == "A"}
+
+    def client_round(self, job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResult:
+        own = job.private.load_before(job.server_round)
+        if own is None:
+            own = {k: v for k, v in initial_adapters(job.model, job.settings).items() if parse_key(k).part == "B"}
+        result = train_and_score(job, {**own, **payload})
+        job.private.save(job.server_round, {k: v for k, v in result.adapters.items() if parse_key(k).part == "B"})
+        result.adapters = {k: v for k, v in result.adapters.items() if parse_key(k).part == "A"}
+        return result
+
+    def score(self, job: ClientJob, payload: Mapping[str, Tensor]) -> dict:
+        own = job.private.load_before(job.server_round + 1) or {}
+        return score(job, {**own, **payload})
+
+
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("fedamole"),
     Strategy("static", assign_mode="static"),
@@ -118,6 +142,7 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     FedIT("fedit_ft"),
     LocalOnly("local"),
     FDLoRA("fdlora"),
+    FedSALoRA("fedsa_lora"),
 )}
 
 

@@ -194,7 +194,7 @@ def test_bad_and_missing_replies_are_left_out_and_the_run_goes_on(tmp_path: Path
 
 def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     """The ablations are presets of the same loop: one simulation runs a one-round federation of each."""
-    strategies = ["static", "random", "homogeneous", "no_shared", "fedit_ft", "fedit", "local", "fdlora"]
+    strategies = ["static", "random", "homogeneous", "no_shared", "fedit_ft", "fedit", "local", "fdlora", "fedsa_lora"]
     results = {}
     server = ServerApp()
 
@@ -277,3 +277,33 @@ def test_a_federation_that_would_leave_a_client_without_experts_fails_at_start(t
     with pytest.raises(AssignmentError, match=r"N=2 x clients_per_expert K=2 = 4 expert slots < C=5 clients"):
         run(NoGrid(), settings, runs_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_fedsa_lora_averages_a_and_keeps_b_at_the_client(tmp_path: Path) -> None:
+    log: list = []
+    state = simulate(tmp_path, "fedsa", overrides=("strategy=fedsa_lora",), log=log)
+    assert state is not None and state.round == 2
+    parts = {keys.parse_key(k).part for k in state.bank}
+    assert parts == {"A", "B"} and all(keys.parse_key(k).kind == keys.SHARED for k in state.bank)
+    trains = [(m, r) for m, r in log if m[0].metadata.message_type == "train"]
+    for messages, replies in trains:
+        for msg in messages:
+            assert {keys.parse_key(k).part for k in msg.content["adapters"]} == {"A"}  # B is never sent
+        for reply in replies:
+            assert {keys.parse_key(k).part for k in reply.content["adapters"]} == {"A"}  # nor received
+    assert all(not state.bank[k].any() for k in state.bank if k.endswith(".B"))  # the server's B: untouched zeros
+    # Each client's trained B is in its own site folder, and differs between clients.
+    sites = sorted((tmp_path / "kept").iterdir())
+    b = [next((s / "private").iterdir()) for s in sites]
+    from safetensors.torch import load_file
+
+    latest = [load_file(sorted(d.iterdir())[-1]) for d in b]
+    assert all(set(t) == {k for k in state.bank if k.endswith(".B")} for t in latest)
+    some = next(iter(latest[0]))
+    assert latest[0][some].any() and not torch.equal(latest[0][some], latest[1][some])
+    # The bank's A is the mean of the last round's uploads.
+    _, replies = trains[-1]
+    ups = [r.content["adapters"].to_torch_state_dict() for r in replies]
+    a = next(k for k in state.bank if k.endswith(".A"))
+    assert torch.allclose(state.bank[a], torch.stack([u[a] for u in ups]).mean(0), atol=1e-6)
