@@ -277,6 +277,10 @@ def row_example(row: Row, template: str = DEFAULT_TEMPLATE) -> Example:
             prompt = PromptFormat(template).render(prompt)
         return Example(prompt, target, group=group)
     present = sorted(k for k, v in row.items() if v is not None)
+    for source in dict.fromkeys(s for s, _ in pairs):
+        if row.get(source) is not None:
+            wanted = " or ".join(repr(t) for s, t in pairs if s == source)
+            raise ValueError(f"has '{source}' but no {wanted} (an empty CSV cell counts as missing)")
     raise ValueError(f"no known fields (has {present}); expected one of {list(LAYOUTS)}")
 
 
