@@ -262,7 +262,7 @@ def _check_expected(meta: Mapping[str, Any], base: ModelConfig | str | None, ada
     folder = meta["folder"]
     if base is not None:
         want = ModelConfig(name=base) if isinstance(base, str) else base
-        keys = _IDENTITY if isinstance(base, str) else (*_IDENTITY, "quantization", "dtype")
+        keys = ("name",) if isinstance(base, str) else (*_IDENTITY, "quantization", "dtype")
         have = model_config_of(meta)
         diff = {k: (getattr(have, k), getattr(want, k)) for k in keys if getattr(have, k) != getattr(want, k)}
         if diff:
@@ -313,7 +313,8 @@ def load_personalized(
 
     The base model is loaded as in training (:func:`amole.loader.load_base_model`, same quantization and dtype),
     AMoLE is injected and exactly the held experts are imported. ``base`` / ``adapter``, when given, must be
-    what the folder was trained with (a model name compares the base model's identity only).
+    what the folder was trained with (a bare model name compares the name only; the embedding fingerprint
+    still catches other weights behind the same name).
     """
     from amole.loader import load_base_model
     from amole.model import import_adapters, inject
