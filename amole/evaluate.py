@@ -51,19 +51,31 @@ def answer_loss(model: nn.Module, tokenizer, examples: Sequence[Example], max_le
 
 
 @torch.no_grad()
-def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
-    """Share of examples whose correct choice has the lowest mean answer-token loss."""
+def choice_losses(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int,
+                  batch_size: int) -> list[list[float]]:
+    """Mean answer-token loss of every choice of every example (the lowest one is the model's pick)."""
     pad = pad_id_of(tokenizer)
     rows = [encode(tokenizer, Example(ex.prompt, c), max_len) for ex in examples for c in ex.choices]
     losses: list[float] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         losses += sequence_losses(model, collate(chunk, pad)).tolist()
-    correct, pos = 0, 0
+    out, pos = [], 0
     for ex in examples:
-        scores = losses[pos : pos + len(ex.choices)]
+        out.append(losses[pos : pos + len(ex.choices)])
         pos += len(ex.choices)
-        correct += int(min(range(len(scores)), key=scores.__getitem__) == ex.label)
+    return out
+
+
+def pick(scores: Sequence[float]) -> int:
+    return min(range(len(scores)), key=scores.__getitem__)
+
+
+@torch.no_grad()
+def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
+    """Share of examples whose correct choice has the lowest mean answer-token loss."""
+    losses = choice_losses(model, tokenizer, examples, max_len, batch_size)
+    correct = sum(int(pick(scores) == ex.label) for ex, scores in zip(examples, losses, strict=True))
     return correct / max(len(examples), 1)
 
 
@@ -85,16 +97,23 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, 
 
 
 @torch.no_grad()
-def rouge_l(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> float:
-    """Mean Rouge-L F1 of greedy generations against the references."""
+def rouge_predictions(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int,
+                      cfg: EvalConfig) -> list[tuple[str, float]]:
+    """Greedy generation of every example and its Rouge-L F1 against the reference."""
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    total = 0.0
+    out: list[tuple[str, float]] = []
     for start in range(0, len(examples), cfg.batch_size):
         chunk = examples[start : start + cfg.batch_size]
         outs = generate(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens)
-        pairs = zip(chunk, outs, strict=True)
-        total += sum(scorer.score(ex.target, out.strip())["rougeL"].fmeasure for ex, out in pairs)
-    return total / max(len(examples), 1)
+        out += [(o.strip(), scorer.score(ex.target, o.strip())["rougeL"].fmeasure)
+                for ex, o in zip(chunk, outs, strict=True)]
+    return out
+
+
+@torch.no_grad()
+def rouge_l(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> float:
+    """Mean Rouge-L F1 of greedy generations against the references."""
+    return sum(f for _, f in rouge_predictions(model, tokenizer, examples, max_len, cfg)) / max(len(examples), 1)
 
 
 def evaluate(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> dict:

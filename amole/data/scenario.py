@@ -11,9 +11,10 @@ import random
 from pathlib import Path
 
 from amole.config import ScenarioConfig
-from amole.data.bigbench import load_task, read_task_file
+from amole.data.bigbench import load_task
 from amole.data.example import ClientSplits, Example
 from amole.data.natinst import load_natinst_task
+from amole.data.own import load_own_examples
 from amole.data.pools import POOL_SOURCES, client_index, dirichlet_examples
 from amole.data.splits import split_client
 from amole.data.synthetic import synthetic_source
@@ -65,10 +66,11 @@ def load_examples(scenario: ScenarioConfig, task: str, seed: int) -> list[Exampl
 def client_splits(
     scenario: ScenarioConfig, client: str, seed: int, task: str | None = None, data_path: str | None = None
 ) -> ClientSplits:
-    """Train / embed / eval / test for ``client``; ``data_path`` (a task file) or ``task`` override the scenario."""
+    """Train / embed / eval / test for ``client``; ``data_path`` (the site's own files or a BIG-bench task.json,
+    :mod:`amole.data.own`) or ``task`` override the scenario."""
     task = task_name(scenario, client, task, data_path)
     if data_path is not None:
-        examples = read_task_file(data_path)
+        examples = load_own_examples(data_path)
     elif scenario.partition == "dirichlet":
         examples = dirichlet_examples(scenario, client, seed)
     else:
