@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,11 @@ from amole.data import ClientSplits, batches, collate, encode, pad_id_of
 from amole.evaluate import answer_loss, evaluate
 from amole.fusion import merge, tune_weights
 from amole.model import amole_layers, export_adapters, import_adapters
+from amole.personal import KeptInfo, keep_round
 from amole.privacy import privatize
 from amole.routing_stats import collect_statistics
 from amole.seeds import stable_seed
-from amole.site import PrivateAdapters
+from amole.site import PrivateAdapters, model_folder
 from amole.train import train_steps
 
 
@@ -40,7 +42,19 @@ class ClientJob:
     settings: Settings
     server_round: int
     client: str
-    private: PrivateAdapters  # adapters this client never uploads (in its site folder, for this run)
+    site: Path  # this client's site folder (amole.site)
+    run_id: str
+
+    @property
+    def private(self) -> PrivateAdapters:
+        """Adapters this client never uploads, in its site folder, for this run."""
+        return PrivateAdapters(self.site, self.run_id)
+
+    def keep_model(self, score: float, metric: str) -> None:
+        """Keep the model as it was just scored in the site folder (latest, and best when it is the best)."""
+        info = KeptInfo.from_settings(self.settings, run_id=self.run_id, client=self.client, round=self.server_round,
+                                      score=float(score), metric=metric, task=self.splits.task)
+        keep_round(model_folder(self.site, self.run_id), self.model, info)
 
 
 @dataclass
@@ -86,7 +100,18 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
         experts_mean=float(np.mean([len(ids) for ids in held.values()])),
         seconds=time.perf_counter() - start,
     )
+    job.keep_model(result["score"], result["metric"])
     return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})
+
+
+def probe(job: ClientJob, payload: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A joining client's routing statistics under the shared expert and router it was sent (no experts yet),
+    so RSEA can assign it experts from its own data (a cold start, not a random pick)."""
+    import_adapters(job.model, payload)
+    stats = collect_statistics(job.model, embedding_batches(job.tokenizer, job.splits, job.settings))
+    if job.settings.assign.dp_eta is not None:
+        stats = privatize(stats, job.settings.assign.dp_eta, job.settings.assign.dp_clip)
+    return stats
 
 
 def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
@@ -115,6 +140,7 @@ def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
     fusion = tune_weights(loss_of, new_private, new_global, settings.fusion)
     import_adapters(model, merge(new_private, new_global, fusion.w_private, fusion.w_global))
     result = evaluate(model, tokenizer, splits.test, cfg.max_seq_len, settings.eval)
+    job.keep_model(result["score"], result["metric"])  # the fused adapter it was scored with
     metrics.update({f"private_{k}": v for k, v in private_metrics.items() if k.startswith("train_")})
     metrics.update(
         score=float(result["score"]),
@@ -133,7 +159,9 @@ def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
 def score(job: ClientJob, payload: Mapping[str, Tensor]) -> dict:
     """FedIT's protocol: the aggregated model, as received, scored on the client's own test split."""
     import_adapters(job.model, payload)
-    return evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
+    result = evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
+    job.keep_model(result["score"], result["metric"])
+    return result
 
 
 def initial_adapters(model: nn.Module, settings: Settings) -> dict[str, Tensor]:

@@ -125,6 +125,7 @@ class FederationConfig:
     reply_timeout: float = 3600.0  # seconds to wait for a round's replies; late clients are left out
     query_timeout: float = 60.0  # seconds a new node has to say who it is
     min_clients: int = 2  # a round with fewer valid replies stops the run
+    max_clients: int | None = None  # new sites may join while fewer take part; None: num_clients (closed)
     wait_for_nodes: float = 300.0  # seconds to wait until num_clients nodes are connected
     runs_dir: str = "runs"
     name: str | None = None

@@ -164,7 +164,7 @@ class AMoLELinear(nn.Module):
     @torch.no_grad()
     def _accumulate(self, t: Tensor, e: Tensor, mask: Tensor | None) -> None:
         t = t.reshape(-1, self.r)
-        e = e.reshape(-1, self.num_experts, self.r)
+        e = e.reshape(t.shape[0], self.num_experts, self.r)  # explicit token count: n may be 0 (a probe)
         if mask is not None:
             keep = mask.reshape(-1)
             t, e = t[keep], e[keep]

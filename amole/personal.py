@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from amole import atomic
 from amole.config import AdapterConfig, EvalConfig, ModelConfig, Settings, from_dict
 from amole.data.prompt import DEFAULT_TEMPLATE, PromptFormat
 
@@ -108,23 +108,10 @@ def _may_replace(target: Path) -> None:
 
 @contextmanager
 def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``target``; on success it replaces ``target`` (an AMoLE model folder
-    or nothing), on error it is removed and ``target`` is untouched."""
-    target = Path(target)
-    _may_replace(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    """amole.atomic.atomic_folder, refusing to replace anything but an earlier AMoLE model folder."""
+    _may_replace(Path(target))
+    with atomic.atomic_folder(target) as tmp:
         yield tmp
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _readable(path: Path) -> None:
@@ -182,17 +169,6 @@ def _layers(model: nn.Module) -> dict[str, Any]:
     from amole.model import amole_layers
 
     return amole_layers(model)
-
-
-def site_folder(run_id: str, client: str, root: str | os.PathLike[str] | None = None) -> Path:
-    """``<root>/<run id>/<client>`` (root default ``$AMOLE_CACHE/personal``): one site's models of one run."""
-    from amole.data.records import expand
-    from amole.gguf import cache_root
-
-    for what, value in (("run id", run_id), ("client id", client)):
-        if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
-            raise ValueError(f"{what} {value!r} cannot name a folder")
-    return (cache_root() / "personal" if root is None else expand(root)) / run_id / client
 
 
 def keep_round(site_dir: str | os.PathLike[str], model: nn.Module, info: KeptInfo) -> dict[str, Path]:

@@ -1,6 +1,8 @@
 """A site's own folder: what a client keeps on its disk and never uploads.
 
-Layout: ``<site dir>/<client id>/private/<run id>/round-<t>.safetensors`` holds the adapters that never leave
+Layout: ``<site dir>/<client id>/model/<run id>/{latest,best}/`` is the site's personalized model after each
+round (amole.personal: what it was scored with, loadable by ``amole generate`` / ``load_personalized``);
+``<site dir>/<client id>/private/<run id>/round-<t>.safetensors`` holds the adapters that never leave
 the client (the local-only LoRA, FDLoRA's private LoRA, FedSA-LoRA's B matrices), one file per round. A round
 loads the newest file older than itself, so a client that sat rounds out continues from its last one, and a
 federation resumed from the server's checkpoint of round t finds what the client held after round t even if
@@ -49,6 +51,11 @@ def _checked(what: str, value: str) -> str:
 def site_folder(root: str | os.PathLike[str] | None, client: str) -> Path:
     """This client's folder under the site dir ``root`` (None: the default under ``$AMOLE_CACHE``)."""
     return (default_root() if root is None else expand(root)) / _checked("client id", client)
+
+
+def model_folder(site: Path, run_id: str) -> Path:
+    """Where this site keeps its personalized model of run ``run_id`` (``latest/`` and ``best/``)."""
+    return site / "model" / _checked("run id", run_id)
 
 
 class PrivateAdapters:

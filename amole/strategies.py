@@ -27,7 +27,15 @@ from torch import Tensor
 
 from amole import bank as banks
 from amole.aggregate import aggregate
-from amole.client_round import ClientJob, RoundResult, initial_adapters, score, train_and_score, train_dual_and_score
+from amole.client_round import (
+    ClientJob,
+    RoundResult,
+    initial_adapters,
+    probe,
+    score,
+    train_and_score,
+    train_dual_and_score,
+)
 from amole.config import AdapterConfig, Settings
 from amole.keys import parse_key
 
@@ -67,6 +75,10 @@ class Strategy:
     def score(self, job: ClientJob, payload: Mapping[str, Tensor]) -> dict:
         """Score received adapters as they are (FedIT's protocol)."""
         return score(job, payload)
+
+    def probe(self, job: ClientJob, payload: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A joining client's routing statistics under the shared expert and router (RSEA's cold start)."""
+        return probe(job, payload)
 
 
 def plain_lora(cfg: AdapterConfig) -> AdapterConfig:

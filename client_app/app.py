@@ -2,7 +2,8 @@
 (amole.strategies) to do the client's part of the round on this node's private data, and returns the reply.
 
 identify (QUERY) tells the server who this node is (its client id and task) without loading data; train runs
-one round on the adapters the message carries; evaluate scores them as they are (FedIT's protocol).
+one round on the adapters the message carries; evaluate scores them as they are (FedIT's protocol); probe
+measures a joining site's routing statistics so RSEA can give it experts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def train(msg: Message, context: Context) -> Message:
     job = client_job(request, context.node_config)
     result = strategy_named(request.settings.federation.strategy).client_round(job, request.adapters)
     return Message(content=protocol.train_reply(job.client, result), reply_to=msg)
+
+
+@app.query(protocol.PROBE_ACTION)
+def probe(msg: Message, context: Context) -> Message:
+    """A joining site's routing statistics under the shared expert and router the message carries."""
+    request = protocol.read_request(msg.content)
+    job = client_job(request, context.node_config)
+    stats = strategy_named(request.settings.federation.strategy).probe(job, request.adapters)
+    return Message(content=protocol.probe_reply(stats), reply_to=msg)
 
 
 @app.evaluate()

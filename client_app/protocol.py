@@ -5,6 +5,8 @@ each message kind is built and read. The server loop and the ClientApp call thes
     train     (TRAIN)     server -> settings, round, client id,   client -> trained adapters, routing
                                     run id, adapters                        statistics, metrics, task, metric
     evaluate  (EVALUATE)  server -> same as train                 client -> score, num_examples
+    probe     (PROBE)     server -> same as train (shared expert  client -> routing statistics
+                                    and router only)
 
 Metric names are the same end to end: what the client's round reports is what metrics.json holds.
 """
@@ -26,6 +28,9 @@ from amole.config import Settings
 CONFIG, ADAPTERS, STATS, METRICS, INFO = "config", "adapters", "stats", "metrics", "info"
 # Keys of the config record (server -> client) and of the info record (client -> server).
 SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-id", "run-id", "task", "metric"
+# A joining client is probed for its routing statistics (a named query action: message type "query.probe").
+PROBE_ACTION = "probe"
+PROBE = f"query.{PROBE_ACTION}"
 # Metrics every train reply carries, and the optional ones a strategy adds (FDLoRA's tuned fusion weights).
 TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
 OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global")
@@ -111,6 +116,17 @@ def read_train_reply(content: RecordDict) -> TrainReply:
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed train reply: {type(err).__name__}: {err}") from None
     return TrainReply(adapters, stats, metrics)
+
+
+def probe_reply(stats: Mapping[str, Tensor]) -> RecordDict:
+    return RecordDict({STATS: ArrayRecord(dict(stats))})
+
+
+def read_probe_reply(content: RecordDict) -> dict[str, Tensor]:
+    try:
+        return content[STATS].to_torch_state_dict()
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadReply(f"malformed probe reply: {type(err).__name__}: {err}") from None
 
 
 def evaluate_reply(score: float, num_examples: int) -> RecordDict:

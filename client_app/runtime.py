@@ -19,7 +19,7 @@ from amole.data.scenario import client_splits as build_splits
 from amole.data.scenario import task_name
 from amole.loader import load_base_model
 from amole.model import inject
-from amole.site import PrivateAdapters, site_folder
+from amole.site import site_folder
 from client_app.protocol import Request
 
 
@@ -77,4 +77,4 @@ def client_job(request: Request, node_config: Mapping[str, Any]) -> ClientJob:
     model, tokenizer = injected_model(settings)
     site = site_folder(node_config.get("site-dir") or settings.federation.site_dir, client)
     return ClientJob(model, tokenizer, client_splits(settings, client, node_config), settings,
-                     request.server_round, client, PrivateAdapters(site, request.run_id))
+                     request.server_round, client, site, request.run_id)

@@ -27,14 +27,15 @@ from amole.loader import adapter_target_shapes
 from amole.planner import adapted_constraints, plan
 from amole.privacy import Guarantee
 from amole.routing_codes import embedding_matrices
+from amole.routing_stats import router_stat_key
 from amole.site import safe_name
 from amole.strategies import strategy_named
 from client_app import protocol
 from server_app import checkpoint
 from server_app.checkpoint import ServerState
 from server_app.registry import ClientRegistry, client_order
-from server_app.replies import collect, collect_scores, sent_to
-from server_app.run_report import RunReport, round_summary
+from server_app.replies import collect, collect_probes, collect_scores, sent_to
+from server_app.run_report import RunReport, copy_client_models, round_summary
 
 log = logging.getLogger("amole.server")
 
@@ -58,8 +59,9 @@ def run(grid: Grid, settings: Settings, runs_dir: Path | None = None, resume: st
     else:
         run_dir = Path(runs_dir or fed.runs_dir) / run_name(settings)
         state = None
-        if strategy_named(fed.strategy).routed:  # fail before any work
-            adapted_constraints(settings.assign, settings.adapter.num_experts, fed.num_clients)
+        if strategy_named(fed.strategy).routed:  # fail before any work, for as many clients as may ever join
+            adapted_constraints(settings.assign, settings.adapter.num_experts, max(fed.num_clients,
+                                                                                   fed.max_clients or 0))
     registry = ClientRegistry(grid, protocol.settings_json(settings), fed.query_timeout)
     nodes = registry.wait_for(fed.num_clients if state is None else fed.min_clients, fed.wait_for_nodes)
     if state is None:
@@ -71,6 +73,7 @@ def run(grid: Grid, settings: Settings, runs_dir: Path | None = None, resume: st
             federated_round(grid, registry, settings, state, server_round)
             checkpoint.save(state, run_dir)
             report.update(state.metrics)
+            copy_client_models(run_dir, fed.site_dir, run_id(state), state.clients)
             log_round(state.metrics["rounds"][-1])
     finally:
         report.close()
@@ -105,6 +108,7 @@ def federated_round(grid: Grid, registry: ClientRegistry, settings: Settings, st
     fed, r, N = settings.federation, settings.adapter.r, settings.adapter.num_experts
     strategy = strategy_named(fed.strategy)
     nodes = registry.refresh()
+    joined = admit(grid, settings, state, nodes, server_round)
     present = [c for c in state.clients if c in nodes]
     if len(present) < fed.min_clients:
         raise RuntimeError(f"round {server_round}: only clients {present} are connected, min_clients is "
@@ -145,12 +149,37 @@ def federated_round(grid: Grid, registry: ClientRegistry, settings: Settings, st
     state.round = server_round
     state.metrics["rounds"].append({
         "round": server_round, "seconds": time.perf_counter() - start, "assign_seconds": assign_seconds,
-        "clients": clients, "absent": absent, "rejected": rejected,
+        "clients": clients, "absent": absent, "rejected": rejected, "joined": joined,
         "assignment": {m: [used.held(c)[m] for c in used.clients] for m in modules},
         "assignment_clients": used.clients, "num_experts": N,
         **({"privacy": privacy_entry(settings, {c: valid[c].stats for c in order})}
            if settings.assign.dp_eta is not None else {}),
     })
+
+
+def admit(grid: Grid, settings: Settings, state: ServerState, nodes: dict[str, int], server_round: int) -> list[str]:
+    """Let sites that were not in the federation join (up to ``max_clients``). With routed experts each is first
+    probed: it returns its routing statistics under the shared expert and router, so RSEA assigns it experts
+    from its own data this very round. Returns the clients admitted."""
+    fed = settings.federation
+    room = (fed.max_clients or fed.num_clients) - len(state.clients)
+    new = [c for c in client_order(nodes) if c not in state.clients][: max(room, 0)]
+    if not new:
+        return []
+    strategy = strategy_named(fed.strategy)
+    if strategy.routed:
+        modules = modules_of(state.bank)
+        sent = {c: strategy.payload(state.bank, {m: [] for m in modules}) for c in new}
+        messages, _ = dispatch(settings, state, nodes, sent, server_round, protocol.PROBE)
+        replies = grid.send_and_receive(messages, timeout=fed.reply_timeout)
+        probes = collect_probes(replies, sent_to(messages, new), modules, settings.adapter.r, server_round)
+        for client, stats in probes.items():
+            state.client_codes[client] = {m: stats[router_stat_key(m)].double().numpy() for m in modules}
+        new = [c for c in new if c in probes]
+    for client in new:
+        log.info("round %d: client %s joined the federation", server_round, client)
+    state.clients.extend(new)
+    return new
 
 
 def dispatch(settings: Settings, state: ServerState, nodes: dict[str, int], adapters: dict[str, dict],

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from amole.keys import held_experts, router_key
 from amole.routing_stats import expert_stat_key, router_stat_key
-from client_app.protocol import BadReply, TrainReply, read_evaluate_reply, read_train_reply
+from client_app.protocol import BadReply, TrainReply, read_evaluate_reply, read_probe_reply, read_train_reply
 
 log = logging.getLogger("amole.server")
 
@@ -52,6 +52,30 @@ def collect(replies: Iterable[Message], by_message: dict[str, str], sent: Mappin
             continue
         valid[client] = upload
     return valid, rejected
+
+
+def collect_probes(replies: Iterable[Message], by_message: dict[str, str], modules: list[str], r: int,
+                   server_round: int) -> dict[str, dict[str, Tensor]]:
+    """Valid routing statistics of joining clients: exactly one finite r-vector per module's router."""
+    valid: dict[str, dict[str, Tensor]] = {}
+    expected = {router_stat_key(m) for m in modules}
+    for reply in replies:
+        client = by_message.get(reply.metadata.reply_to_message_id)
+        if client is None:
+            continue
+        try:
+            if reply.has_error():
+                raise BadReply(f"client error: {reply.error.reason}")
+            stats = read_probe_reply(reply.content)
+            if set(stats) != expected:
+                raise BadReply(f"statistics for {sorted(set(stats) ^ expected)[:3]} are missing or unexpected")
+            if any(tuple(v.shape) != (r,) or not torch.isfinite(v).all() for v in stats.values()):
+                raise BadReply(f"every statistic must be a finite vector of length {r}")
+        except BadReply as err:
+            log.warning("round %d: client %s cannot join yet: %s", server_round, client, err)
+            continue
+        valid[client] = stats
+    return valid
 
 
 def collect_scores(replies: Iterable[Message], by_message: dict[str, str], server_round: int) -> dict[str, float]:

@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no global state, nothing to close
 
-from amole.atomic import atomic_path, write_text
+from amole.atomic import atomic_folder, atomic_path, write_text
 from amole.privacy import EXPLANATION
+from amole.site import model_folder, site_folder
 from server_app.registry import client_order, natural_key
 
 METRICS_FILE = "metrics.json"
@@ -159,6 +161,7 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
             f" | {_fmt(s['train_loss_mean'], 4)} | {_fmt(s['experts_mean'], 2)} | {_fmt(s['mb_up'], 2)}"
             f" | {_fmt(s['mb_down'], 2)} | {_fmt(s['seconds'], 1)} | {_fmt(s['assign_seconds'], 2)} |"
         )
+    lines += _membership(rounds)
     lines += ["", f"## Clients, last round ({last['round']})", "", *_client_table(last), ""]
     if best is not None and best is not last:
         lines += [f"## Clients, best round ({best['round']})", "", *_client_table(best), ""]
@@ -168,6 +171,18 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
     if plots:
         lines += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     return "\n".join(lines)
+
+
+def _membership(rounds: list[dict]) -> list[str]:
+    """Who joined, sat a round out, or was left out: one line per round where anything happened."""
+    lines = []
+    for r in rounds:
+        notes = [f"client {c} joined in round {r['round']}" for c in r.get("joined", [])]
+        notes += [f"client {c} absent" for c in r.get("absent", [])]
+        notes += [f"client {c} rejected ({why})" for c, why in r.get("rejected", {}).items()]
+        if notes:
+            lines.append(f"- round {r['round']}: " + "; ".join(notes))
+    return ["", *lines] if lines else []
 
 
 def _privacy_section(rounds: list[dict]) -> list[str]:
@@ -327,3 +342,18 @@ class RunReport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def copy_client_models(run_dir: Path, site_dir: str | None, run_id: str, clients: list[str]) -> list[str]:
+    """Simulation convenience: each client's latest kept model into ``clients/<id>/model/`` when the site
+    folders are on this machine (in deployment only the site holds its model); returns the clients copied."""
+    copied = []
+    for client in clients:
+        src = model_folder(site_folder(site_dir, client), run_id) / "latest"
+        if not src.is_dir():
+            continue
+        with atomic_folder(run_dir / "clients" / client / "model") as tmp:
+            for f in src.iterdir():
+                shutil.copy2(f, tmp / f.name)
+        copied.append(client)
+    return copied

@@ -12,10 +12,9 @@ from amole.compose import compose
 from amole.data.scenario import client_splits
 from amole.loader import load_base_model
 from amole.model import inject
-from amole.site import PrivateAdapters
 
 
-def run_client(overrides: list[str]):
+def run_client(overrides: list[str], site: Path):
     settings = compose(["model=tiny", "scenario=synthetic", "budget=smoke", *overrides])
     model, tok = load_base_model(settings.model, device="cpu")
     layers = inject(model, settings.adapter)
@@ -23,23 +22,28 @@ def run_client(overrides: list[str]):
     held = {n: [0, 3] for n in layers}
     sent = payload(create_bank(shapes, settings.adapter, seed=0), held)
     splits = client_splits(settings.scenario, "1", settings.federation.seed)
-    job = ClientJob(model, tok, splits, settings, 1, "1", PrivateAdapters(Path("unused-site"), "run"))
+    job = ClientJob(model, tok, splits, settings, 1, "1", site, "run")
     return settings, sent, train_and_score(job, sent)
 
 
-def test_upload_is_what_was_sent_trained() -> None:
-    _, sent, result = run_client([])
+def test_upload_is_what_was_sent_trained(tmp_path: Path) -> None:
+    _, sent, result = run_client([], tmp_path)
     assert result.adapters.keys() == sent.keys()
     changed = [k for k in sent if not torch.equal(sent[k], result.adapters[k])]
     assert changed, "local training changed nothing"
     assert result.info == {"task": "upper", "metric": "rougeL"}
     assert {"score", "train_loss", "num_examples", "seconds"} <= set(result.metrics)
+    # The site keeps the model it was scored with, with its score and round.
+    from amole.personal import read_meta
+
+    meta = read_meta(tmp_path / "model" / "run" / "latest")
+    assert (meta["round"], meta["score"], meta["client"]) == (1, result.metrics["score"], "1")
 
 
-def test_dp_noise_is_applied_before_upload_and_not_reproducible() -> None:
-    settings, _, clean = run_client([])
-    _, _, noisy = run_client(["assign.dp_eta=50", "assign.dp_clip=1000"])
-    _, _, again = run_client(["assign.dp_eta=50", "assign.dp_clip=1000"])
+def test_dp_noise_is_applied_before_upload_and_not_reproducible(tmp_path: Path) -> None:
+    settings, _, clean = run_client([], tmp_path / "a")
+    _, _, noisy = run_client(["assign.dp_eta=50", "assign.dp_clip=1000"], tmp_path / "b")
+    _, _, again = run_client(["assign.dp_eta=50", "assign.dp_clip=1000"], tmp_path / "c")
     # Same seeds, so training is identical; only the statistics differ, and every one of them does.
     assert all(torch.equal(clean.adapters[k], noisy.adapters[k]) for k in clean.adapters)
     assert clean.stats.keys() == noisy.stats.keys()

@@ -13,7 +13,6 @@ from amole.data.scenario import client_splits
 from amole.fusion import merge, tune_weights
 from amole.loader import load_base_model
 from amole.model import export_adapters, inject
-from amole.site import PrivateAdapters
 
 
 def test_merge_is_the_weighted_sum_of_every_tensor() -> None:
@@ -68,7 +67,7 @@ def test_dual_round_uploads_the_global_lora_and_scores_the_fusion(tmp_path) -> N
     sent = payload(create_bank(shapes, settings.adapter, seed=0), {})
     private = {k: v + 0.01 for k, v in sent.items()}  # a private LoRA from an earlier round
     splits = client_splits(settings.scenario, "1", settings.federation.seed)
-    job = ClientJob(model, tok, splits, settings, 1, "1", PrivateAdapters(tmp_path, "run"))
+    job = ClientJob(model, tok, splits, settings, 1, "1", tmp_path, "run")
     result, new_private = train_dual_and_score(job, sent, private)
 
     assert result.adapters.keys() == sent.keys() == new_private.keys() and result.stats == {}
@@ -93,4 +92,4 @@ def test_dual_round_needs_an_eval_split(tmp_path) -> None:
     splits = client_splits(settings.scenario, "1", settings.federation.seed)
     splits.eval = []
     with pytest.raises(ValueError, match="eval split"):
-        train_dual_and_score(ClientJob(model, tok, splits, settings, 1, "1", PrivateAdapters(tmp_path, "run")), {}, {})
+        train_dual_and_score(ClientJob(model, tok, splits, settings, 1, "1", tmp_path, "run"), {}, {})

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import amole
-from amole import personal
 from amole.config import AdapterConfig, ModelConfig
 from amole.model import amole_layers
 from amole.model_card import export_personalized
@@ -74,9 +73,11 @@ def test_keep_round_keeps_latest_and_the_best_scoring_round(tmp_path: Path) -> N
     keep_round(site, model, info(round=3, score=0.6))
     assert (read_meta(site / "latest")["round"], read_meta(site / "best")["round"]) == (3, 3)
     assert read_meta(site)["folder"] == str(site / "best")  # a site folder resolves to its best model
-    assert personal.site_folder("run-1", "0", tmp_path) == tmp_path / "run-1" / "0"
+    from amole.site import model_folder, site_folder
+
+    assert model_folder(site_folder(tmp_path, "0"), "run-1") == tmp_path / "0" / "model" / "run-1"
     with pytest.raises(ValueError, match="cannot name a folder"):
-        personal.site_folder("../x", "0", tmp_path)
+        model_folder(site_folder(tmp_path, "0"), "../x")
 
 
 def test_another_base_model_or_adapter_config_is_refused(tmp_path: Path) -> None:

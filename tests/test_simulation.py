@@ -72,7 +72,8 @@ def simulate(tmp: Path, name: str, resume: Path | None = None, log: list | None 
         result["state"] = run(RecordingGrid(grid, log, crash_after, tamper, late_joiner), settings, runs_dir=tmp,
                               resume=resume)
 
-    run_simulation(server_app=server, client_app=client_app, num_supernodes=settings.federation.num_clients,
+    nodes = max(settings.federation.num_clients, settings.federation.max_clients or 0)
+    run_simulation(server_app=server, client_app=client_app, num_supernodes=nodes,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     return result.get("state")
 
@@ -307,3 +308,50 @@ def test_fedsa_lora_averages_a_and_keeps_b_at_the_client(tmp_path: Path) -> None
     ups = [r.content["adapters"].to_torch_state_dict() for r in replies]
     a = next(k for k in state.bank if k.endswith(".A"))
     assert torch.allclose(state.bank[a], torch.stack([u[a] for u in ups]).mean(0), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_new_site_joins_in_round_2_with_experts_chosen_from_its_statistics(tmp_path: Path) -> None:
+    """Client 2 was not in round 1; it is probed in round 2 and RSEA assigns it experts from its codes."""
+    from amole.planner import plan
+    from amole.routing_codes import embedding_matrices
+    from amole.routing_stats import router_stat_key
+    from client_app import protocol
+
+    log: list = []
+
+    def tamper(exchange: int, replies: list) -> list:  # client 2 does not answer who it is before round 2
+        if any(m[0].metadata.message_type == "train" for m, _ in log if m):
+            return replies
+        return [r for r in replies if r.has_error() or r.metadata.message_type != "query" or client_of(r) != "2"]
+
+    state = simulate(tmp_path, "join", log=log, tamper=tamper,
+                     overrides=("federation.num_clients=2", "federation.max_clients=3"))
+    assert state is not None and state.round == 2
+    r1, r2 = state.metrics["rounds"]
+    assert set(r1["clients"]) == {"0", "1"} and r2["joined"] == ["2"] and set(r2["clients"]) == {"0", "1", "2"}
+    assert "client 2 joined in round 2" in (tmp_path / "join" / "report.md").read_text()
+
+    probes = [(m, r) for m, r in log if m[0].metadata.message_type == protocol.PROBE]
+    assert len(probes) == 1
+    (messages, replies), = probes
+    sent = messages[0].content["adapters"].to_torch_state_dict()
+    assert sent and not any(".experts." in k for k in sent)  # shared expert and router only
+    probe_stats = protocol.read_probe_reply(replies[0].content)
+    # Round 2's plan is RSEA on round 1's uploads plus the newcomer's probe: recompute it and compare.
+    settings = compose([*OVERRIDES, "federation.num_clients=2", "federation.max_clients=3"])
+    (_, train1), = [(m, r) for m, r in log if m[0].metadata.message_type == "train"][:1]
+    uploads = {client_of(r): r.content["stats"].to_torch_state_dict() for r in train1}
+    order = [c for c in ("0", "1") if c in uploads]
+    modules = list(r2["assignment"])
+    N, rank = settings.adapter.num_experts, settings.adapter.r
+    E, codes = {}, {c: {} for c in ("0", "1", "2")}
+    for m in modules:
+        e, T = embedding_matrices([uploads[c] for c in order], m, N, rank)
+        E[m] = e.numpy()
+        for i, c in enumerate(order):
+            codes[c][m] = T[i].numpy()
+        codes["2"][m] = probe_stats[router_stat_key(m)].double().numpy()
+    expected = plan(settings.assign, ["0", "1", "2"], modules, N, rank, object(), E, codes, np.random.default_rng(0))
+    for m in modules:
+        assert r2["assignment"][m] == [expected.held(c)[m] for c in expected.clients], m
