@@ -57,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "greedy generations: the score the federation reports. Prints it and writes "
                                    "per-example predictions.")
     _add_model(e)
-    e.add_argument("--data", required=True, help="JSON Lines / JSON / CSV in a supported layout, or a BIG-bench "
-                                                 "task.json (see docs/site-guide.md)")
+    e.add_argument("--data", default=None, help="JSON Lines / JSON / CSV in a supported layout, or a BIG-bench "
+                                                "task.json (see docs/site-guide.md); without it, --split is needed")
+    e.add_argument("--split", choices=("train", "embed", "eval", "test"), default=None,
+                   help="score this split of the client's data, rebuilt exactly as the federation split it (from "
+                        "the scenario and seed the model folder records; with --data: that file, split the same "
+                        "way) — `--split test` reproduces the score the run reported for this client")
     e.add_argument("--predictions", default=None,
                    help="per-example JSON Lines to write (default: <data name>.predictions.jsonl here)")
     e.add_argument("--limit", type=int, default=None, help="score only the first N examples")
@@ -228,6 +232,17 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Any], max_len:
     return {"score": score, "metric": metric, "n": len(preds)}, preds
 
 
+def _split_examples(meta: dict[str, Any], split: str, data_path: str | None) -> list[Any]:
+    """One split of the client's data as the federation made it (scenario, seed and client from the folder)."""
+    from amole.config import ScenarioConfig, from_dict
+    from amole.data.scenario import client_splits
+
+    if not meta.get("scenario"):
+        raise ValueError(f"{meta['folder']} records no scenario (kept before --split existed): use --data")
+    scenario = from_dict(ScenarioConfig, meta["scenario"])
+    return list(getattr(client_splits(scenario, meta["client"], int(meta["seed"]), data_path=data_path), split))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from amole.config import EvalConfig
     from amole.data.own import read_own_data, report_skipped
@@ -235,15 +250,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from amole.personal import load_personalized, prompt_format, read_meta
 
     meta = read_meta(args.model)
-    data = read_own_data(args.data, template=prompt_format(meta).template)
-    report_skipped(data.skipped)
-    examples = data.examples[: args.limit] if args.limit is not None else data.examples
+    if args.split:
+        examples = _split_examples(meta, args.split, args.data)
+    elif args.data:
+        data = read_own_data(args.data, template=prompt_format(meta).template)
+        report_skipped(data.skipped)
+        examples = data.examples
+    else:
+        raise ValueError("give --data <file>, --split <name>, or both")
+    examples = examples[: args.limit] if args.limit is not None else examples
     if not examples:
-        raise ValueError(f"{args.data}: no examples to score")
+        raise ValueError(f"{args.data or args.split}: no examples to score")
     cfg = EvalConfig(**meta["eval"])
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.max_new_tokens = args.max_new_tokens or cfg.max_new_tokens
-    out = Path(args.predictions or f"{Path(args.data).stem}.predictions.jsonl")
+    out = Path(args.predictions or f"{Path(args.data).stem if args.data else args.split}.predictions.jsonl")
     model, tokenizer = load_personalized(meta["folder"], device=args.device)
     result, preds = score_examples(model, tokenizer, examples, meta["max_seq_len"], cfg)
     write_jsonl(out, preds)

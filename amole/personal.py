@@ -60,11 +60,14 @@ class KeptInfo:
     # them. The federation always trains with the amole.data template (no chat template).
     prompt: dict[str, Any] = field(default_factory=lambda: asdict(PromptFormat()))
     chat_template: bool = False
+    # Where the client's data came from, so `amole evaluate --split test` rebuilds exactly its test split.
+    scenario: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, **values: Any) -> KeptInfo:
         return cls(model=settings.model, adapter=settings.adapter, max_seq_len=settings.train.max_seq_len,
-                   eval=settings.eval, **values)
+                   eval=settings.eval, scenario=asdict(settings.scenario), seed=settings.federation.seed, **values)
 
 
 def prompt_format(meta: Mapping[str, Any]) -> PromptFormat:
@@ -153,6 +156,8 @@ def save_personalized(folder: str | os.PathLike[str], model: nn.Module, info: Ke
         "score": info.score,
         "metric": info.metric,
         "task": info.task,
+        "scenario": dict(info.scenario),
+        "seed": info.seed,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     PromptFormat(**meta["prompt"])  # a bad prompt description fails before anything is written

@@ -40,6 +40,21 @@ def test_upload_is_what_was_sent_trained(tmp_path: Path) -> None:
     assert (meta["round"], meta["score"], meta["client"]) == (1, result.metrics["score"], "1")
 
 
+def test_amole_evaluate_on_the_test_split_reproduces_the_reported_score(tmp_path: Path, capsys) -> None:
+    import json
+
+    from amole.cli import main
+
+    _, _, result = run_client([], tmp_path)
+    out = tmp_path / "preds.jsonl"
+    assert main(["evaluate", "--model", str(tmp_path / "model" / "run"), "--split", "test",
+                 "--predictions", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["metric"] == result.info["metric"]
+    assert round(printed["score"], 3) == round(result.metrics["score"], 3)
+    assert len(out.read_text().splitlines()) == printed["n"]
+
+
 def test_dp_noise_is_applied_before_upload_and_not_reproducible(tmp_path: Path) -> None:
     settings, _, clean = run_client([], tmp_path / "a")
     _, _, noisy = run_client(["assign.dp_eta=50", "assign.dp_clip=1000"], tmp_path / "b")
