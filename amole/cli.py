@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "per-example predictions.")
     _add_model(e)
     e.add_argument("--data", default=None, help="JSON Lines / JSON / CSV in a supported layout, or a BIG-bench "
-                                                "task.json (see docs/site-guide.md); without it, --split is needed")
+                                                "task.json (README: Your own data); without it, --split is needed")
     e.add_argument("--split", choices=("train", "embed", "eval", "test"), default=None,
                    help="score this split of the client's data, rebuilt exactly as the federation split it (from "
                         "the scenario and seed the model folder records; with --data: that file, split the same "

@@ -306,7 +306,7 @@ def read_own_data(path: str | os.PathLike[str], template: str = DEFAULT_TEMPLATE
         if len(out.examples) == before:
             more = f" and {len(skipped) - _SHOWN} more" if len(skipped) > _SHOWN else ""
             raise TaskFormatError(f"{f}: no usable row: {'; '.join(skipped[:_SHOWN]) or 'no rows'}{more} "
-                                  "(the accepted layouts are in docs/site-guide.md)")
+                                  "(the accepted layouts: README, Your own data)")
     return out
 
 
