@@ -57,42 +57,39 @@ def collect(replies: Iterable[Message], by_message: dict[str, str], sent: Mappin
 def collect_probes(replies: Iterable[Message], by_message: dict[str, str], modules: list[str], r: int,
                    server_round: int) -> dict[str, dict[str, Tensor]]:
     """Valid routing statistics of joining clients: exactly one finite r-vector per module's router."""
-    valid: dict[str, dict[str, Tensor]] = {}
     expected = {router_stat_key(m) for m in modules}
-    for reply in replies:
-        client = by_message.get(reply.metadata.reply_to_message_id)
-        if client is None:
-            continue
-        try:
-            if reply.has_error():
-                raise BadReply(f"client error: {reply.error.reason}")
-            stats = read_probe_reply(reply.content)
-            if set(stats) != expected:
-                raise BadReply(f"statistics for {sorted(set(stats) ^ expected)[:3]} are missing or unexpected")
-            if any(tuple(v.shape) != (r,) or not torch.isfinite(v).all() for v in stats.values()):
-                raise BadReply(f"every statistic must be a finite vector of length {r}")
-        except BadReply as err:
-            log.warning("round %d: client %s cannot join yet: %s", server_round, client, err)
-            continue
-        valid[client] = stats
-    return valid
+
+    def parse(content) -> dict[str, Tensor]:
+        stats = read_probe_reply(content)
+        if set(stats) != expected:
+            raise BadReply(f"statistics for {sorted(set(stats) ^ expected)[:3]} are missing or unexpected")
+        if any(tuple(v.shape) != (r,) or not torch.isfinite(v).all() for v in stats.values()):
+            raise BadReply(f"every statistic must be a finite vector of length {r}")
+        return stats
+
+    return _parse_each(replies, by_message, parse, f"round {server_round}: client %s cannot join yet: %s")
 
 
 def collect_scores(replies: Iterable[Message], by_message: dict[str, str], server_round: int) -> dict[str, float]:
     """Valid scores of the aggregate by client; failed, malformed and non-finite ones are logged and left out."""
-    scores: dict[str, float] = {}
+    return _parse_each(replies, by_message, read_evaluate_reply,
+                       f"round {server_round}: left out client %s's score of the aggregate: %s")
+
+
+def _parse_each(replies: Iterable[Message], by_message: dict[str, str], parse, warning: str) -> dict:
+    """``parse`` of each reply's content by client; a failed or bad reply is logged with ``warning`` and left out."""
+    out = {}
     for reply in replies:
         client = by_message.get(reply.metadata.reply_to_message_id)
         if client is None:
-            log.warning("round %d: ignoring a reply to a message this round did not send", server_round)
             continue
         try:
             if reply.has_error():
                 raise BadReply(f"client error: {reply.error.reason}")
-            scores[client] = read_evaluate_reply(reply.content)
+            out[client] = parse(reply.content)
         except BadReply as err:
-            log.warning("round %d: left out client %s's score of the aggregate: %s", server_round, client, err)
-    return scores
+            log.warning(warning, client, err)
+    return out
 
 
 def check_upload(client: str, sent: Mapping[str, Tensor], adapters: Mapping[str, Tensor],
