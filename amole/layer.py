@@ -9,6 +9,11 @@ For an input token x (spec §1), with ``s = alpha / r`` and dropout on the adapt
 Each expert's A is its own routing key, so any subset of the global pool plugs into any client. The router,
 the shared A and every held A are applied in one stacked matmul, and the gated codes of all experts go
 through one stacked B matmul: no Python loop over experts in the forward pass.
+
+``router_input``: ``dropped`` (ours) feeds the one dropped-out input to the router and every expert;
+``clean`` (the official code) routes on the clean x and gives the shared and each held expert its own
+dropout mask (dropout on x expanded to (experts, tokens, d), then one batched matmul). The two differ only
+while training with dropout > 0; ``clean`` then costs one more (n+1) x tokens x d tensor (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from amole.config import AdapterConfig
+
+ROUTER_INPUTS = ("dropped", "clean")
+ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def adapter_dtype(cfg: AdapterConfig) -> torch.dtype:
+    try:
+        return ADAPTER_DTYPES[cfg.dtype]
+    except KeyError:
+        raise ValueError(f"unknown adapter.dtype {cfg.dtype!r}; expected one of {sorted(ADAPTER_DTYPES)}") from None
 
 
 def init_lora_a(*shape: int, generator: torch.Generator | None = None) -> Tensor:
@@ -38,8 +53,12 @@ def linear_features(base: nn.Module) -> tuple[int, int]:
 class AMoLELinear(nn.Module):
     """Wraps a frozen linear layer; holds the shared expert, a replaceable set of routed experts and the router."""
 
-    def __init__(self, base: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, base: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if cfg.router_input not in ROUTER_INPUTS:
+            raise ValueError(f"unknown adapter.router_input {cfg.router_input!r}; expected one of {ROUTER_INPUTS}")
+        dtype = dtype or adapter_dtype(cfg)
+        self.router_input = cfg.router_input
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -102,7 +121,9 @@ class AMoLELinear(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         y = self.base(x, *args, **kwargs)
         r, n = self.r, self.num_experts
-        h = self.dropout(x.to(self.experts_A.dtype))
+        x = x.to(self.experts_A.dtype)
+        own_masks = self._own_masks()
+        h = x if own_masks else self.dropout(x)
         keys = [k for k in (self.router, self.shared_A) if k is not None]
         keys.append(self.experts_A.reshape(n * r, self.in_features))
         z = h @ torch.cat(keys).T  # router, shared and every held expert's code in one matmul
@@ -112,13 +133,15 @@ class AMoLELinear(nn.Module):
         n_shared = r if self.shared_A is not None else 0
         mask = self._mask_for(x)
 
-        e = codes[..., n_shared:].unflatten(-1, (n, r))
+        e = codes[..., n_shared:].unflatten(-1, (n, r))  # the routing keys' codes
+        if own_masks:
+            codes = self._codes_own_masks(x)
         if self.collect_stats and self.router is not None:
             self._accumulate(t, e, mask)
         Bs = [self.shared_B] if self.shared_B is not None else []
         if n > 0:
             gates = self._route(e, t, mask)
-            gated = (e * gates.unsqueeze(-1)).flatten(-2)
+            gated = (codes[..., n_shared:].unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
             codes = torch.cat([codes[..., :n_shared], gated], dim=-1)
             Bs.append(self.experts_B.permute(1, 0, 2).reshape(self.out_features, n * r))
         else:
@@ -127,6 +150,21 @@ class AMoLELinear(nn.Module):
             return y
         delta = codes @ torch.cat(Bs, dim=1).T
         return y + (delta * self.scaling).to(y.dtype)
+
+    def _own_masks(self) -> bool:
+        """Route on the clean input, each expert on its own dropout mask (``router_input: clean``, training)."""
+        return (self.router_input == "clean" and self.training and self.router is not None
+                and isinstance(self.dropout, nn.Dropout) and self.dropout.p > 0)
+
+    def _codes_own_masks(self, x: Tensor) -> Tensor:
+        """[shared code] + every held expert's code, each from its own dropout mask of x: (..., (s + n) * r)."""
+        A = self.experts_A if self.shared_A is None else torch.cat([self.shared_A.unsqueeze(0), self.experts_A])
+        if A.shape[0] == 0:
+            return x.new_zeros(*x.shape[:-1], 0)
+        flat = x.reshape(-1, self.in_features)
+        h = self.dropout(flat.unsqueeze(0).expand(A.shape[0], -1, -1))  # independent mask per expert
+        codes = torch.bmm(h, A.transpose(1, 2))  # (experts, tokens, r)
+        return codes.transpose(0, 1).reshape(*x.shape[:-1], A.shape[0] * self.r)
 
     def _mask_for(self, x: Tensor) -> Tensor | None:
         m = self.token_mask
