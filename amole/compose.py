@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from amole.config import Settings
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "scenario", "strategy", "budget")
+GROUPS = ("model", "scenario", "strategy", "budget", "protocol")
 # Top-level keys of conf/config.yaml that are not Settings: ``seed`` (federation.seed interpolates it) and
 # ``experiment`` (options of the experiment runner, server_app.experiment).
 EXTRA_KEYS = ("seed", "experiment")
