@@ -11,9 +11,9 @@ the shared A and every held A are applied in one stacked matmul, and the gated c
 through one stacked B matmul: no Python loop over experts in the forward pass.
 
 ``router_input``: ``dropped`` (ours) feeds the one dropped-out input to the router and every expert;
-``clean`` (the official code) routes on the clean x and gives the shared and each held expert its own
-dropout mask (dropout on x expanded to (experts, tokens, d), then one batched matmul). The two differ only
-while training with dropout > 0; ``clean`` then costs one more (n+1) x tokens x d tensor (docs/fidelity.md).
+``clean`` (the official code) routes on the clean x and gives the shared expert and each of a token's top-k
+experts its own dropout mask (x expanded to (tokens, k, d), one mask per slot, one matmul through all held A,
+then a gather). The two differ only while training with dropout > 0 (cost measured in docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -133,15 +133,15 @@ class AMoLELinear(nn.Module):
         n_shared = r if self.shared_A is not None else 0
         mask = self._mask_for(x)
 
-        e = codes[..., n_shared:].unflatten(-1, (n, r))  # the routing keys' codes
-        if own_masks:
-            codes = self._codes_own_masks(x)
+        e = codes[..., n_shared:].unflatten(-1, (n, r))
+        if own_masks and self.shared_A is not None:  # the shared expert's code from its own dropout mask
+            codes = torch.cat([self.dropout(x) @ self.shared_A.T, codes[..., n_shared:]], dim=-1)
         if self.collect_stats and self.router is not None:
             self._accumulate(t, e, mask)
         Bs = [self.shared_B] if self.shared_B is not None else []
         if n > 0:
             gates = self._route(e, t, mask)
-            gated = (codes[..., n_shared:].unflatten(-1, (n, r)) * gates.unsqueeze(-1)).flatten(-2)
+            gated = self._gated_own_masks(x, gates) if own_masks else (e * gates.unsqueeze(-1)).flatten(-2)
             codes = torch.cat([codes[..., :n_shared], gated], dim=-1)
             Bs.append(self.experts_B.permute(1, 0, 2).reshape(self.out_features, n * r))
         else:
@@ -156,15 +156,20 @@ class AMoLELinear(nn.Module):
         return (self.router_input == "clean" and self.training and self.router is not None
                 and isinstance(self.dropout, nn.Dropout) and self.dropout.p > 0)
 
-    def _codes_own_masks(self, x: Tensor) -> Tensor:
-        """[shared code] + every held expert's code, each from its own dropout mask of x: (..., (s + n) * r)."""
-        A = self.experts_A if self.shared_A is None else torch.cat([self.shared_A.unsqueeze(0), self.experts_A])
-        if A.shape[0] == 0:
-            return x.new_zeros(*x.shape[:-1], 0)
-        flat = x.reshape(-1, self.in_features)
-        h = self.dropout(flat.unsqueeze(0).expand(A.shape[0], -1, -1))  # independent mask per expert
-        codes = torch.bmm(h, A.transpose(1, 2))  # (experts, tokens, r)
-        return codes.transpose(0, 1).reshape(*x.shape[:-1], A.shape[0] * self.r)
+    def _gated_own_masks(self, x: Tensor, gates: Tensor) -> Tensor:
+        """Gated expert codes (..., n * r) where each of a token's top-k experts sees its own dropout mask.
+
+        One mask per routed slot (x expanded to (..., k, d)), every slot through all held A in one matmul, then
+        each slot keeps its own expert's code: k / (n + 1) of the memory of one mask per held expert, same law.
+        """
+        n, r = self.num_experts, self.r
+        top_p, top_i = gates.topk(min(self.top_k, n), dim=-1)  # (..., k): the routed experts and their gates
+        k = top_i.shape[-1]
+        h = self.dropout(x.unsqueeze(-2).expand(*x.shape[:-1], k, self.in_features))  # a mask per slot
+        z = (h @ self.experts_A.reshape(n * r, self.in_features).T).unflatten(-1, (n, r))  # (..., k, n, r)
+        code = z.gather(-2, top_i[..., None, None].expand(*top_i.shape, 1, r)).squeeze(-2)  # (..., k, r)
+        dense = torch.zeros(*x.shape[:-1], n, r, device=x.device, dtype=x.dtype)
+        return dense.scatter(-2, top_i.unsqueeze(-1).expand(*top_i.shape, r), code * top_p.unsqueeze(-1)).flatten(-2)
 
     def _mask_for(self, x: Tensor) -> Tensor | None:
         m = self.token_mask

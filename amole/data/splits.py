@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 from amole.data.bigbench import TaskSource, load_tasks
@@ -94,7 +95,7 @@ def split_client_paper(
     for ratio in ratios:
         acc += ratio
         bounds.append(int(n * acc))
-    train, aux, eval_, test = ([examples[i] for i in order[lo:hi]] for lo, hi in zip(bounds, bounds[1:], strict=True))
+    train, aux, eval_, test = ([examples[i] for i in order[lo:hi]] for lo, hi in pairwise(bounds))
     if not train:
         raise ValueError(f"task {task!r}: {n} examples are too few for the official train/aux/eval/test ratios "
                          f"{ratios}")
