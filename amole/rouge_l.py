@@ -5,8 +5,9 @@ The two disagree a lot on short answers, so a score is only comparable with scor
 - ``rouge_score`` (ours): Google's ``rouge-score`` with Porter stemming; its tokenizer lowercases and keeps
   only ``[a-z0-9]`` runs, so "Yes." and "yes" match; one LCS over the whole text.
 - ``rouge_paper`` (the official FedAMoLE code): the ``rouge`` package (1.0.1),
-  ``Rouge().get_scores(hyp, ref)[0]["rouge-l"]["f"]``: case-sensitive whitespace tokens (punctuation other than
-  '.' removed), summary-level union LCS over '.'-split sentences. As the official code does, an empty
+  ``Rouge().get_scores(hyp, ref)[0]["rouge-l"]["f"]``: case-sensitive whitespace tokens (punctuation stays part
+  of a token), summary-level union LCS over '.'-split sentences, lengths counted in distinct tokens (a repeated
+  word counts once). As the official code does, an empty
   generation, and one the package rejects (ValueError, e.g. nothing left after its cleaning), scores 0.
 """
 
