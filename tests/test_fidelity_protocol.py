@@ -91,7 +91,7 @@ def test_paper_splits_and_the_missing_train_split_note(tmp_path: Path) -> None:
     splits = client_splits(scenario, "1", seed=0)
     n = len(dirichlet_parts(scenario, 0)[1])
     share = 10_000 / 570_152  # validation (= test) rows of stanfordnlp/snli over all three splits
-    bounds = [int(n * b) for b in np.cumsum([0.0, (1 - 2 * share) * 0.95, (1 - 2 * share) * 0.05, share, share])]
+    bounds = [int(n * b) for b in np.cumsum([0.0, (1 - 2 * share) * 0.95, (1 - 2 * share) * 0.05, share])] + [n]
     assert [len(splits.train), len(splits.embed), len(splits.eval), len(splits.test)] == list(np.diff(bounds))
     (note,) = protocol_notes(scenario)
     assert "SNLI train split absent" in note and "600" in note

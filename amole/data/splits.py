@@ -92,9 +92,10 @@ def split_client_paper(
     order = list(range(n))
     random.Random(seed).shuffle(order)
     bounds, acc = [0], 0.0
-    for ratio in ratios:
+    for ratio in ratios[:-1]:
         acc += ratio
         bounds.append(int(n * acc))
+    bounds.append(n)  # the last block ends at n (float noise in the ratios' sum must not drop an example)
     train, aux, eval_, test = ([examples[i] for i in order[lo:hi]] for lo, hi in pairwise(bounds))
     if not train:
         raise ValueError(f"task {task!r}: {n} examples are too few for the official train/aux/eval/test ratios "
