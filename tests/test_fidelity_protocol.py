@@ -155,3 +155,16 @@ def test_paper_training_path_end_to_end(tiny, monkeypatch: pytest.MonkeyPatch) -
     result = evaluate(model, tok, [Example("copy: ab ->", "ab")], 48,
                       EvalConfig(max_new_tokens=3, batch_size=1, rouge="rouge_paper", decoding="generation_config"))
     assert result["metric"] == "rougeL_paper" and 0.0 <= result["score"] <= 1.0
+
+
+def test_protocol_report_names_overrides_and_data_notes(tmp_path: Path) -> None:
+    from amole.protocol import protocol_report
+
+    path = snli_file(tmp_path, n=300)
+    settings = compose(["scenario=snli_dir0.1", "protocol=paper", f"scenario.local_path={path}",
+                        "eval.rouge=rouge_score"])
+    report = protocol_report(settings)
+    assert report["name"] == "paper"
+    assert report["overridden"] == ["eval.rouge=rouge_score (preset: rouge_paper)"]
+    assert len(report["notes"]) == 1 and "train split absent" in report["notes"][0]
+    assert protocol_report(compose([]), with_data=False) == {"name": "default", "overridden": [], "notes": []}
