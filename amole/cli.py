@@ -207,6 +207,7 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Any], max_len:
     from tqdm import tqdm
 
     from amole.evaluate import choice_losses, pick, rouge_predictions
+    from amole.rouge_l import metric_name
 
     preds: list[dict[str, Any]] = []
     step = max(cfg.batch_size, 1)
@@ -228,7 +229,7 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Any], max_len:
                 preds.append({"prompt": ex.prompt, "target": ex.target, "prediction": text, "rougeL": f1})
             bar.update(len(chunk))
         bar.close()
-        score, metric = sum(p["rougeL"] for p in preds) / len(preds), "rougeL"
+        score, metric = sum(p["rougeL"] for p in preds) / len(preds), metric_name(cfg.rouge)
     return {"score": score, "metric": metric, "n": len(preds)}, preds
 
 

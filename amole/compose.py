@@ -15,7 +15,7 @@ from amole.config import Settings
 from amole.strategies import resolve_strategy
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "scenario", "strategy", "budget")
+GROUPS = ("model", "scenario", "strategy", "budget", "protocol")
 # Top-level keys of conf/config.yaml that are not Settings: ``seed`` (federation.seed interpolates it) and
 # ``experiment`` (options of the experiment runner, tools.experiment).
 EXTRA_KEYS = ("seed", "experiment")

@@ -21,6 +21,8 @@ class AdapterConfig:
     top_k: int = 2
     shared_expert: bool = True
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    router_input: str = "dropped"  # dropped: router and experts share one dropout mask | clean: the paper's code
+    dtype: str = "float32"  # the adapters' own dtype (the paper's code: the backbone's, bfloat16)
 
     @property
     def scaling(self) -> float:
@@ -50,6 +52,7 @@ class TrainConfig:
     max_seq_len: int = 1024
     lb_coef: float = 0.001  # weight of the Switch-style load-balancing loss
     max_grad_norm: float | None = None
+    adam_eps: float = 1e-8  # the paper's code: 1e-6 (its fp16/bf16 setting)
 
 
 @dataclass
@@ -85,6 +88,8 @@ class EvalConfig:
 
     max_new_tokens: int = 128  # greedy decoding budget for Rouge-L
     batch_size: int = 8
+    rouge: str = "rouge_score"  # rouge_score (stemmed, lowercased) | rouge_paper (the `rouge` package, as the paper)
+    decoding: str = "greedy"  # greedy | generation_config (the model's own settings, as the paper; may sample)
 
 
 @dataclass
@@ -111,6 +116,9 @@ class ScenarioConfig:
     test_cap: int | None = None  # None: 200 for multiple choice, 50 for generation
     embed_cap: int = 200
     max_train: int | None = None
+    prompts: str = "amole"  # amole: one short template | paper: the official SNLI / Alpaca templates
+    dirichlet: str = "amole"  # amole: Dirichlet with rejection | paper: the official capped, floored procedure
+    splits: str = "amole"  # amole: test/eval/embed/train fractions | paper: the official ratios and cuts
 
 
 @dataclass
@@ -133,6 +141,13 @@ class FederationConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    """Which evaluation protocol the run follows (conf/protocol): its name is recorded with every result."""
+
+    name: str = "default"  # default: what we think is better where we differ | paper: the official code's
+
+
+@dataclass
 class Settings:
     """The whole composed configuration, as typed objects; built once on the server and sent to clients."""
 
@@ -144,6 +159,7 @@ class Settings:
     scenario: ScenarioConfig
     federation: FederationConfig
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Settings:
@@ -154,7 +170,7 @@ class Settings:
             raise ValueError(f"unknown config sections {unknown}; known: {sorted(sections)}")
         types = {"model": ModelConfig, "adapter": AdapterConfig, "assign": AssignConfig, "train": TrainConfig,
                  "eval": EvalConfig, "scenario": ScenarioConfig, "federation": FederationConfig,
-                 "fusion": FusionConfig}
+                 "fusion": FusionConfig, "protocol": ProtocolConfig}
         return cls(**{name: from_dict(types[name], values.get(name)) for name in sections})
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Client-side evaluation (spec §4): LM-scoring accuracy for multiple choice, Rouge-L F1 for generation.
 
 Multiple choice: every candidate is appended to the prompt and the one with the lowest mean token loss wins,
-so the score needs no answer parsing. Generation: greedy decoding, Rouge-L F1 against the reference.
+so the score needs no answer parsing. Generation: greedy decoding (or, under the paper's protocol, the model's
+own generation config), Rouge-L F1 against the reference by the implementation ``eval.rouge`` names.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from rouge_score import rouge_scorer
 from torch import Tensor, nn
 
 from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
 from amole.data.tokenize import IGNORE_INDEX
+from amole.rouge_l import metric_name, rouge_l_f
+
+DECODINGS = ("greedy", "generation_config")
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -80,8 +83,15 @@ def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], ma
 
 
 @torch.no_grad()
-def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a batch of prompts (left-padded so every row ends where generation starts)."""
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
+             decoding: str = "greedy") -> list[str]:
+    """Continuations of a batch of prompts (left-padded so every row ends where generation starts).
+
+    ``greedy``: argmax decoding, stopping at the tokenizer's EOS. ``generation_config``: the official code's
+    ``generate(max_new_tokens, num_beams=1)``, so the model's ``generation_config`` decides (it may sample).
+    """
+    if decoding not in DECODINGS:
+        raise ValueError(f"unknown eval.decoding {decoding!r}; expected one of {DECODINGS}")
     pad = pad_id_of(tokenizer)
     room = max(max_len - max_new_tokens, 1)
     ids = [list(tokenizer(p, add_special_tokens=True)["input_ids"])[-room:] for p in prompts]
@@ -89,9 +99,10 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, 
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
     dev = _device(model)
+    how = ({"do_sample": False, "eos_token_id": tokenizer.eos_token_id} if decoding == "greedy" else {"num_beams": 1})
     out = model.generate(
-        input_ids=input_ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
-        do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+        input_ids=input_ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, pad_token_id=pad,
+        **how,
     )
     return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
@@ -99,20 +110,19 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, 
 @torch.no_grad()
 def rouge_predictions(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int,
                       cfg: EvalConfig) -> list[tuple[str, float]]:
-    """Greedy generation of every example and its Rouge-L F1 against the reference."""
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    """Every example's generation and its Rouge-L F1 (implementation ``cfg.rouge``) against the reference."""
+    score = rouge_l_f(cfg.rouge)
     out: list[tuple[str, float]] = []
     for start in range(0, len(examples), cfg.batch_size):
         chunk = examples[start : start + cfg.batch_size]
-        outs = generate(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens)
-        out += [(o.strip(), scorer.score(ex.target, o.strip())["rougeL"].fmeasure)
-                for ex, o in zip(chunk, outs, strict=True)]
+        outs = generate(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens, cfg.decoding)
+        out += [(o.strip(), score(ex.target, o.strip())) for ex, o in zip(chunk, outs, strict=True)]
     return out
 
 
 @torch.no_grad()
 def rouge_l(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> float:
-    """Mean Rouge-L F1 of greedy generations against the references."""
+    """Mean Rouge-L F1 (implementation ``cfg.rouge``) of generations against the references."""
     return sum(f for _, f in rouge_predictions(model, tokenizer, examples, max_len, cfg)) / max(len(examples), 1)
 
 
@@ -126,6 +136,7 @@ def evaluate(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: 
         if all(ex.is_choice for ex in examples):
             return {"score": choice_accuracy(model, tokenizer, examples, max_len, cfg.batch_size),
                     "metric": "accuracy", "n": len(examples)}
-        return {"score": rouge_l(model, tokenizer, examples, max_len, cfg), "metric": "rougeL", "n": len(examples)}
+        return {"score": rouge_l(model, tokenizer, examples, max_len, cfg), "metric": metric_name(cfg.rouge),
+                "n": len(examples)}
     finally:
         model.train(was_training)

@@ -9,6 +9,11 @@ For an input token x (spec §1), with ``s = alpha / r`` and dropout on the adapt
 Each expert's A is its own routing key, so any subset of the global pool plugs into any client. The router,
 the shared A and every held A are applied in one stacked matmul, and the gated codes of all experts go
 through one stacked B matmul: no Python loop over experts in the forward pass.
+
+``router_input``: ``dropped`` (ours) feeds the one dropped-out input to the router and every expert;
+``clean`` (the official code) routes on the clean x and gives the shared expert and each of a token's top-k
+experts its own dropout mask (x expanded to (tokens, k, d), one mask per slot, one matmul through all held A,
+then a gather). The two differ only while training with dropout > 0 (cost measured in docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from amole.config import AdapterConfig
+
+ROUTER_INPUTS = ("dropped", "clean")
+ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def adapter_dtype(cfg: AdapterConfig) -> torch.dtype:
+    try:
+        return ADAPTER_DTYPES[cfg.dtype]
+    except KeyError:
+        raise ValueError(f"unknown adapter.dtype {cfg.dtype!r}; expected one of {sorted(ADAPTER_DTYPES)}") from None
 
 
 def init_lora_a(*shape: int, generator: torch.Generator | None = None) -> Tensor:
@@ -38,8 +53,12 @@ def linear_features(base: nn.Module) -> tuple[int, int]:
 class AMoLELinear(nn.Module):
     """Wraps a frozen linear layer; holds the shared expert, a replaceable set of routed experts and the router."""
 
-    def __init__(self, base: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, base: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if cfg.router_input not in ROUTER_INPUTS:
+            raise ValueError(f"unknown adapter.router_input {cfg.router_input!r}; expected one of {ROUTER_INPUTS}")
+        dtype = dtype or adapter_dtype(cfg)
+        self.router_input = cfg.router_input
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -102,7 +121,9 @@ class AMoLELinear(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         y = self.base(x, *args, **kwargs)
         r, n = self.r, self.num_experts
-        h = self.dropout(x.to(self.experts_A.dtype))
+        x = x.to(self.experts_A.dtype)
+        own_masks = self._own_masks()
+        h = x if own_masks else self.dropout(x)
         keys = [k for k in (self.router, self.shared_A) if k is not None]
         keys.append(self.experts_A.reshape(n * r, self.in_features))
         z = h @ torch.cat(keys).T  # router, shared and every held expert's code in one matmul
@@ -113,12 +134,14 @@ class AMoLELinear(nn.Module):
         mask = self._mask_for(x)
 
         e = codes[..., n_shared:].unflatten(-1, (n, r))
+        if own_masks and self.shared_A is not None:  # the shared expert's code from its own dropout mask
+            codes = torch.cat([self.dropout(x) @ self.shared_A.T, codes[..., n_shared:]], dim=-1)
         if self.collect_stats and self.router is not None:
             self._accumulate(t, e, mask)
         Bs = [self.shared_B] if self.shared_B is not None else []
         if n > 0:
             gates = self._route(e, t, mask)
-            gated = (e * gates.unsqueeze(-1)).flatten(-2)
+            gated = self._gated_own_masks(x, gates) if own_masks else (e * gates.unsqueeze(-1)).flatten(-2)
             codes = torch.cat([codes[..., :n_shared], gated], dim=-1)
             Bs.append(self.experts_B.permute(1, 0, 2).reshape(self.out_features, n * r))
         else:
@@ -127,6 +150,26 @@ class AMoLELinear(nn.Module):
             return y
         delta = codes @ torch.cat(Bs, dim=1).T
         return y + (delta * self.scaling).to(y.dtype)
+
+    def _own_masks(self) -> bool:
+        """Route on the clean input, each expert on its own dropout mask (``router_input: clean``, training)."""
+        return (self.router_input == "clean" and self.training and self.router is not None
+                and isinstance(self.dropout, nn.Dropout) and self.dropout.p > 0)
+
+    def _gated_own_masks(self, x: Tensor, gates: Tensor) -> Tensor:
+        """Gated expert codes (..., n * r) where each of a token's top-k experts sees its own dropout mask.
+
+        One mask per routed slot (x expanded to (..., k, d)), every slot through all held A in one matmul, then
+        each slot keeps its own expert's code: k / (n + 1) of the memory of one mask per held expert, same law.
+        """
+        n, r = self.num_experts, self.r
+        top_p, top_i = gates.topk(min(self.top_k, n), dim=-1)  # (..., k): the routed experts and their gates
+        k = top_i.shape[-1]
+        h = self.dropout(x.unsqueeze(-2).expand(*x.shape[:-1], k, self.in_features))  # a mask per slot
+        z = (h @ self.experts_A.reshape(n * r, self.in_features).T).unflatten(-1, (n, r))  # (..., k, n, r)
+        code = z.gather(-2, top_i[..., None, None].expand(*top_i.shape, 1, r)).squeeze(-2)  # (..., k, r)
+        dense = torch.zeros(*x.shape[:-1], n, r, device=x.device, dtype=x.dtype)
+        return dense.scatter(-2, top_i.unsqueeze(-1).expand(*top_i.shape, r), code * top_p.unsqueeze(-1)).flatten(-2)
 
     def _mask_for(self, x: Tensor) -> Tensor | None:
         m = self.token_mask

@@ -33,8 +33,10 @@ def target_linears(model: nn.Module, target_modules: tuple[str, ...] | list[str]
     return found
 
 
-def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype = torch.float32) -> dict[str, AMoLELinear]:
-    """Freeze ``model`` and wrap every target linear layer in an AMoLELinear (in place); return them by name."""
+def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = None) -> dict[str, AMoLELinear]:
+    """Freeze ``model`` and wrap every target linear layer in an AMoLELinear (in place); return them by name.
+
+    The adapters' dtype is ``dtype`` if given, else ``cfg.dtype`` (float32 unless the protocol says otherwise)."""
     if not cfg.shared_expert and cfg.num_experts == 0:
         raise ValueError("an adapter with neither a shared expert nor routed experts trains nothing")
     for p in model.parameters():
@@ -52,17 +54,23 @@ def amole_layers(model: nn.Module) -> dict[str, AMoLELinear]:
 
 
 def export_adapters(model: nn.Module) -> dict[str, Tensor]:
-    """Every adapter tensor this model holds, as a flat name -> CPU tensor mapping (a message's payload)."""
+    """Every adapter tensor this model holds, as a flat name -> CPU float32 tensor mapping (a message's payload).
+
+    float32 whatever the adapters' dtype: exact for bf16 / fp16 values, and Flower's arrays have no bfloat16."""
     out: dict[str, Tensor] = {}
+
+    def cpu(t: Tensor) -> Tensor:
+        return t.detach().to("cpu", torch.float32).clone()
+
     for name, layer in amole_layers(model).items():
         if layer.router is not None:
-            out[keys.router_key(name)] = layer.router.detach().cpu().clone()
+            out[keys.router_key(name)] = cpu(layer.router)
         if layer.shared_A is not None:
-            out[keys.shared_key(name, "A")] = layer.shared_A.detach().cpu().clone()
-            out[keys.shared_key(name, "B")] = layer.shared_B.detach().cpu().clone()
+            out[keys.shared_key(name, "A")] = cpu(layer.shared_A)
+            out[keys.shared_key(name, "B")] = cpu(layer.shared_B)
         for j, eid in enumerate(layer.expert_ids):
-            out[keys.expert_key(name, eid, "A")] = layer.experts_A[j].detach().cpu().clone()
-            out[keys.expert_key(name, eid, "B")] = layer.experts_B[j].detach().cpu().clone()
+            out[keys.expert_key(name, eid, "A")] = cpu(layer.experts_A[j])
+            out[keys.expert_key(name, eid, "B")] = cpu(layer.experts_B[j])
     return out
 
 

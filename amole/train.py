@@ -36,7 +36,7 @@ def train_steps(
     if not params:
         raise ValueError("the model has no trainable AMoLE parameters: inject adapters first")
     device = params[0].device
-    optimizer = torch.optim.Adam(params, lr=round_lr(cfg, server_round))
+    optimizer = torch.optim.Adam(params, lr=round_lr(cfg, server_round), eps=cfg.adam_eps)
     model.train()
     sums = {"total_loss": 0.0, "loss": 0.0, "lb_loss": 0.0}
     tokens = 0

@@ -26,6 +26,7 @@ from amole.config import Settings
 from amole.loader import adapter_target_shapes
 from amole.planner import adapted_constraints, plan
 from amole.privacy import Guarantee
+from amole.protocol import protocol_report
 from amole.routing_codes import embedding_matrices
 from amole.routing_stats import router_stat_key
 from amole.site import safe_name
@@ -92,7 +93,19 @@ def run_header(settings: Settings, name: str) -> dict[str, Any]:
     return {"name": name, "strategy": fed.strategy, "scenario": settings.scenario.name, "model": settings.model.name,
             "num_rounds": fed.num_rounds, "num_clients": fed.num_clients, "seed": fed.seed,
             "id": safe_name(f"{name}-{uuid.uuid4().hex[:8]}"),
-            "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": settings.to_dict()}
+            "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": settings.to_dict(),
+            "protocol": protocol_of(settings)}
+
+
+def protocol_of(settings: Settings) -> dict[str, Any]:
+    """Which evaluation protocol (conf/protocol) made this run's numbers, what was changed after the preset, and
+    what the data could not follow; data notes need the data, which a deployed server may not have."""
+    try:
+        return protocol_report(settings)
+    except Exception as err:  # noqa: BLE001 - the notes are informative; a server without the data still runs
+        report = protocol_report(settings, with_data=False)
+        report["notes"] = [f"data notes unavailable on the server ({type(err).__name__}: {err})"]
+        return report
 
 
 def run_id(state: ServerState) -> str:

@@ -129,12 +129,14 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
     lines = [
         f"# Run `{run.get('name', '?')}`",
         "",
-        "| strategy | scenario | model | rounds | clients | seed | started |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | scenario | model | protocol | rounds | clients | seed | started |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {run.get('strategy', '?')} | {run.get('scenario', '?')} | {run.get('model', '?')}"
+        f" | {run.get('protocol', {}).get('name', 'default')}"
         f" | {len(rounds)} / {run.get('num_rounds', '?')} | {run.get('num_clients', '?')} | {run.get('seed', '?')}"
         f" | {run.get('started', '?')} |",
         "",
+        *_protocol_notes(run.get("protocol", {})),
     ]
     if not rounds:
         return "\n".join([*lines, "No round finished yet.", ""])
@@ -171,6 +173,13 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
     if plots:
         lines += ["## Plots", "", *(f"![{Path(p).stem}]({p})" for p in plots), ""]
     return "\n".join(lines)
+
+
+def _protocol_notes(protocol: dict) -> list[str]:
+    """Where this run departs from its protocol preset (conf/protocol, docs/fidelity.md), one line each."""
+    notes = [f"- changed after the `{protocol.get('name')}` preset: {o}" for o in protocol.get("overridden", [])]
+    notes += [f"- {n}" for n in protocol.get("notes", [])]
+    return [*notes, ""] if notes else []
 
 
 def _membership(rounds: list[dict]) -> list[str]:

@@ -100,7 +100,8 @@ def compose_job(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, str]]:
 
 
 def run_name(settings: Settings) -> str:
-    return f"{settings.scenario.name}-{settings.federation.strategy}-s{settings.federation.seed}"
+    protocol = "" if settings.protocol.name == "default" else f"-{settings.protocol.name}"
+    return f"{settings.scenario.name}-{settings.federation.strategy}-s{settings.federation.seed}{protocol}"
 
 
 def experiment_options(cfg: DictConfig) -> dict[str, Any]:

@@ -58,7 +58,8 @@ NOT_BUDGET = {
     "model": {"cache_dir"},
     "fusion": {"private_adapter"},
 }
-RUN_COLUMNS = ["scenario", "budget", "strategy", "seed", "status", "rounds_done", "rounds_planned", "final_score",
+RUN_COLUMNS = ["scenario", "budget", "protocol", "strategy", "seed", "status", "rounds_done", "rounds_planned",
+               "final_score",
                "best_score", "best_round", "kb_up_per_client_round", "kb_down_per_client_round",
                "seconds_per_round", "peak_total_mb", "peak_client_mb", "peak_gpu_mb", "cpu_s", "model", "num_clients",
                "steps", "batch_size", "max_seq_len", "error", "run_dir", "command", "job_command"]
@@ -109,6 +110,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     return {
         "scenario": header.get("scenario", "?"),
         "budget": exp.get("budget") or exp.get("choices", {}).get("budget") or "?",
+        "protocol": (config.get("protocol") or {}).get("name", "default"),
+        "metric": "/".join(sorted({str(c["metric"]) for c in per_client if c.get("metric")})),
         "strategy": header.get("strategy", "?"),
         "seed": header.get("seed", fed.get("seed")),
         "status": status, "rounds_done": done, "rounds_planned": planned,

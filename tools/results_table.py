@@ -165,7 +165,9 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
     gpu = any(math.isfinite(r["peak_gpu_mb"]) for r in rows.values())
     if best is not None:
         sentence += " " + paired_sentence(runs, "fedamole", best)
-    lines = [f"## {r0['scenario']} — budget `{r0['budget']}`", "",
+    metrics = sorted({m for r in runs for m in str(r.get("metric", "")).split("/") if m})
+    rouge = "".join(f"; Rouge-L: `{m}`" for m in metrics if m.startswith("rougeL"))
+    lines = [f"## {r0['scenario']} — budget `{r0['budget']}`, protocol `{r0.get('protocol', 'default')}`{rouge}", "",
              f"Budget: {budget_line(runs)}", "", f"Machine: {host_line(runs)}.", ""]
     commands = sorted({r["command"] for r in runs if r["command"]})
     lines.append("Produced by:" if commands else "Produced by: (no command recorded: runs not made by "

@@ -13,22 +13,21 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from rouge_score import rouge_scorer
-
 from amole.compose import compose
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits
+from amole.rouge_l import metric_name, rouge_l_f
 
 
-def majority_score(splits: ClientSplits) -> tuple[float, float | None, str]:
-    """(majority-answer score, uniform-guess expectation or None for generation, metric) on the test split."""
+def majority_score(splits: ClientSplits, rouge: str = "rouge_score") -> tuple[float, float | None, str]:
+    """(majority-answer score, uniform-guess expectation or None for generation, metric) on the test split,
+    with the Rouge-L implementation the run used (``eval.rouge``)."""
     answer = Counter(ex.target for ex in splits.train).most_common(1)[0][0]
     if splits.is_choice:
         hit = sum(ex.target == answer for ex in splits.test) / len(splits.test)
         return hit, sum(1 / len(ex.choices) for ex in splits.test) / len(splits.test), "accuracy"
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = sum(scorer.score(ex.target, answer)["rougeL"].fmeasure for ex in splits.test) / len(splits.test)
-    return rouge, None, "rougeL"
+    score = rouge_l_f(rouge)
+    return sum(score(ex.target, answer) for ex in splits.test) / len(splits.test), None, metric_name(rouge)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     majors, guesses = [], []
     for c in range(settings.federation.num_clients):
         splits = client_splits(settings.scenario, str(c), settings.federation.seed)
-        major, guess, metric = majority_score(splits)
+        major, guess, metric = majority_score(splits, settings.eval.rouge)
         majors.append(major)
         guesses.append(guess)
         print(f"| {c} | {splits.task} | {metric} | {len(splits.test)} | {major:.4f} | "

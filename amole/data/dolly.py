@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from amole.data.errors import TaskFormatError
 from amole.data.example import Example
-from amole.data.prompt import DEFAULT_TEMPLATE, PromptFormat
+from amole.data.prompt import DEFAULT_TEMPLATE, PromptFormat, alpaca_prompt, check_style
 from amole.data.records import Origin, Row, load_rows
 
 DOLLY_HUB_ID = "databricks/databricks-dolly-15k"
@@ -19,15 +19,20 @@ CATEGORIES = ("brainstorming", "classification", "closed_qa", "creative_writing"
               "information_extraction", "open_qa", "summarization")
 
 
-def dolly_prompt(instruction: str, context: str = "", template: str = DEFAULT_TEMPLATE) -> str:
+def dolly_prompt(instruction: str, context: str = "", template: str = DEFAULT_TEMPLATE, prompts: str = "amole") -> str:
+    """Instruction (+ context) in ``template``, or (``prompts="paper"``) the official code's Alpaca prompt."""
+    if check_style(prompts) == "paper":
+        return alpaca_prompt(instruction, context)
     body = instruction.strip()
     if context.strip():
         body += "\n\nContext:\n" + context.strip()
     return PromptFormat(template).render(body)
 
 
-def parse_dolly(rows: Iterable[tuple[Row, Origin]], template: str = DEFAULT_TEMPLATE) -> list[Example]:
-    """Generative examples, ``group`` = the row's category."""
+def parse_dolly(rows: Iterable[tuple[Row, Origin]], template: str = DEFAULT_TEMPLATE,
+                prompts: str = "amole") -> list[Example]:
+    """Generative examples, ``group`` = the row's category (paper prompts keep the response unstripped, as the
+    official code)."""
     out: list[Example] = []
     for row, origin in rows:
         fields = {k: row.get(k, "") for k in ("instruction", "context", "response", "category")}
@@ -38,8 +43,9 @@ def parse_dolly(rows: Iterable[tuple[Row, Origin]], template: str = DEFAULT_TEMP
                                   f"{bad or [k for k in ('instruction', 'response') if k not in row]}")
         if not fields["instruction"].strip() or not fields["response"].strip():
             continue
-        out.append(Example(dolly_prompt(fields["instruction"], fields["context"], template),
-                           fields["response"].strip(), group=fields["category"]))
+        target = fields["response"] if prompts == "paper" else fields["response"].strip()
+        out.append(Example(dolly_prompt(fields["instruction"], fields["context"], template, prompts), target,
+                           group=fields["category"]))
     return out
 
 
@@ -48,6 +54,7 @@ def load_dolly(
     hub_id: str | None = DOLLY_HUB_ID,
     hub_split: str = "train",
     template: str = DEFAULT_TEMPLATE,
+    prompts: str = "amole",
 ) -> list[Example]:
     """Dolly examples from ``local_path`` (file, folder or glob), else from the hub."""
-    return parse_dolly(load_rows("Dolly", local_path, hub_id, hub_split, "dolly.jsonl"), template)
+    return parse_dolly(load_rows("Dolly", local_path, hub_id, hub_split, "dolly.jsonl"), template, prompts)

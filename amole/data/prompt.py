@@ -10,6 +10,35 @@ BIGBENCH_INPUT_PREFIX = "\nQ: "  # BIG-bench's defaults when a task does not set
 BIGBENCH_OUTPUT_PREFIX = "\nA: "
 BIGBENCH_CHOICE_PREFIX = "\n  choice: "
 
+# ``scenario.prompts``: "amole" wraps every task in DEFAULT_TEMPLATE; "paper" uses the official FedAMoLE code's
+# wording: SNLI_PAPER for SNLI, the Alpaca templates for Dolly and Natural Instructions (BIG-bench is not in
+# the official code and keeps ours).
+PROMPT_STYLES = ("amole", "paper")
+SNLI_PAPER = 'Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\n'
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def check_style(style: str) -> str:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown scenario.prompts {style!r}; expected one of {PROMPT_STYLES}")
+    return style
+
+
+def alpaca_prompt(instruction: str, context: str = "") -> str:
+    """The Alpaca prompt, with the ``### Input:`` section only when there is a context (text kept verbatim;
+    ``str.format`` does not re-read braces inside the values)."""
+    if context != "":
+        return ALPACA_INPUT.format(instruction=instruction, input=context)
+    return ALPACA_NO_INPUT.format(instruction=instruction)
+
 
 @dataclass(frozen=True)
 class PromptFormat:

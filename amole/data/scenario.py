@@ -16,7 +16,8 @@ from amole.data.example import ClientSplits, Example
 from amole.data.natinst import load_natinst_task
 from amole.data.own import load_own_examples
 from amole.data.pools import POOL_SOURCES, client_index, dirichlet_examples
-from amole.data.splits import split_client
+from amole.data.protocol import check_scenario_protocol, split_fractions
+from amole.data.splits import paper_ratios, split_client, split_client_paper
 from amole.data.synthetic import synthetic_source
 from amole.seeds import stable_seed
 
@@ -57,7 +58,8 @@ def load_examples(scenario: ScenarioConfig, task: str, seed: int) -> list[Exampl
     if scenario.source == "bigbench":
         return load_task(task, scenario.local_dir, scenario.cache_dir)
     if scenario.source == "natural_instructions":
-        return load_natinst_task(task, scenario.local_dir, scenario.hub_id, scenario.hub_split)
+        return load_natinst_task(task, scenario.local_dir, scenario.hub_id, scenario.hub_split,
+                                 prompts=scenario.prompts)
     if scenario.source in POOL_SOURCES:
         raise ValueError(f"source {scenario.source!r} is one pool split over the clients: use partition: dirichlet")
     raise ValueError(f"unknown scenario source {scenario.source!r}; expected one of {SOURCES}")
@@ -68,6 +70,7 @@ def client_splits(
 ) -> ClientSplits:
     """Train / embed / eval / test for ``client``; ``data_path`` (the site's own files or a BIG-bench task.json,
     :mod:`amole.data.own`) or ``task`` override the scenario."""
+    check_scenario_protocol(scenario)
     task = task_name(scenario, client, task, data_path)
     if data_path is not None:
         examples = load_own_examples(data_path)
@@ -77,9 +80,13 @@ def client_splits(
         examples = load_examples(scenario, task, seed)
     if scenario.examples_per_task is not None and len(examples) > scenario.examples_per_task:
         examples = random.Random(f"{seed}/{task}").sample(examples, scenario.examples_per_task)
+    caps = {"eval_cap": scenario.eval_cap, "test_cap": scenario.test_cap, "embed_cap": scenario.embed_cap,
+            "max_train": scenario.max_train, "task": task}
+    if scenario.splits == "paper":
+        ratios = paper_ratios(*split_fractions(scenario), scenario.embed_frac)
+        return split_client_paper(examples, seed=stable_seed("split", seed, client), ratios=ratios, **caps)
     return split_client(
         examples, seed=stable_seed("split", seed, client), eval_frac=scenario.eval_frac, test_frac=scenario.test_frac,
-        embed_frac=scenario.embed_frac, eval_cap=scenario.eval_cap, test_cap=scenario.test_cap,
-        embed_cap=scenario.embed_cap, max_train=scenario.max_train, task=task,
+        embed_frac=scenario.embed_frac, **caps,
     )
 

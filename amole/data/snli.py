@@ -15,7 +15,7 @@ from typing import Any
 
 from amole.data.errors import TaskFormatError
 from amole.data.example import Example
-from amole.data.prompt import DEFAULT_TEMPLATE, PromptFormat
+from amole.data.prompt import DEFAULT_TEMPLATE, SNLI_PAPER, PromptFormat, check_style
 from amole.data.records import Origin, Row, load_rows
 
 SNLI_HUB_ID = "stanfordnlp/snli"
@@ -23,6 +23,11 @@ LABELS = ("entailment", "neutral", "contradiction")  # the hub's label ids 0, 1,
 ANSWERS = ("Yes", "Maybe", "No")  # the choice text of each label, in the same order
 QUESTION = "Does the premise entail the hypothesis? Answer Yes, Maybe or No."
 _NO_LABEL = ("-", "", "-1", -1, None)
+# Rows per split of stanfordnlp/snli (unlabelled ones included): the official code's SNLI eval / test ratios are
+# validation / total and test / total of these, over the pooled train+validation+test.
+HUB_SPLIT_ROWS = {"train": 550_152, "validation": 10_000, "test": 10_000}
+TRAIN_PAIRS = 549_367  # labelled pairs of the train split (the pool of all three holds 569,033)
+PAPER_HUB_SPLIT = "train+validation+test"
 
 _DETOK = [
     (re.compile(r"``\s*"), '"'),
@@ -41,7 +46,10 @@ def detokenize(text: str) -> str:
     return text.strip()
 
 
-def nli_prompt(premise: str, hypothesis: str, template: str = DEFAULT_TEMPLATE) -> str:
+def nli_prompt(premise: str, hypothesis: str, template: str = DEFAULT_TEMPLATE, prompts: str = "amole") -> str:
+    """Our question in ``template``, or (``prompts="paper"``) the official code's SNLI prompt."""
+    if check_style(prompts) == "paper":
+        return SNLI_PAPER.format(premise=detokenize(premise), hypothesis=detokenize(hypothesis))
     body = f"Premise: {detokenize(premise)}\nHypothesis: {detokenize(hypothesis)}\n{QUESTION}"
     return PromptFormat(template).render(body)
 
@@ -57,7 +65,8 @@ def _label(raw: Any, origin: Origin) -> int | None:
     raise TaskFormatError(f"{origin}: SNLI label {raw!r} is none of {LABELS}, 0/1/2, '-' or -1")
 
 
-def parse_snli(rows: Iterable[tuple[Row, Origin]], template: str = DEFAULT_TEMPLATE) -> list[Example]:
+def parse_snli(rows: Iterable[tuple[Row, Origin]], template: str = DEFAULT_TEMPLATE,
+               prompts: str = "amole") -> list[Example]:
     """Multiple-choice examples (choices Yes / Maybe / No, ``group`` the label name) of the labelled rows."""
     out: list[Example] = []
     for row, origin in rows:
@@ -69,7 +78,7 @@ def parse_snli(rows: Iterable[tuple[Row, Origin]], template: str = DEFAULT_TEMPL
         label = _label(row["label"] if "label" in row else row.get("gold_label"), origin)
         if label is None:
             continue
-        out.append(Example(nli_prompt(premise, hypothesis, template), ANSWERS[label], ANSWERS, label,
+        out.append(Example(nli_prompt(premise, hypothesis, template, prompts), ANSWERS[label], ANSWERS, label,
                            group=LABELS[label]))
     return out
 
@@ -79,6 +88,7 @@ def load_snli(
     hub_id: str | None = SNLI_HUB_ID,
     hub_split: str = "validation+test",
     template: str = DEFAULT_TEMPLATE,
+    prompts: str = "amole",
 ) -> list[Example]:
     """SNLI examples from ``local_path`` (file, folder or glob of JSON Lines), else from the hub."""
-    return parse_snli(load_rows("SNLI", local_path, hub_id, hub_split, "snli.jsonl"), template)
+    return parse_snli(load_rows("SNLI", local_path, hub_id, hub_split, "snli.jsonl"), template, prompts)
