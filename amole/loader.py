@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
                         help="also fill the quantized cache for this quantization (load once on --device)")
     parser.add_argument("--device", default=None, help="device the quantized model is for (default: cuda if any)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model.dtype of the runs")
     args = parser.parse_args(argv)
-    cfg = ModelConfig(name=args.prepare, quantization=args.quantization)
+    cfg = ModelConfig(name=args.prepare, quantization=args.quantization, dtype=args.dtype)
     config = model_config(cfg)
     if args.quantization != "none":
         load_base_model(cfg, args.device)
