@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo model bench-assign bench-step clean deploy-test certs experiments-small results
+.PHONY: install test lint demo model bench-assign bench-step clean deploy-test certs experiments-small results \
+	compose-test wheelhouse
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,20 @@ bench-step: model
 DEPLOY_ARGS ?= --kill-after-seconds 2
 deploy-test: $(STAMP)
 	$(PY) docker/deploy_test.py $(DEPLOY_ARGS)
+
+# The compose demo for real: images built, SuperLink + 3 sites in containers (TLS, node auth), one site's containers
+# killed mid-round and restarted, torn down with volumes (docker/README.md). Needs a Docker engine with compose v2;
+# where none answers, CONTAINER_ENGINE (a setup script, e.g. ../shared/tools/container-engine.sh) is run first.
+CONTAINER_ENGINE ?=
+COMPOSE_ARGS ?=
+compose-test: $(STAMP)
+	@engine='$(CONTAINER_ENGINE)'; docker info >/dev/null 2>&1 || { [ -n "$$engine" ] && sh -c "$$engine"; } \
+		|| { echo "no Docker engine: install one, or set CONTAINER_ENGINE to a script that does" >&2; exit 1; }
+	$(PY) docker/compose_test.py $(COMPOSE_ARGS)
+
+# The CPU torch wheel in docker/wheels/, for image builds without the PyTorch index (TORCH_SOURCE=wheelhouse).
+wheelhouse: $(STAMP)
+	$(PIP) download --no-deps torch==$$($(PY) -c "import tomllib; print([d.split('==')[1] for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch==')][0])") -d docker/wheels
 
 # Demo CA, SuperLink certificate and SuperNode key pairs in docker/certs/ (git-ignored).
 certs:

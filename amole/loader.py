@@ -9,11 +9,16 @@ Supported ``ModelConfig.name`` values:
 * a path to a ``.gguf`` file (or a folder / hub id together with ``ModelConfig.gguf_file``);
 * a local Hugging Face model folder;
 * a hub id ``"org/name"`` (plain ``from_pretrained``; needs network access the first time).
+
+Quantized (4bit / 8bit) loads of local folders (SmolLM2's converted GGUF included) go through
+``amole.quantized_cache``: bitsandbytes quantizes once, later loads read the saved quantized folder. Hub ids
+and the throwaway tiny model quantize on every load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import tempfile
@@ -37,6 +42,7 @@ from transformers import (
 from amole.config import ModelConfig
 from amole.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
 from amole.model import target_linears
+from amole.quantized_cache import load_quantized
 from amole.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -93,6 +99,11 @@ def _resolve(cfg: ModelConfig) -> _Source:
         f"unknown model name {name!r}: expected {TINY_LLAMA!r}, {SMOLLM2!r}, an existing local model "
         "folder, a path to a .gguf file (or a folder plus model.gguf_file), or a hub id 'org/name'"
     )
+
+
+def _folder_cache_name(path: Path) -> str:
+    """Cache name of a local model folder: its name plus a digest of where it is (two folders never share)."""
+    return f"{path.name}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
 
 
 def _gguf_folder(cfg: ModelConfig, src: _Source) -> Path:
@@ -209,7 +220,13 @@ def load_base_model(
         else:
             path, cache_dir = src.path, (cfg.cache_dir if src.kind == "hub" else None)
         tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=cache_dir)
-        model = _from_pretrained(path, quant, dtype, device, cache_dir)
+        if quant is not None and src.kind != "hub":  # a local folder: quantize once, then read (quantized_cache)
+            name = src.cache_name or _folder_cache_name(Path(path))
+            with _quiet_bnb():
+                model = load_quantized(Path(path), name, quant, dtype, device, cache_root(cfg),
+                                       lambda: _from_pretrained(path, quant, dtype, device, None))
+        else:
+            model = _from_pretrained(path, quant, dtype, device, cache_dir)
     if cfg.quantization == "8bit":
         _silence_int8_cast_notice()
     if tokenizer.pad_token is None:
@@ -269,10 +286,17 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Prepare (convert and cache) a base model.")
     parser.add_argument("--prepare", required=True, help="model name as in conf/model/*.yaml (e.g. smollm2-135m)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
+                        help="also fill the quantized cache for this quantization (load once on --device)")
+    parser.add_argument("--device", default=None, help="device the quantized model is for (default: cuda if any)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model.dtype of the runs")
     args = parser.parse_args(argv)
-    config = model_config(ModelConfig(name=args.prepare))
+    cfg = ModelConfig(name=args.prepare, quantization=args.quantization, dtype=args.dtype)
+    config = model_config(cfg)
+    if args.quantization != "none":
+        load_base_model(cfg, args.device)
     print(f"{args.prepare}: ready ({config.model_type}, {config.num_hidden_layers} layers, "
-          f"hidden {config.hidden_size}) in {cache_root()}")
+          f"hidden {config.hidden_size}; quantization {args.quantization}) in {cache_root()}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ and their commands are exactly the argument lists of docker/flower_commands.py t
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -37,13 +38,29 @@ fc = _load("flower_commands")
 deploy_test = _load("deploy_test")
 
 
-def compose(*names: str) -> dict[str, Any]:
-    """The compose files merged the way `docker compose -f a -f b` does for the keys these files use."""
+def compose(*names: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The compose files merged the way `docker compose -f a -f b` does for the keys these files use, with
+    `${VAR:-default}` interpolated from `env` (the defaults when it is not given)."""
     merged: dict[str, Any] = {}
     for name in names:
         with open(DOCKER / name) as f:
-            merged = _merge(merged, yaml.safe_load(f))
+            merged = _merge(merged, _interpolate(yaml.safe_load(f), env or {}))
     return merged
+
+
+def _interpolate(value: Any, env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), value)
+    return value
+
+
+def env_file(name: str) -> dict[str, str]:
+    lines = (DOCKER / name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
 def _merge(base: Any, over: Any, key: str = "") -> Any:
@@ -128,6 +145,7 @@ def test_services_images_ports_and_volumes() -> None:
 # Keys of the Compose Specification (compose-spec.json) that these files may use; a typo fails here.
 SERVICE_KEYS = {"image", "build", "command", "entrypoint", "user", "volumes", "ports", "networks", "depends_on",
                 "restart", "secrets", "deploy", "environment"}
+INTERPOLATION = re.compile(r"\$\{(\w+)(:-[^}]*)?\}")
 TOP_KEYS = {"name", "services", "volumes", "networks", "secrets"}
 
 
@@ -141,7 +159,10 @@ def test_only_compose_spec_keys(name: str) -> None:
         for key in ("command", "entrypoint"):
             assert all(isinstance(a, str) for a in spec.get(key, [])), (service, key)  # exec form, all strings
         if "build" in spec:
-            assert set(spec["build"]) <= {"context", "dockerfile"}
+            assert set(spec["build"]) <= {"context", "dockerfile", "args"}
+    # Every variable has a default (`${VAR:-default}`), so the files work with an empty environment.
+    for var in INTERPOLATION.finditer((DOCKER / name).read_text()):
+        assert var.group(2), var.group(0)
         if "deploy" in spec:
             for device in spec["deploy"]["resources"]["reservations"]["devices"]:
                 assert set(device) <= {"driver", "count", "capabilities", "device_ids", "options"}
@@ -221,8 +242,7 @@ def test_no_runtime_dependency_installation() -> None:
         assert "pip install -r /tmp/amole/requirements.txt" in text
         assert text.index('"torch==${TORCH_VERSION}"') < text.index("pip install -r")  # torch first
     cpu = (DOCKER / "Dockerfile").read_text()
-    assert cpu.splitlines()[[line.startswith("FROM") for line in cpu.splitlines()].index(True)] == (
-        "FROM python:3.11-slim")
+    assert [line.split()[1] for line in cpu.splitlines() if line.startswith("FROM")] == ["python:3.11-slim"] * 2
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu
 
 
@@ -271,3 +291,42 @@ def test_certs_script_writes_what_flower_loads(tmp_path: Path) -> None:
     verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "server.pem")],
                             capture_output=True, text=True, check=False)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_flower_or_project_images_without_editing_the_files() -> None:
+    """Flower's images by default; the project image (it contains flwr) through docker/project-images.env."""
+    flower = compose("compose.yaml", "compose.tls.yaml")["services"]
+    project = compose("compose.yaml", "compose.tls.yaml", env=env_file("project-images.env"))["services"]
+    built = {s["image"] for s in project.values() if "build" in s}
+    assert built == {"amole:cpu"}
+    for name in ("superlink-state-init", "superlink", *(f"supernode-{i}" for i in SITES)):
+        assert flower[name]["image"].startswith("flwr/") and project[name]["image"] == "amole:cpu", name
+    # Both images must start the same program: Flower's set it as their entrypoint, amole:cpu's is the SuperExec.
+    assert flower["superlink"]["entrypoint"] == ["flower-superlink"]
+    for i in SITES:
+        assert flower[f"supernode-{i}"]["entrypoint"] == ["flower-supernode"]
+    assert project["superlink"]["command"] == flower["superlink"]["command"]
+
+
+def test_compose_settings_from_the_environment() -> None:
+    env = {"AMOLE_SUPERLINK_PORT": "18000", "AMOLE_TORCH_SOURCE": "wheelhouse", "AMOLE_CERTS_DIR": "/tmp/c",
+           **{f"AMOLE_SITE_{i}_TASK": f"task{i}" for i in SITES}}
+    c = compose("compose.yaml", "compose.tls.yaml", env=env)
+    services = c["services"]
+    assert services["superlink"]["ports"] == [f"127.0.0.1:18000:{fc.SUPERLINK_PORT}"]
+    assert {s["build"]["args"]["TORCH_SOURCE"] for s in services.values() if "build" in s} == {"wheelhouse"}
+    for i in SITES:
+        command = services[f"supernode-{i}"]["command"]
+        assert command[command.index("--node-config") + 1] == fc.node_config(i - 1, task=f"task{i}")
+    assert {Path(s["file"]).parent for s in c["secrets"].values()} == {Path("/tmp/c")}
+
+
+def test_wheelhouse_build_context() -> None:
+    """The torch wheel may come from docker/wheels/ in the build context; the PyTorch index stays the default."""
+    cpu = (DOCKER / "Dockerfile").read_text()
+    assert "ARG TORCH_SOURCE=index" in cpu and "COPY docker/wheels " in cpu
+    ignores = [(ROOT / ".dockerignore").read_text(), (DOCKER / "Dockerfile.dockerignore").read_text()]
+    assert ignores[0] == ignores[1]  # BuildKit reads the Dockerfile's own, the legacy builder the root one
+    assert ignores[0].split() == ["*", "!pyproject.toml", "!docker/wheels/"]
+    assert (DOCKER / "wheels" / "README.md").is_file()  # COPY needs the folder even when it holds no wheel
+    assert "/docker/wheels/*.whl" in (ROOT / ".gitignore").read_text().split()
