@@ -269,7 +269,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = load_personalized(meta["folder"], device=args.device)
     result, preds = score_examples(model, tokenizer, examples, meta["max_seq_len"], cfg)
     write_jsonl(out, preds)
-    print(json.dumps({**result, "data": str(args.data), "model": meta["folder"], "predictions": str(out)}))
+    print(json.dumps({**result, "data": args.data, "split": args.split, "model": meta["folder"],
+                      "predictions": str(out)}))
     return 0
 
 
