@@ -5,9 +5,10 @@ across the rounds of a run (client_app/worker.py). The ClientApp, a fresh proces
 connects to it, hands it the round and returns its answer. Everything lives in ``<site folder>/worker/``,
 a folder only this user may enter (0700): ``<key>.sock`` (0600; in a private folder under the temp dir when
 the site path is too long for a Unix socket), ``<key>.authkey`` (0600, fresh random bytes each start: every
-connection answers an HMAC challenge with it), ``<key>.lock`` (one ClientApp starts it, not two) and
-``<key>.log`` (what the worker said), ``<key>.pid`` (while it runs). A socket nobody answers on is a dead worker's: it is removed and a new
-worker started. Workers are started as new processes (never forked: CUDA-safe), in a session of their own.
+connection answers an HMAC challenge with it), ``<key>.lock`` (one ClientApp starts it, not two),
+``<key>.log`` (what the worker said) and ``<key>.pid`` (while it runs). A socket nobody answers on is a dead
+worker's: it is removed and a new worker started. Workers are started as new processes (never forked:
+CUDA-safe), in a session of their own.
 """
 
 from __future__ import annotations
