@@ -43,10 +43,10 @@ def run_round(kind: str, request: Request, context: Context, received: float) ->
     if uses_worker(request.settings.federation, node_config):
         from client_app.worker_link import run_in_worker
 
-        return run_in_worker(kind, request, node_config, started)
+        return run_in_worker(kind, request, node_config, started, received)
     from client_app.runtime import run_request
 
-    return run_request(kind, request, node_config, started)
+    return run_request(kind, request, node_config, started, received)
 
 
 @app.train()

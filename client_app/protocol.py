@@ -29,10 +29,11 @@ if TYPE_CHECKING:  # torch stays out of a ClientApp that only hands requests to 
 CONFIG, ADAPTERS, STATS, METRICS, INFO = "config", "adapters", "stats", "metrics", "info"
 # Keys of the config record (server -> client) and of the info record (client -> server).
 SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-id", "run-id", "task", "metric"
-# Metrics every train reply carries, and the optional ones: FDLoRA's tuned fusion weights, and the seconds from
-# the ClientApp's start to the round's first step (process start, imports, model load: what a warm worker saves).
+# Metrics every train reply carries, and the optional ones: FDLoRA's tuned fusion weights; overhead_s, the
+# seconds from the ClientApp's start to the round's first step (imports, model load: what a warm worker saves),
+# and startup_s, the part of it before the ClientApp's handler ran (Flower's own process start).
 TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
-OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global", "overhead_s")
+OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global", "overhead_s", "startup_s")
 # The two kinds of round request a client runs (identify is answered without the model).
 TRAIN, EVALUATE = "train", "evaluate"
 

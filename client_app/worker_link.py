@@ -167,14 +167,16 @@ def connect(place: WorkerPlace, idle_s: float, start_timeout: float = START_TIME
             time.sleep(0.05)
 
 
-def run_in_worker(kind: str, request: Request, node_config: Mapping[str, Any], started: float) -> ClientResult:
+def run_in_worker(kind: str, request: Request, node_config: Mapping[str, Any], started: float,
+                  received: float | None = None) -> ClientResult:
     """Hand one train or evaluate round to this site's worker (started if needed) and return its result."""
     fed = request.settings.federation
     place = worker_place(request, node_config)
     conn = connect(place, max(fed.worker_idle_s, fed.reply_timeout))
     with conn:
         try:
-            conn.send({"kind": kind, "request": request, "node_config": dict(node_config), "started": started})
+            conn.send({"kind": kind, "request": request, "node_config": dict(node_config), "started": started,
+                       "received": received})
             if not conn.poll(fed.reply_timeout):
                 raise WorkerError(f"the site's worker gave no answer within {fed.reply_timeout:g} s; see {place.log}")
             answer = conn.recv()

@@ -337,18 +337,25 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
 
 def overhead(runs: Path, tmp: Path) -> float:
     """The median over clients and rounds after the first of each reply's ``overhead_s`` (seconds from its
-    ClientApp's start to the round's first step), from the run's metrics.json; and how often workers started."""
+    ClientApp's start to the round's first step), from the run's metrics.json; logged with its part before the
+    ClientApp's handler ran (``startup_s``: Flower's own process start) and how often each site's worker started."""
     found = sorted(runs.glob("*/metrics.json"))
     if not found:
         return math.nan
-    rounds = json.loads(found[-1].read_text())["rounds"]
-    per_round = {r["round"]: [c["overhead_s"] for c in r["clients"].values() if "overhead_s" in c] for r in rounds}
-    log("overhead per round (s, per client): " + "; ".join(
-        f"{t}: {', '.join(f'{x:.2f}' for x in xs)}" for t, xs in sorted(per_round.items())))
+    rounds = {r["round"]: list(r["clients"].values()) for r in json.loads(found[-1].read_text())["rounds"]}
+    for key in ("overhead_s", "startup_s"):
+        log(f"{key} per round and client: " + "; ".join(
+            f"{t}: {', '.join(f'{c[key]:.2f}' for c in cs if key in c)}" for t, cs in sorted(rounds.items())))
+    later = [c for t, cs in rounds.items() if t > 1 for c in cs if "overhead_s" in c]
+    if later:
+        total = statistics.median(c["overhead_s"] for c in later)
+        before = statistics.median(c.get("startup_s", 0.0) for c in later)
+        after = statistics.median(c["overhead_s"] - c.get("startup_s", 0.0) for c in later)
+        log(f"rounds after the first, median: {total:.2f} s from the ClientApp's start to the first step, "
+            f"{before:.2f} s of it before its handler ran, {after:.2f} s from there on")
     starts = {p.parents[3].name: p.read_text().count("listening on") for p in tmp.glob("site-*/sites/*/worker/*.log")}
-    log(f"resident workers started per site: {starts}")
-    later = [x for t, xs in per_round.items() if t > 1 for x in xs]
-    return statistics.median(later) if later else math.nan
+    log(f"resident workers started per site: {dict(sorted(starts.items()))}")
+    return statistics.median(c["overhead_s"] for c in later) if later else math.nan
 
 
 if __name__ == "__main__":
