@@ -78,6 +78,10 @@ def _serve_one(conn: Connection) -> bool:
             message = conn.recv()
         except (EOFError, OSError):
             return False
+        except Exception as exc:  # a message this worker cannot read (e.g. another app version): say so
+            log.exception("unreadable request")
+            conn.send({"error": f"the worker could not read the request: {type(exc).__name__}: {exc}"})
+            return False
         t0 = time.perf_counter()
         reply, last = answer(message)
         try:
