@@ -12,13 +12,11 @@ module then imports neither torch nor the model code. In simulation (actors stay
 
 from __future__ import annotations
 
-import time
-
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app import protocol
-from client_app.node import client_identity, process_started, simulated, uses_worker
+from client_app.node import Clock, client_identity, uses_worker
 from client_app.protocol import ClientResult, Request
 
 app = ClientApp()
@@ -35,36 +33,33 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(content=protocol.identify_reply(client, task), reply_to=msg)
 
 
-def run_round(kind: str, request: Request, context: Context, received: float) -> ClientResult:
-    """The round's result from the site's worker, or computed in this process. The overhead is counted from
-    this process's start in deployment, from the message's arrival in simulation."""
-    node_config = context.node_config
-    started = received if simulated(node_config) else process_started()
-    if uses_worker(request.settings.federation, node_config):
+def run_round(kind: str, request: Request, context: Context, clock: Clock) -> ClientResult:
+    """The round's result from the site's worker, or computed in this process."""
+    if uses_worker(request.settings.federation, context.node_config):
         from client_app.worker_link import run_in_worker
 
-        return run_in_worker(kind, request, node_config, started, received)
+        return run_in_worker(kind, request, context.node_config, clock)
     from client_app.runtime import run_request
 
-    return run_request(kind, request, node_config, started, received)
+    return run_request(kind, request, context.node_config, clock)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of the run's strategy on this node's private data."""
-    received = time.time()
+    clock = Clock.at_handler(context.node_config)
     request = protocol.read_request(msg.content)
-    if request.client != client_identity(context.node_config):  # before a worker is started for it
-        raise ValueError(f"message for client {request.client} reached client "
-                         f"{client_identity(context.node_config)}")
-    result = run_round(protocol.TRAIN, request, context, received)
+    client = client_identity(context.node_config)
+    if request.client != client:  # before a worker is started for it
+        raise ValueError(f"message for client {request.client} reached client {client}")
+    result = run_round(protocol.TRAIN, request, context, clock)
     return Message(content=protocol.train_reply(request.client, result), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the aggregated adapters the message carries on this node's test split (FedIT's protocol)."""
-    received = time.time()
+    clock = Clock.at_handler(context.node_config)
     request = protocol.read_request(msg.content)
-    result = run_round(protocol.EVALUATE, request, context, received)
+    result = run_round(protocol.EVALUATE, request, context, clock)
     return Message(content=protocol.evaluate_reply(result), reply_to=msg)

@@ -11,6 +11,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,25 @@ def process_started() -> float:
     except (OSError, ValueError, IndexError, AttributeError):
         return _IMPORTED
     return time.time() - age if 0 <= age < 86400 * 365 else _IMPORTED
+
+
+@dataclass(frozen=True)
+class Clock:
+    """When a ClientApp started and got its message: what a reply's overhead figures are measured from."""
+
+    started: float  # wall clock: this process's start in deployment, the message's arrival in simulation
+    received: float  # wall clock: the handler got the message
+    startup_cpu_s: float = 0.0  # CPU seconds this process had used by then (its start without contention)
+
+    @classmethod
+    def at_handler(cls, node_config: Mapping[str, Any]) -> Clock:
+        now, cpu = time.time(), time.process_time()
+        if simulated(node_config):  # one long-lived actor serves many messages: count from this one
+            return cls(now, now)
+        return cls(process_started(), now, cpu)
+
+    def timing(self) -> dict[str, float]:
+        """At the round's first step: ``overhead_s`` since the start, ``startup_s`` of it before the handler ran
+        (Flower's own process start), and that part's CPU seconds."""
+        return {"overhead_s": time.time() - self.started, "startup_s": self.received - self.started,
+                "startup_cpu_s": self.startup_cpu_s}

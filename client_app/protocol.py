@@ -31,9 +31,10 @@ CONFIG, ADAPTERS, STATS, METRICS, INFO = "config", "adapters", "stats", "metrics
 SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-id", "run-id", "task", "metric"
 # Metrics every train reply carries, and the optional ones: FDLoRA's tuned fusion weights; overhead_s, the
 # seconds from the ClientApp's start to the round's first step (imports, model load: what a warm worker saves),
-# and startup_s, the part of it before the ClientApp's handler ran (Flower's own process start).
+# startup_s, the part of it before the ClientApp's handler ran (Flower's own process start), and that part's
+# CPU seconds (what it takes without contention for the CPU).
 TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
-OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global", "overhead_s", "startup_s")
+OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global", "overhead_s", "startup_s", "startup_cpu_s")
 # The two kinds of round request a client runs (identify is answered without the model).
 TRAIN, EVALUATE = "train", "evaluate"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -28,7 +27,7 @@ from amole.loader import load_base_model
 from amole.model import inject
 from amole.site import PrivateAdapters, site_folder
 from amole.strategies import strategy_named
-from client_app.node import client_identity, data_choice
+from client_app.node import Clock, client_identity, data_choice
 from client_app.protocol import EVALUATE, TRAIN, ClientResult, Request
 
 log = logging.getLogger("amole.client")
@@ -77,19 +76,17 @@ def client_job(request: Request, node_config: Mapping[str, Any]) -> ClientJob:
                      request.server_round, client, PrivateAdapters(site, request.run_id))
 
 
-def run_request(kind: str, request: Request, node_config: Mapping[str, Any], started: float,
-                received: float | None = None) -> ClientResult:
-    """The strategy's part of a train or evaluate round, as plain values. ``started`` is the wall-clock time
-    the ClientApp began (its process start in deployment): ``overhead_s`` is the time from then until the
-    round's own work begins, i.e. everything a warm worker saves (imports, model load, splits);
-    ``startup_s`` the part of it until the ClientApp's handler got the message (``received``)."""
+def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clock: Clock) -> ClientResult:
+    """The strategy's part of a train or evaluate round, as plain values, with the overhead figures of
+    ``clock``: from the ClientApp's start (its process start in deployment) to the round's own work, i.e.
+    everything a warm worker saves (imports, model load, splits)."""
     job = client_job(request, node_config)
     strategy = strategy_named(request.settings.federation.strategy)
     payload = {k: torch.from_numpy(v) for k, v in request.adapters.items()}  # as ArrayRecord.to_torch_state_dict
-    overhead = time.time() - started
-    timing = {"overhead_s": overhead, "startup_s": (received or started) - started}
-    log.info("round %d (%s): first step %.2f s after the ClientApp started (%.2f s of it before its handler ran)",
-             request.server_round, kind, overhead, timing["startup_s"])
+    timing = clock.timing()
+    log.info("round %d (%s): first step %.2f s after the ClientApp started (%.2f s of it, %.2f CPU s, before its "
+             "handler ran)", request.server_round, kind, timing["overhead_s"], timing["startup_s"],
+             timing["startup_cpu_s"])
     if kind == EVALUATE:
         scored = strategy.score(job, payload)
         return ClientResult({"score": float(scored["score"]), "num_examples": len(job.splits.test), **timing})

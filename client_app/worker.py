@@ -60,7 +60,7 @@ def answer(message: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
     kind, request = message["kind"], message["request"]
     try:
-        result = run_request(kind, request, message["node_config"], message["started"], message.get("received"))
+        result = run_request(kind, request, message["node_config"], message["clock"])
         reply: dict[str, Any] = {"result": result}
     except Exception as exc:  # the ClientApp reports it; the worker stays for the next round
         log.exception("round %s (%s) failed", request.server_round, kind)

@@ -29,7 +29,7 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
-from client_app.node import site_folder
+from client_app.node import Clock, site_folder
 from client_app.protocol import ClientResult, Request
 
 START_TIMEOUT_S = 60.0  # from start to listening; the worker imports torch and loads the model later
@@ -167,16 +167,14 @@ def connect(place: WorkerPlace, idle_s: float, start_timeout: float = START_TIME
             time.sleep(0.05)
 
 
-def run_in_worker(kind: str, request: Request, node_config: Mapping[str, Any], started: float,
-                  received: float | None = None) -> ClientResult:
+def run_in_worker(kind: str, request: Request, node_config: Mapping[str, Any], clock: Clock) -> ClientResult:
     """Hand one train or evaluate round to this site's worker (started if needed) and return its result."""
     fed = request.settings.federation
     place = worker_place(request, node_config)
     conn = connect(place, max(fed.worker_idle_s, fed.reply_timeout))
     with conn:
         try:
-            conn.send({"kind": kind, "request": request, "node_config": dict(node_config), "started": started,
-                       "received": received})
+            conn.send({"kind": kind, "request": request, "node_config": dict(node_config), "clock": clock})
             if not conn.poll(fed.reply_timeout):
                 raise WorkerError(f"the site's worker gave no answer within {fed.reply_timeout:g} s; see {place.log}")
             answer = conn.recv()

@@ -343,16 +343,18 @@ def overhead(runs: Path, tmp: Path) -> float:
     if not found:
         return math.nan
     rounds = {r["round"]: list(r["clients"].values()) for r in json.loads(found[-1].read_text())["rounds"]}
-    for key in ("overhead_s", "startup_s"):
+    for key in ("overhead_s", "startup_s", "startup_cpu_s"):
         log(f"{key} per round and client: " + "; ".join(
             f"{t}: {', '.join(f'{c[key]:.2f}' for c in cs if key in c)}" for t, cs in sorted(rounds.items())))
     later = [c for t, cs in rounds.items() if t > 1 for c in cs if "overhead_s" in c]
     if later:
         total = statistics.median(c["overhead_s"] for c in later)
         before = statistics.median(c.get("startup_s", 0.0) for c in later)
+        cpu = statistics.median(c.get("startup_cpu_s", 0.0) for c in later)
         after = statistics.median(c["overhead_s"] - c.get("startup_s", 0.0) for c in later)
         log(f"rounds after the first, median: {total:.2f} s from the ClientApp's start to the first step, "
-            f"{before:.2f} s of it before its handler ran, {after:.2f} s from there on")
+            f"{before:.2f} s of it before its handler ran (Flower's process start; {cpu:.2f} s of CPU), "
+            f"{after:.2f} s from there on")
     starts = {p.parents[3].name: p.read_text().count("listening on") for p in tmp.glob("site-*/sites/*/worker/*.log")}
     log(f"resident workers started per site: {dict(sorted(starts.items()))}")
     return statistics.median(c["overhead_s"] for c in later) if later else math.nan

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,11 +21,15 @@ from amole.compose import compose
 from amole.loader import adapter_target_shapes
 from amole.site import site_folder as core_site_folder
 from client_app import protocol
-from client_app.node import site_folder, uses_worker
+from client_app.node import Clock, site_folder, uses_worker
 from client_app.runtime import run_request
 from client_app.worker_link import connect, run_in_worker, worker_place
 
 CLIENT = "1"
+
+
+def now() -> Clock:
+    return Clock(time.time(), time.time())
 
 
 def request_for(site: Path, run_id: str = "run-a", idle_s: float = 120.0) -> tuple[protocol.Request, dict]:
@@ -65,12 +71,12 @@ def test_worker_rounds_equal_in_process_rounds_and_a_killed_worker_is_replaced(t
     request.settings.federation.reply_timeout = 300.0
     place = worker_place(request, node)
     try:
-        warm = run_in_worker(protocol.TRAIN, request, node, time.time())
-        here = run_request(protocol.TRAIN, request, node, time.time())
+        warm = run_in_worker(protocol.TRAIN, request, node, now())
+        here = run_request(protocol.TRAIN, request, node, now())
         same_result(warm, here)  # the worker's upload is the in-process upload, bit for bit
         assert warm.metrics["overhead_s"] >= 0
         first = int(place.pid.read_text())
-        again = run_in_worker(protocol.TRAIN, request, node, time.time())  # same worker, state of round 1 gone
+        again = run_in_worker(protocol.TRAIN, request, node, now())  # same worker, state of round 1 gone
         same_result(again, here)
         assert int(place.pid.read_text()) == first
 
@@ -80,7 +86,7 @@ def test_worker_rounds_equal_in_process_rounds_and_a_killed_worker_is_replaced(t
             time.sleep(0.05)
         assert place.socket.exists()
         request.settings.federation.num_rounds = 1  # this request is also the run's last: the worker then exits
-        after = run_in_worker(protocol.TRAIN, request, node, time.time())
+        after = run_in_worker(protocol.TRAIN, request, node, now())
         same_result(after, here)
         assert gone(place)
         log = place.log.read_text()
@@ -123,7 +129,7 @@ def test_a_long_site_path_gets_a_short_private_socket(tmp_path: Path) -> None:
     assert len(os.fsencode(place.socket)) <= 100 and place.folder.parent.name == CLIENT
 
 
-def test_site_folder_and_mode_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_site_folder_mode_and_clock_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     request, node = request_for(tmp_path)
     fed = request.settings.federation
     assert site_folder(fed, node) == core_site_folder(node["site-dir"], CLIENT)
@@ -132,7 +138,19 @@ def test_site_folder_and_mode_without_torch(tmp_path: Path, monkeypatch: pytest.
     assert uses_worker(fed, {"client-id": "7"}) and not uses_worker(fed, {"partition-id": 0})
     fed.client_worker = "off"
     assert not uses_worker(fed, {"client-id": "7"})
+    deployed, simulation = Clock.at_handler({"client-id": "7"}), Clock.at_handler({"partition-id": 0})
+    assert deployed.started < deployed.received and deployed.startup_cpu_s > 0  # since this process started
+    assert simulation.started == simulation.received  # an actor serves many messages: since this one came
     fed.client_worker = "sometimes"
     with pytest.raises(ValueError, match="client_worker"):
         uses_worker(fed, {"client-id": "7"})
 
+
+
+def test_the_clientapp_imports_no_torch() -> None:
+    """What a deployed ClientApp (a fresh process per message) imports before handing the round over."""
+    code = ("import sys, client_app.app, client_app.worker_link; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'amole.client_round') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
