@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("listening on %s (exits after %g s idle)", socket, args.idle_s)
         why = serve(listener, args.idle_s)
     finally:
+        log.info("exiting: %s", why)
         listener.close()  # removes the socket
         if pid_file is not None and pid_file.is_file() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink(missing_ok=True)
-        log.info("exiting: %s", why)
     return 0
 
 

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from amole.site import site_folder as core_site_folder
 from client_app import protocol
 from client_app.node import Clock, site_folder, uses_worker
 from client_app.runtime import run_request
-from client_app.worker_link import connect, run_in_worker, worker_place
+from client_app.worker_link import WorkerError, connect, run_in_worker, worker_place
 
 CLIENT = "1"
 
@@ -78,6 +79,9 @@ def test_worker_rounds_equal_in_process_rounds_and_a_killed_worker_is_replaced(t
         first = int(place.pid.read_text())
         again = run_in_worker(protocol.TRAIN, request, node, now())  # same worker, state of round 1 gone
         same_result(again, here)
+        assert int(place.pid.read_text()) == first
+        with pytest.raises(WorkerError, match="message for client 2 reached client 1"):  # fails the round only
+            run_in_worker(protocol.TRAIN, replace(request, client="2"), node, now())
         assert int(place.pid.read_text()) == first
 
         os.kill(first, signal.SIGKILL)  # a crash: the socket file stays behind, nobody answers on it
