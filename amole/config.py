@@ -138,6 +138,8 @@ class FederationConfig:
     runs_dir: str = "runs"
     name: str | None = None
     site_dir: str | None = None  # each client's site folder (amole.site); a node's ``site-dir`` wins; None: default
+    client_worker: str = "auto"  # on: a resident worker per site keeps the model loaded; auto: on unless simulated
+    worker_idle_s: float = 900.0  # an unused worker exits after this (never sooner than reply_timeout)
 
 
 @dataclass

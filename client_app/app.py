@@ -1,9 +1,14 @@
-"""ClientApp: a thin Flower shell. Each handler reads the request (client_app.protocol), asks the run's strategy
-(amole.strategies) to do the client's part of the round on this node's private data, and returns the reply.
+"""ClientApp: a thin Flower shell. Each handler reads the request (client_app.protocol), has the run's strategy
+(amole.strategies) do the client's part of the round on this node's private data, and returns the reply.
 
 identify (QUERY) tells the server who this node is (its client id and task) without loading data; train runs
 one round on the adapters the message carries; evaluate scores them as they are (FedIT's protocol); probe
 measures a joining site's routing statistics so RSEA can give it experts.
+
+Where the round runs: deployed, Flower starts a fresh ClientApp process per message, so the round is handed to
+the site's resident worker, which keeps the model loaded across rounds (client_app/worker_link.py); this
+module then imports neither torch nor the model code. In simulation (actors stay warm) or with
+``federation.client_worker=off`` it runs here (client_app/runtime.py).
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from amole.strategies import strategy_named
 from client_app import protocol
-from client_app.runtime import client_identity, client_job, client_task
+from client_app.node import Clock, client_identity, uses_worker
+from client_app.protocol import ClientResult, Request
 
 app = ClientApp()
 
@@ -21,34 +26,49 @@ app = ClientApp()
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Report this node's client id and task, so the server maps nodes to clients by id (no data is loaded)."""
+    from client_app.runtime import client_task  # once per node and run: not worth a worker
+
     request = protocol.read_request(msg.content)
     client = client_identity(context.node_config)
     task = client_task(request.settings, client, context.node_config)
     return Message(content=protocol.identify_reply(client, task), reply_to=msg)
 
 
+def run_round(kind: str, request: Request, context: Context, clock: Clock) -> ClientResult:
+    """The round's result from the site's worker, or computed in this process."""
+    if uses_worker(request.settings.federation, context.node_config):
+        from client_app.worker_link import run_in_worker
+
+        return run_in_worker(kind, request, context.node_config, clock)
+    from client_app.runtime import run_request
+
+    return run_request(kind, request, context.node_config, clock)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of the run's strategy on this node's private data."""
+    clock = Clock.at_handler(context.node_config)
     request = protocol.read_request(msg.content)
-    job = client_job(request, context.node_config)
-    result = strategy_named(request.settings.federation.strategy).client_round(job, request.adapters)
-    return Message(content=protocol.train_reply(job.client, result), reply_to=msg)
+    client = client_identity(context.node_config)
+    if request.client != client:  # before a worker is started for it
+        raise ValueError(f"message for client {request.client} reached client {client}")
+    result = run_round(protocol.TRAIN, request, context, clock)
+    return Message(content=protocol.train_reply(request.client, result), reply_to=msg)
 
 
-@app.query(protocol.PROBE_ACTION)
+@app.query(protocol.PROBE)
 def probe(msg: Message, context: Context) -> Message:
     """A joining site's routing statistics under the shared expert and router the message carries."""
+    clock = Clock.at_handler(context.node_config)
     request = protocol.read_request(msg.content)
-    job = client_job(request, context.node_config)
-    stats = strategy_named(request.settings.federation.strategy).probe(job, request.adapters)
-    return Message(content=protocol.probe_reply(stats), reply_to=msg)
+    return Message(content=protocol.probe_reply(run_round(protocol.PROBE, request, context, clock)), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the aggregated adapters the message carries on this node's test split (FedIT's protocol)."""
+    clock = Clock.at_handler(context.node_config)
     request = protocol.read_request(msg.content)
-    job = client_job(request, context.node_config)
-    result = strategy_named(request.settings.federation.strategy).score(job, request.adapters)
-    return Message(content=protocol.evaluate_reply(result["score"], len(job.splits.test)), reply_to=msg)
+    result = run_round(protocol.EVALUATE, request, context, clock)
+    return Message(content=protocol.evaluate_reply(result), reply_to=msg)

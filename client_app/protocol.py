@@ -5,8 +5,6 @@ each message kind is built and read. The server loop and the ClientApp call thes
     train     (TRAIN)     server -> settings, round, client id,   client -> trained adapters, routing
                                     run id, adapters                        statistics, metrics, task, metric
     evaluate  (EVALUATE)  server -> same as train                 client -> score, num_examples
-    probe     (PROBE)     server -> same as train (shared expert  client -> routing statistics
-                                    and router only)
 
 Metric names are the same end to end: what the client's round reports is what metrics.json holds.
 """
@@ -17,23 +15,30 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from torch import Tensor
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from amole.client_round import RoundResult
 from amole.config import Settings
+
+if TYPE_CHECKING:  # torch stays out of a ClientApp that only hands requests to its site's worker
+    from torch import Tensor
 
 # Records of a message's content.
 CONFIG, ADAPTERS, STATS, METRICS, INFO = "config", "adapters", "stats", "metrics", "info"
 # Keys of the config record (server -> client) and of the info record (client -> server).
 SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-id", "run-id", "task", "metric"
-# A joining client is probed for its routing statistics (a named query action: message type "query.probe").
-PROBE_ACTION = "probe"
-PROBE = f"query.{PROBE_ACTION}"
-# Metrics every train reply carries, and the optional ones a strategy adds (FDLoRA's tuned fusion weights).
+# Metrics every train reply carries, and the optional ones: FDLoRA's tuned fusion weights; overhead_s, the
+# seconds from the ClientApp's start to the round's first step (imports, model load: what a warm worker saves),
+# startup_s, the part of it before the ClientApp's handler ran (Flower's own process start), and that part's
+# CPU seconds (what it takes without contention for the CPU).
 TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
-OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global")
+OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global", "overhead_s", "startup_s", "startup_cpu_s")
+# The two kinds of round request a client runs (identify is answered without the model).
+TRAIN, EVALUATE, PROBE = "train", "evaluate", "probe"
+# A joining client is probed for its routing statistics: a named query action (message type "query.probe").
+PROBE_MESSAGE = f"query.{PROBE}"
 
 
 class BadReply(ValueError):
@@ -42,13 +47,25 @@ class BadReply(ValueError):
 
 @dataclass
 class Request:
-    """What the server asks of a client (identify requests carry only the settings)."""
+    """What the server asks of a client (identify requests carry only the settings). The adapters are numpy
+    arrays exactly as the message carried them; the client's torch side makes tensors of them."""
 
     settings: Settings
     server_round: int = 0
     client: str = ""
     run_id: str = ""
-    adapters: dict[str, Tensor] = field(default_factory=dict)
+    adapters: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ClientResult:
+    """A client's answer to a round request, in plain values: what the reply message is built from, and what
+    a site's worker process hands back to its ClientApp."""
+
+    metrics: dict[str, float]  # train: TRAIN_METRICS (+ optional); evaluate: score, num_examples (+ overhead_s)
+    adapters: dict[str, np.ndarray] = field(default_factory=dict)  # uploaded (empty: nothing leaves the client)
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # routing statistics for RSEA
+    info: dict[str, str] = field(default_factory=dict)  # task name and metric kind (train)
 
 
 @dataclass
@@ -56,6 +73,11 @@ class TrainReply:
     adapters: dict[str, Tensor]
     stats: dict[str, Tensor]
     metrics: dict[str, float | int | str]  # TRAIN_METRICS (+ optional ones), task, metric, bytes_up
+
+
+def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """The record of named numpy arrays (what ``ArrayRecord(torch_state_dict)`` makes of the same tensors)."""
+    return ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in arrays.items()})
 
 
 # -- server -> client ---------------------------------------------------------------------------------------
@@ -80,7 +102,7 @@ def read_request(content: RecordDict) -> Request:
     if ROUND not in config:
         return Request(settings)
     return Request(settings, int(config[ROUND]), str(config[CLIENT_ID]), str(config[RUN_ID]),
-                   content[ADAPTERS].to_torch_state_dict())
+                   {k: v.numpy() for k, v in content[ADAPTERS].items()})
 
 
 # -- client -> server ---------------------------------------------------------------------------------------
@@ -92,12 +114,12 @@ def read_identify_reply(content: RecordDict) -> str:
     return str(content[INFO][CLIENT_ID])
 
 
-def train_reply(client: str, result: RoundResult) -> RecordDict:
-    metrics = {k: float(v) for k, v in result.metrics.items()}
+def train_reply(client: str, result: ClientResult) -> RecordDict:
+    metrics: dict[str, Any] = {k: float(v) for k, v in result.metrics.items()}
     metrics["num_examples"] = int(result.metrics["num_examples"])
     return RecordDict({
-        ADAPTERS: ArrayRecord(result.adapters),
-        STATS: ArrayRecord(result.stats),
+        ADAPTERS: numpy_record(result.adapters),
+        STATS: numpy_record(result.stats),
         METRICS: MetricRecord(metrics),
         INFO: ConfigRecord({CLIENT_ID: client, TASK: result.info["task"], METRIC: result.info["metric"]}),
     })
@@ -118,8 +140,8 @@ def read_train_reply(content: RecordDict) -> TrainReply:
     return TrainReply(adapters, stats, metrics)
 
 
-def probe_reply(stats: Mapping[str, Tensor]) -> RecordDict:
-    return RecordDict({STATS: ArrayRecord(dict(stats))})
+def probe_reply(result: ClientResult) -> RecordDict:
+    return RecordDict({STATS: numpy_record(result.stats)})
 
 
 def read_probe_reply(content: RecordDict) -> dict[str, Tensor]:
@@ -129,8 +151,10 @@ def read_probe_reply(content: RecordDict) -> dict[str, Tensor]:
         raise BadReply(f"malformed probe reply: {type(err).__name__}: {err}") from None
 
 
-def evaluate_reply(score: float, num_examples: int) -> RecordDict:
-    return RecordDict({METRICS: MetricRecord({"score": float(score), "num_examples": int(num_examples)})})
+def evaluate_reply(result: ClientResult) -> RecordDict:
+    metrics: dict[str, Any] = {k: float(v) for k, v in result.metrics.items()}
+    metrics["num_examples"] = int(result.metrics["num_examples"])
+    return RecordDict({METRICS: MetricRecord(metrics)})
 
 
 def read_evaluate_reply(content: RecordDict) -> float:

@@ -1,16 +1,22 @@
-"""Per-process state of a ClientApp: the base model is loaded and injected once and reused every round, and
-each request becomes a ClientJob (model, this client's splits, its site folder).
+"""The torch side of a client: the base model is loaded and injected once per process and reused every
+round, each request becomes a ClientJob (model, this client's splits, its site folder), and ``run_request``
+runs the strategy's part of the round and returns plain values (client_app.protocol.ClientResult).
 
-In simulation one worker process serves many clients in turn; that is safe because every round's import
-replaces every adapter tensor, so nothing of one client's round survives into another's.
+It runs in the process that holds the model: a Ray actor in simulation, the site's resident worker in
+deployment (client_app/worker.py), or the ClientApp itself with ``federation.client_worker=off``. One process
+may serve many clients in turn (simulation); that is safe because every round's import replaces every adapter
+tensor and the round reseeds and rebuilds its optimizer, so nothing of one round survives into another's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+
+import torch
 
 from amole.client_round import ClientJob
 from amole.config import Settings
@@ -20,7 +26,11 @@ from amole.data.scenario import task_name
 from amole.loader import load_base_model
 from amole.model import inject
 from amole.site import site_folder
-from client_app.protocol import Request
+from amole.strategies import strategy_named
+from client_app.node import Clock, client_identity, data_choice
+from client_app.protocol import EVALUATE, PROBE, TRAIN, ClientResult, Request
+
+log = logging.getLogger("amole.client")
 
 
 @lru_cache(maxsize=1)
@@ -37,35 +47,21 @@ def injected_model(settings: Settings) -> tuple[Any, Any]:
     return _model_for(json.dumps(d["model"], sort_keys=True), json.dumps(d["adapter"], sort_keys=True))
 
 
-def client_identity(node_config: Mapping[str, Any]) -> str:
-    """The client id: ``client-id`` from the node config in deployment, ``partition-id`` in simulation."""
-    for key in ("client-id", "partition-id"):
-        if key in node_config:
-            return str(node_config[key])
-    raise KeyError("node config has neither 'client-id' nor 'partition-id': start the SuperNode with "
-                   "--node-config \"client-id=<n>\" (and task=<name> or data-path=<file>)")
-
-
 @lru_cache(maxsize=64)
 def _splits(scenario_json: str, seed: int, client: str, task: str | None, data_path: str | None) -> ClientSplits:
     settings = Settings.from_dict({"scenario": json.loads(scenario_json)})
     return build_splits(settings.scenario, client, seed, task=task, data_path=data_path)
 
 
-def _data_choice(node_config: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    task, path = node_config.get("task"), node_config.get("data-path")
-    return (None if task is None else str(task)), (None if path is None else str(path))
-
-
 def client_task(settings: Settings, client: str, node_config: Mapping[str, Any]) -> str:
     """The task this node trains on, named without loading its data (answering 'who are you' stays fast)."""
-    return task_name(settings.scenario, client, *_data_choice(node_config))
+    return task_name(settings.scenario, client, *data_choice(node_config))
 
 
 def client_splits(settings: Settings, client: str, node_config: Mapping[str, Any]) -> ClientSplits:
     """This client's private splits (cached per process): its task from node config or the scenario's list."""
     scenario = json.dumps(settings.to_dict()["scenario"], sort_keys=True)
-    return _splits(scenario, settings.federation.seed, client, *_data_choice(node_config))
+    return _splits(scenario, settings.federation.seed, client, *data_choice(node_config))
 
 
 def client_job(request: Request, node_config: Mapping[str, Any]) -> ClientJob:
@@ -78,3 +74,31 @@ def client_job(request: Request, node_config: Mapping[str, Any]) -> ClientJob:
     site = site_folder(node_config.get("site-dir") or settings.federation.site_dir, client)
     return ClientJob(model, tokenizer, client_splits(settings, client, node_config), settings,
                      request.server_round, client, site, request.run_id)
+
+
+def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clock: Clock) -> ClientResult:
+    """The strategy's part of a train or evaluate round, as plain values, with the overhead figures of
+    ``clock``: from the ClientApp's start (its process start in deployment) to the round's own work, i.e.
+    everything a warm worker saves (imports, model load, splits)."""
+    job = client_job(request, node_config)
+    strategy = strategy_named(request.settings.federation.strategy)
+    payload = {k: torch.from_numpy(v) for k, v in request.adapters.items()}  # as ArrayRecord.to_torch_state_dict
+    timing = clock.timing()
+    log.info("round %d (%s): first step %.2f s after the ClientApp started (%.2f s of it, %.2f CPU s, before its "
+             "handler ran)", request.server_round, kind, timing["overhead_s"], timing["startup_s"],
+             timing["startup_cpu_s"])
+    if kind == EVALUATE:
+        scored = strategy.score(job, payload)
+        return ClientResult({"score": float(scored["score"]), "num_examples": len(job.splits.test), **timing})
+    if kind == PROBE:
+        return ClientResult({**timing}, stats=_numpy(strategy.probe(job, payload)))
+    if kind != TRAIN:
+        raise ValueError(f"unknown request kind {kind!r}; known: {TRAIN}, {EVALUATE}, {PROBE}")
+    result = strategy.client_round(job, payload)
+    return ClientResult({**result.metrics, **timing}, _numpy(result.adapters), _numpy(result.stats),
+                        dict(result.info))
+
+
+def _numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """As ArrayRecord.from_torch_state_dict converts them, so both ways of replying send the same bytes."""
+    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}

@@ -12,34 +12,49 @@ docker/flower_commands.py, which the compose files use too.
 `--kill-after-seconds S` kills one SuperNode (and everything it started) with SIGKILL S seconds into round 2
 and restarts it with the same key and client id `--restart-after-seconds` later, so it can rejoin.
 Everything started here is stopped at the end, also on failure or Ctrl-C. The last line is
-`deploy: rounds=<n> nodes=<m> killed=<k> status=<completed|failed>`; the exit code is 0 only when the run
-completed (and the unregistered node was refused).
+`deploy: rounds=<n> nodes=<m> killed=<k> status=<completed|failed> overhead_s=<s>` (overhead_s: the median,
+over clients and rounds after the first, of the seconds from a ClientApp's start to its round's first step: a
+deployed ClientApp is a fresh process per message, and the site's resident worker keeps the model loaded); the
+exit code is 0 only when the run completed (and the unregistered node was refused).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import math
 import os
 import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flower_commands as fc  # noqa: E402 - docker/ is not a package
+import processes  # noqa: E402
+from flower_cli import (  # noqa: E402
+    HOST,
+    PROFILE,
+    ROOT,
+    bin_path,
+    flwr,
+    json_of,
+    node_list,
+    run_status,
+    wait_online,
+    wait_superlink,
+    write_profile,
+)
+from processes import Cluster, Managed  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILE = "amole-deploy-test"
-HOST = "127.0.0.1"  # loopback only
 NODES = 3
 ROUND_2 = re.compile(r"round 2/\d+|round 1: mean score")  # the ServerApp's log: round 2 starts (or round 1 ended)
 
@@ -48,123 +63,10 @@ def log(msg: str) -> None:
     print(f"[deploy-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def bin_path(name: str) -> str:
-    """The console script next to this interpreter (the project's virtualenv), else whatever is on PATH."""
-    candidate = Path(sys.executable).with_name(name)
-    return str(candidate) if candidate.exists() else name
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, start time) for every process (Linux /proc)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(")") + 2:].split()  # fields 3.. (the command name may hold spaces)
-        table[int(entry)] = (int(rest[1]), rest[19])
-    return table
-
-
-def _start_time(pid: int) -> str | None:
-    entry = _proc_table().get(pid)
-    return entry[1] if entry else None
-
-
-@dataclass
-class Managed:
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    cwd: Path
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    known: dict[int, str] = field(default_factory=dict)  # pid -> start time of everything it started
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.cwd.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
-            out.write(f"\n$ {' '.join(self.cmd)}\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        self.known = {self.proc.pid: _start_time(self.proc.pid) or ""}
-
-    def refresh(self) -> None:
-        """Remember every descendant: Flower detaches its SuperExec into a session of its own."""
-        table = _proc_table()
-        alive = {pid for pid, start in self.known.items() if table.get(pid, (0, None))[1] == start}
-        frontier = list(alive)
-        while frontier:
-            parent = frontier.pop()
-            for pid, (ppid, start) in table.items():
-                if ppid == parent and pid not in self.known:
-                    self.known[pid] = start
-                    frontier.append(pid)
-
-    def alive_pids(self) -> list[int]:
-        table = _proc_table()
-        return [pid for pid, start in self.known.items() if table.get(pid, (0, None))[1] == start]
-
-    def signal_all(self, sig: int) -> None:
-        self.refresh()
-        for pid in self.alive_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-    def stop(self, grace: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        self.signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while self.alive_pids() and time.monotonic() < deadline:
-            self.proc.poll()
-            time.sleep(0.2)
-        if self.alive_pids():
-            self.signal_all(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-
-    def kill(self) -> None:
-        """SIGKILL the process and everything it started at once, like a crashed machine."""
-        self.signal_all(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-class Cluster:
-    """Everything this script starts, stopped in reverse order at the end."""
-
-    def __init__(self) -> None:
-        self.procs: list[Managed] = []
-
-    def start(self, m: Managed) -> Managed:
-        m.start()
-        self.procs.append(m)
-        return m
-
-    def refresh(self) -> None:
-        for m in self.procs:
-            m.refresh()
-
-    def stop_all(self) -> None:
-        for m in reversed(self.procs):
-            m.stop()
 
 
 # ------------------------------------------------------------------------------------------------- steps
@@ -176,10 +78,13 @@ def superlink_command(port: int, certs: Path, state_dir: Path, isolation: str) -
     return fc.superlink(host=HOST, port=port, database=str(state_dir / "state.db"), isolation=isolation, tls=tls)
 
 
-def supernode_command(site: int, link_port: int, runtime_port: int, certs: Path, isolation: str) -> list[str]:
-    """Site `site` (1-based; its client id is site - 1), authenticated with its own key."""
+def supernode_command(site: int, link_port: int, runtime_port: int, certs: Path, isolation: str,
+                      site_dir: Path | None = None) -> list[str]:
+    """Site `site` (1-based; its client id is site - 1), authenticated with its own key; its site folder (kept
+    adapters, its resident worker's socket and log) in this test's directory."""
     return fc.supernode(superlink=f"{HOST}:{link_port}", host=HOST, port=runtime_port, isolation=isolation,
-                        node_config=fc.node_config(site - 1), root_certificates=str(certs / "ca.crt"),
+                        node_config=fc.node_config(site - 1, site_dir=None if site_dir is None else str(site_dir)),
+                        root_certificates=str(certs / "ca.crt"),
                         auth_private_key=str(certs / f"supernode-{site}"))
 
 
@@ -193,74 +98,6 @@ def make_certs(out: Path, count: int) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def write_profile(flwr_home: Path, port: int, ca: Path) -> None:
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{PROFILE}"\n\n'
-        f'[superlink.{PROFILE}]\naddress = "{HOST}:{port}"\nroot-certificates = "{ca}"\n'
-    )
-
-
-def flwr(args: list[str], env: dict[str, str], check: bool = True, timeout: float = 120) -> str:
-    out = subprocess.run([bin_path("flwr"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, check=False)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"flwr {' '.join(args)} exited {out.returncode}: {out.stdout}{out.stderr}")
-    return out.stdout
-
-
-def json_of(text: str) -> dict:
-    """The JSON object a `flwr ... --format json` command printed (it may print other lines before it)."""
-    start = text.find("{")
-    if start < 0:
-        raise ValueError(f"no JSON in: {text!r}")
-    answer = json.loads(text[start:])
-    if answer.get("success") is False:
-        raise RuntimeError(f"flwr answered: {answer.get('error-message', answer)}")
-    return answer
-
-
-def wait_superlink(port: int, ca: Path, proc: Managed, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"flower-superlink exited with {proc.proc.returncode}; see {proc.log_path}")
-        try:
-            if httpx.get(f"https://{HOST}:{port}/health", verify=str(ca), timeout=1.0).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"flower-superlink did not answer on https://{HOST}:{port} within {timeout:.0f} s")
-
-
-def node_list(env: dict[str, str]) -> list[dict]:
-    return json_of(flwr(["supernode", "list", PROFILE, "--format", "json"], env)).get("nodes", [])
-
-
-def wait_online(env: dict[str, str], node_ids: set[int], timeout: float, cluster: Cluster) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = node_list(env)
-        online = {int(n["node-id"]) for n in nodes if n.get("status") == "online"}
-        if node_ids <= online:
-            return nodes
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"SuperNodes {sorted(node_ids - online)} not online after {timeout:.0f} s: {nodes}")
-        cluster.refresh()
-        time.sleep(1.0)
-
-
-def run_status(env: dict[str, str]) -> tuple[str, str]:
-    runs = json_of(flwr(["ls", PROFILE, "--format", "json"], env)).get("runs", [])
-    if not runs:
-        return "no run", ""
-    last = max(runs, key=lambda r: int(r["run-id"]))
-    return str(last.get("status", "unknown")), str(last.get("status-details", ""))
-
-
 # -------------------------------------------------------------------------------------------------- main
 
 @dataclass
@@ -270,6 +107,7 @@ class Result:
     killed: int = 0
     refused: bool = False  # the unregistered SuperNode was kept out
     rejoined: bool | None = None  # the killed SuperNode was let in again (with --kill-after-seconds)
+    overhead_s: float = math.nan  # median over clients and rounds after the first: ClientApp start -> first step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: {type(exc).__name__}: {exc}")
     finally:
         cluster.stop_all()
+        processes.stop_workers(tmp)
         log(f"stopped everything ({len(cluster.procs)} processes started, with their children); "
             f"{time.monotonic() - t_start:.0f} s in all")
         if args.keep:
@@ -323,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"killed node rejoined: {'yes' if result.rejoined else 'no'}")
     if result.status == "completed" and not result.refused:
         log("FAIL: the SuperNode with an unregistered key was not kept out")
-    print(f"deploy: rounds={args.rounds} nodes={result.nodes} killed={result.killed} status={result.status}",
-          flush=True)
+    print(f"deploy: rounds={args.rounds} nodes={result.nodes} killed={result.killed} status={result.status} "
+          f"overhead_s={result.overhead_s:.2f}", flush=True)
     return 0 if result.status == "completed" and result.refused else 1
 
 
@@ -363,7 +202,7 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
 
     def site_process(site: int) -> Managed:
         site_dir = tmp / f"site-{site}"
-        cmd = supernode_command(site, link_port, site_ports[site], certs, args.isolation)
+        cmd = supernode_command(site, link_port, site_ports[site], certs, args.isolation, site_dir / "sites")
         return Managed(f"supernode-{site}", [bin_path("flower-supernode"), *cmd],
                        {**base_env, "FLWR_HOME": str(site_dir / "home")}, site_dir,
                        tmp / "logs" / f"supernode-{site}.log")
@@ -420,7 +259,7 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
     runner = subprocess.Popen(cmd, env=cli_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
     cluster.procs.append(Managed("flwr-run", cmd, cli_env, ROOT, tmp / "logs" / "flwr-run.log", proc=runner,
-                                known={runner.pid: _start_time(runner.pid) or ""}))
+                                known={runner.pid: processes.start_time(runner.pid) or ""}))
     round2 = threading.Event()
 
     def pump() -> None:
@@ -492,7 +331,33 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
     reports = sorted((tmp / "runs").glob("*/report.md"))
     if reports and args.keep:
         log(f"run report: {reports[-1]}")
+    result.overhead_s = overhead(tmp / "runs", tmp)
     result.status = "completed" if flower_status.endswith(":completed") else "failed"
+
+
+def overhead(runs: Path, tmp: Path) -> float:
+    """The median over clients and rounds after the first of each reply's ``overhead_s`` (seconds from its
+    ClientApp's start to the round's first step), from the run's metrics.json; logged with its part before the
+    ClientApp's handler ran (``startup_s``: Flower's own process start) and how often each site's worker started."""
+    found = sorted(runs.glob("*/metrics.json"))
+    if not found:
+        return math.nan
+    rounds = {r["round"]: list(r["clients"].values()) for r in json.loads(found[-1].read_text())["rounds"]}
+    for key in ("overhead_s", "startup_s", "startup_cpu_s"):
+        log(f"{key} per round and client: " + "; ".join(
+            f"{t}: {', '.join(f'{c[key]:.2f}' for c in cs if key in c)}" for t, cs in sorted(rounds.items())))
+    later = [c for t, cs in rounds.items() if t > 1 for c in cs if "overhead_s" in c]
+    if later:
+        total = statistics.median(c["overhead_s"] for c in later)
+        before = statistics.median(c.get("startup_s", 0.0) for c in later)
+        cpu = statistics.median(c.get("startup_cpu_s", 0.0) for c in later)
+        after = statistics.median(c["overhead_s"] - c.get("startup_s", 0.0) for c in later)
+        log(f"rounds after the first, median: {total:.2f} s from the ClientApp's start to the first step, "
+            f"{before:.2f} s of it before its handler ran (Flower's process start; {cpu:.2f} s of CPU), "
+            f"{after:.2f} s from there on")
+    starts = {p.parents[3].name: p.read_text().count("listening on") for p in tmp.glob("site-*/sites/*/worker/*.log")}
+    log(f"resident workers started per site: {dict(sorted(starts.items()))}")
+    return statistics.median(c["overhead_s"] for c in later) if later else math.nan
 
 
 if __name__ == "__main__":

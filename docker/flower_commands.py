@@ -67,8 +67,10 @@ def superexec(*, runtime_api_address: str, root_certificates: str | None) -> lis
     return [*security, "--runtime-api-address", runtime_api_address]
 
 
-def node_config(client_id: int | str, *, task: str | None = None, data_path: str | None = None) -> str:
-    """The `--node-config` of a site: its client id, and optionally its BIG-bench task or its own task file."""
+def node_config(client_id: int | str, *, task: str | None = None, data_path: str | None = None,
+                site_dir: str | None = None) -> str:
+    """The `--node-config` of a site: its client id, optionally its BIG-bench task or its own task file, and
+    its site folder (adapters it keeps, its resident worker's socket and log; default under $AMOLE_CACHE)."""
     if task is not None and data_path is not None:
         raise ValueError("give a site either a task or a data-path, not both")
     items = [f"client-id={client_id}"]
@@ -76,6 +78,8 @@ def node_config(client_id: int | str, *, task: str | None = None, data_path: str
         items.append(f'task="{task}"')
     if data_path is not None:
         items.append(f'data-path="{data_path}"')
+    if site_dir is not None:
+        items.append(f'site-dir="{site_dir}"')
     return " ".join(items)
 
 

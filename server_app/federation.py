@@ -183,7 +183,7 @@ def admit(grid: Grid, settings: Settings, state: ServerState, nodes: dict[str, i
     if strategy.routed:
         modules = modules_of(state.bank)
         sent = {c: strategy.payload(state.bank, {m: [] for m in modules}) for c in new}
-        messages, _ = dispatch(settings, state, nodes, sent, server_round, protocol.PROBE)
+        messages, _ = dispatch(settings, state, nodes, sent, server_round, protocol.PROBE_MESSAGE)
         replies = grid.send_and_receive(messages, timeout=fed.reply_timeout)
         probes = collect_probes(replies, sent_to(messages, new), modules, settings.adapter.r, server_round)
         for client, stats in probes.items():

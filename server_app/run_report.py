@@ -14,7 +14,8 @@ Schema::
     {"run": {"name", "strategy", "scenario", "model", "num_rounds", "num_clients", "seed", "started", "config"},
      "rounds": [{"round", "seconds", "assign_seconds", "num_experts",
                  "clients": {"<id>": {"task", "metric", "score", "train_loss", "experts": {"<module>": int},
-                                      "experts_mean", "bytes_up", "bytes_down", "num_examples", "seconds"}},
+                                      "experts_mean", "bytes_up", "bytes_down", "num_examples", "seconds",
+                                      "overhead_s"}},
                  "assignment": {"<module>": [[expert ids of client 0], ...]}}]}
 
 ``assignment`` lists clients in :func:`client_order` (numeric order when every id is an integer).
@@ -26,6 +27,7 @@ import json
 import math
 import re
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,10 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else math.nan
+
+
 def round_summary(rnd: dict) -> dict[str, float]:
     """The per-round numbers shown in report.md and TensorBoard, computed in one place so they agree."""
     clients = list(rnd.get("clients", {}).values())
@@ -89,6 +95,9 @@ def round_summary(rnd: dict) -> dict[str, float]:
         "mb_down": sum(int(c["bytes_down"]) for c in clients) / 1e6,
         "seconds": float(rnd.get("seconds", math.nan)),
         "assign_seconds": float(rnd.get("assign_seconds", math.nan)),
+        # seconds from a client's ClientApp start to its round's first step (median over clients; the first
+        # round of a deployment includes starting the site's worker and loading the model)
+        "overhead_s": _median([float(c["overhead_s"]) for c in clients if "overhead_s" in c]),
     }
 
 
@@ -148,20 +157,22 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
         f"**Final mean score: {_fmt(final)}** (round {last['round']}) · {best_line if best else 'no best round'}",
         "",
         "Scores are each client's metric on its own test set, right after its local training; "
-        "MB / KB are 10^6 / 10^3 bytes, summed over clients per round.",
+        "MB / KB are 10^6 / 10^3 bytes, summed over clients per round; overhead s: median over clients of the "
+        "seconds from the ClientApp's start to its round's first step.",
         "",
         "## Rounds",
         "",
         "| round | mean score | min | max | mean train loss | experts / module | MB up | MB down"
-        " | seconds | assign s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | seconds | assign s | overhead s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         s = round_summary(r)
         lines.append(
             f"| {r['round']} | {_fmt(s['score_mean'])} | {_fmt(s['score_min'])} | {_fmt(s['score_max'])}"
             f" | {_fmt(s['train_loss_mean'], 4)} | {_fmt(s['experts_mean'], 2)} | {_fmt(s['mb_up'], 2)}"
-            f" | {_fmt(s['mb_down'], 2)} | {_fmt(s['seconds'], 1)} | {_fmt(s['assign_seconds'], 2)} |"
+            f" | {_fmt(s['mb_down'], 2)} | {_fmt(s['seconds'], 1)} | {_fmt(s['assign_seconds'], 2)}"
+            f" | {_fmt(s['overhead_s'], 1)} |"
         )
     lines += _membership(rounds)
     lines += ["", f"## Clients, last round ({last['round']})", "", *_client_table(last), ""]

@@ -127,7 +127,7 @@ def test_round_loop_payloads_aggregation_and_resume(tmp_path: Path) -> None:
         assert torch.equal(resumed.bank[key], state.bank[key]), key
     for m in state.assignment.X:
         assert np.array_equal(resumed.assignment.X[m], state.assignment.X[m])
-    timing = {"seconds"}  # wall-clock is the one thing a resumed run may not repeat
+    timing = {"seconds", "overhead_s", "startup_s", "startup_cpu_s"}  # wall-clock: what a resumed run may not repeat
     for a, b in zip(resumed.metrics["rounds"], state.metrics["rounds"], strict=True):
         assert a["assignment"] == b["assignment"]
         for c in b["clients"]:
@@ -332,7 +332,7 @@ def test_a_new_site_joins_in_round_2_with_experts_chosen_from_its_statistics(tmp
     assert set(r1["clients"]) == {"0", "1"} and r2["joined"] == ["2"] and set(r2["clients"]) == {"0", "1", "2"}
     assert "client 2 joined in round 2" in (tmp_path / "join" / "report.md").read_text()
 
-    probes = [(m, r) for m, r in log if m[0].metadata.message_type == protocol.PROBE]
+    probes = [(m, r) for m, r in log if m[0].metadata.message_type == protocol.PROBE_MESSAGE]
     assert len(probes) == 1
     (messages, replies), = probes
     sent = messages[0].content["adapters"].to_torch_state_dict()

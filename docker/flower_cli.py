@@ -1,0 +1,91 @@
+"""The `flwr` command line as `make deploy-test` uses it: the connection profile, the SuperLink's health,
+the SuperNodes it lists, and the status Flower gives the run (`flwr run` itself exits 0 even when a run failed).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from processes import Cluster, Managed
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = "amole-deploy-test"
+HOST = "127.0.0.1"  # loopback only
+
+
+def bin_path(name: str) -> str:
+    """The console script next to this interpreter (the project's virtualenv), else whatever is on PATH."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def write_profile(flwr_home: Path, port: int, ca: Path) -> None:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{PROFILE}"\n\n'
+        f'[superlink.{PROFILE}]\naddress = "{HOST}:{port}"\nroot-certificates = "{ca}"\n'
+    )
+
+
+def flwr(args: list[str], env: dict[str, str], check: bool = True, timeout: float = 120) -> str:
+    out = subprocess.run([bin_path("flwr"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"flwr {' '.join(args)} exited {out.returncode}: {out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def json_of(text: str) -> dict:
+    """The JSON object a `flwr ... --format json` command printed (it may print other lines before it)."""
+    start = text.find("{")
+    if start < 0:
+        raise ValueError(f"no JSON in: {text!r}")
+    answer = json.loads(text[start:])
+    if answer.get("success") is False:
+        raise RuntimeError(f"flwr answered: {answer.get('error-message', answer)}")
+    return answer
+
+
+def wait_superlink(port: int, ca: Path, proc: Managed, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {proc.proc.returncode}; see {proc.log_path}")
+        try:
+            if httpx.get(f"https://{HOST}:{port}/health", verify=str(ca), timeout=1.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"flower-superlink did not answer on https://{HOST}:{port} within {timeout:.0f} s")
+
+
+def node_list(env: dict[str, str]) -> list[dict]:
+    return json_of(flwr(["supernode", "list", PROFILE, "--format", "json"], env)).get("nodes", [])
+
+
+def wait_online(env: dict[str, str], node_ids: set[int], timeout: float, cluster: Cluster) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = node_list(env)
+        online = {int(n["node-id"]) for n in nodes if n.get("status") == "online"}
+        if node_ids <= online:
+            return nodes
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"SuperNodes {sorted(node_ids - online)} not online after {timeout:.0f} s: {nodes}")
+        cluster.refresh()
+        time.sleep(1.0)
+
+
+def run_status(env: dict[str, str]) -> tuple[str, str]:
+    runs = json_of(flwr(["ls", PROFILE, "--format", "json"], env)).get("runs", [])
+    if not runs:
+        return "no run", ""
+    last = max(runs, key=lambda r: int(r["run-id"]))
+    return str(last.get("status", "unknown")), str(last.get("status-details", ""))
