@@ -108,6 +108,7 @@ class Result:
     refused: bool = False  # the unregistered SuperNode was kept out
     rejoined: bool | None = None  # the killed SuperNode was let in again (with --kill-after-seconds)
     overhead_s: float = math.nan  # median over clients and rounds after the first: ClientApp start -> first step
+    site_models: int = 0  # sites whose folder holds a personalized model that loads and generates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         log("FAIL: the SuperNode with an unregistered key was not kept out")
     print(f"deploy: rounds={args.rounds} nodes={result.nodes} killed={result.killed} status={result.status} "
           f"overhead_s={result.overhead_s:.2f}", flush=True)
-    return 0 if result.status == "completed" and result.refused else 1
+    return 0 if result.status == "completed" and result.refused and result.site_models == NODES else 1
 
 
 def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result) -> None:
@@ -332,7 +333,29 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
     if reports and args.keep:
         log(f"run report: {reports[-1]}")
     result.overhead_s = overhead(tmp / "runs", tmp)
+    result.site_models = check_site_models(tmp)
     result.status = "completed" if flower_status.endswith(":completed") else "failed"
+
+
+def check_site_models(tmp: Path) -> int:
+    """Each site's folder must hold its personalized model after the run (only there: the server has none):
+    load it as a site would (amole.load_personalized) and generate a few tokens."""
+    from amole.personal import load_personalized
+
+    ok = 0
+    for site in (tmp / f"site-{n}" for n in range(1, NODES + 1)):  # the registered sites, not the intruder
+        latest = sorted(site.glob("sites/*/model/*/latest"))
+        if not latest:
+            log(f"FAIL: {site.name} holds no personalized model")
+            continue
+        model, tokenizer = load_personalized(latest[-1], device="cpu")
+        ids = tokenizer("Q: hello\nA:", return_tensors="pt").input_ids
+        out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+        log(f"{site.name}: model {latest[-1].relative_to(tmp)} loads and generates {out.shape[1] - ids.shape[1]} "
+            "tokens")
+        ok += 1
+    log(f"sites holding a model that loads and generates: {ok} of {NODES}")
+    return ok
 
 
 def overhead(runs: Path, tmp: Path) -> float:
