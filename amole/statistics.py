@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from amole.answer import kept_logits
 from amole.model import amole_layers, token_mask
 
 
@@ -38,7 +39,8 @@ def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
     try:
         for batch in batches:
             with token_mask(model, batch["attention_mask"]):
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                kept_logits(model, torch.zeros_like(batch["attention_mask"], dtype=torch.bool),  # no LM head
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     finally:
         for layer in layers.values():
             layer.collect_stats = False
