@@ -117,6 +117,8 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         for key, step in steppers.items():
             times[key].append(step())
     med = {key: statistics.median(t) for key, t in times.items()}
+    print("  step seconds: " + " | ".join(f"{m} {mode} " + " ".join(f"{t:.2f}" for t in times[m, mode])
+                                          for m, mode in times), flush=True)
     tokens, answers = batch_size * seq_len, batch_size * answer_tokens
     out: dict[str, float] = {}
     for (m, mode), sec in med.items():
