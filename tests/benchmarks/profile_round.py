@@ -1,8 +1,10 @@
 """Where one client round's time goes: train / evaluate / statistics / export, with the configured model.
 
 Runs the round's pieces in the order a client does (amole.client_round) for the given clients and prints a
-seconds table and a JSON line. It only calls functions that the code before issue 14 had too, so the same
-script measures an older checkout: ``PYTHONPATH=<old checkout> python tests/benchmarks/profile_round.py``.
+table of wall and CPU seconds (CPU time of this process is the steadier figure on a shared machine; run with
+OMP_NUM_THREADS=1 so idle OpenMP threads spinning do not count) and a JSON line.
+It only calls functions that the code before issue 14 had too, so the same script measures an older checkout:
+``PYTHONPATH=<old checkout> python tests/benchmarks/profile_round.py``.
 
     python tests/benchmarks/profile_round.py --clients 0 1 2 3 [-o budget=demo ...] [--ops 15]
 ``--ops N`` adds torch.profiler's top-N operators (self CPU time) of the whole round.
@@ -28,30 +30,40 @@ from amole.statistics import collect_statistics
 PHASES = ("train", "evaluate", "statistics", "export")
 
 
-def round_times(model, tokenizer, settings, client: str, held: int) -> dict[str, float]:
-    """Seconds of each phase of one round of ``client`` holding ``held`` routed experts per module."""
+class _Clock:
+    """Wall and CPU seconds (this process, all threads) per phase: on a shared machine CPU time is the steadier."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def __call__(self, phase: str, fn, *args):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        self.wall[phase], self.cpu[phase] = time.perf_counter() - w, time.process_time() - c
+        return out
+
+
+def round_times(model, tokenizer, settings, client: str, held: int) -> dict[str, dict[str, float]]:
+    """Wall and CPU seconds of each phase of one round of ``client`` holding ``held`` routed experts per module."""
     splits = client_splits(settings.scenario, client, settings.federation.seed)
     layers = {n: (m.in_features, m.out_features) for n, m in inject_or_get(model, settings).items()}
     experts = list(range(min(held, settings.adapter.num_experts)))
     payload = bank.payload(bank.create_bank(layers, settings.adapter, seed=0), {n: experts for n in layers})
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    _train(model, tokenizer, splits, payload, settings, 1, 0)
-    times["train"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
-    times["evaluate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    clock = _Clock()
+    clock("train", _train, model, tokenizer, splits, payload, settings, 1, 0)
+    result = clock("evaluate", evaluate, model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
     if settings.adapter.num_experts:
-        collect_statistics(model, embedding_batches(tokenizer, splits, settings))
-    times["statistics"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    export_adapters(model)
-    times["export"] = time.perf_counter() - t0
-    times["round"] = sum(times[p] for p in PHASES)
+        clock("statistics", collect_statistics, model, embedding_batches(tokenizer, splits, settings))
+    else:
+        clock("statistics", lambda: None)
+    clock("export", export_adapters, model)
+    for d in (clock.wall, clock.cpu):
+        d["round"] = sum(d[p] for p in PHASES)
     print(f"client {client} ({splits.task}, {result['metric']} {result['score']:.3f}, {len(splits.test)} test, "
-          f"{len(splits.embed)} embed): " + "  ".join(f"{k} {v:.2f}s" for k, v in times.items()), flush=True)
-    return times
+          f"{len(splits.embed)} embed): " + "  ".join(f"{k} {clock.wall[k]:.2f}s wall {clock.cpu[k]:.2f}s cpu"
+                                                      for k in clock.wall), flush=True)
+    return {"wall": clock.wall, "cpu": clock.cpu}
 
 
 _INJECTED: dict[int, dict] = {}
@@ -81,10 +93,11 @@ def main() -> None:
     if prof is not None:
         prof.__exit__(None, None, None)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
-    total = {k: sum(r[k] for r in rows) for k in rows[0]}
-    print("phase       seconds  share")
+    total = {kind: {k: sum(r[kind][k] for r in rows) for k in (*PHASES, "round")} for kind in ("wall", "cpu")}
+    print("phase       wall s  share    cpu s  share")
     for k in (*PHASES, "round"):
-        print(f"{k:11s} {total[k]:8.2f}  {total[k] / total['round']:5.1%}")
+        w, c = total["wall"][k], total["cpu"][k]
+        print(f"{k:11s} {w:7.2f} {w / total['wall']['round']:6.1%} {c:8.2f} {c / total['cpu']['round']:6.1%}")
     print("JSON " + json.dumps({"clients": args.clients, "per_client": rows, "total": total}))
 
 
