@@ -79,7 +79,7 @@ def one_round(args: argparse.Namespace) -> dict:
             raise RuntimeError(f"the round failed:\n{error}")
     last = state.metrics["rounds"][-1]
     client_s = [m.get("seconds", 0.0) for m in last["clients"].values()]
-    return {"wall_s": wall, "round_s": last["seconds"], "rounds": state.round, "resources": resources,
+    return {"wall_s": wall, "rounds": state.round, "resources": resources,
             "scores": {c: round(m["score"], 3) for c, m in last["clients"].items()},
             "client_s_max": max(client_s, default=0.0), "clients": len(last["clients"]), "steps": settings.train.steps}
 
@@ -117,8 +117,8 @@ def main() -> None:
         print("== one round, 10 clients", flush=True)
         r = one_round(args)
         res = r["resources"]
-        lines.append(f"round: {r['clients']} clients x {r['steps']} steps: round {r['round_s']:.1f} s (simulation "
-                     f"{r['wall_s']:.1f} s, slowest client {r['client_s_max']:.1f} s), peak GPU "
+        lines.append(f"round: {r['clients']} clients x {r['steps']} steps: simulation {r['wall_s']:.1f} s (with Ray "
+                     f"start-up), slowest client round {r['client_s_max']:.1f} s, peak GPU "
                      f"{res.get('peak_gpu_mb', 'n/a')} MB, peak client RSS {res.get('peak_client_mb', 0):.0f} MB, "
                      f"total PSS {res.get('peak_total_mb', 0):.0f} MB")
         lines.append(f"round scores: {r['scores']}")
