@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo model bench-assign bench-step clean deploy-test certs experiments-small results \
-	compose-test wheelhouse
+.PHONY: install test lint demo model bench-assign bench-step gpu-check clean deploy-test certs experiments-small \
+	results compose-test wheelhouse
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench-assign: $(STAMP)
 
 bench-step: model
 	$(PY) tests/benchmarks/bench_step.py
+
+# On a CUDA machine, offline, < 8 min: bench-step in bf16 and NF4 plus one 10-client round of budget=gpu at reduced
+# steps (tests/benchmarks/gpu_check.py says what to copy there). GPU_CHECK_ARGS=--cpu-smoke checks it on a CPU.
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) tests/benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # A real SuperLink + 3 SuperNodes on loopback with TLS and SuperNode auth (docker/README.md); a few minutes.
 # DEPLOY_ARGS="--kill-after-seconds 2" kills a SuperNode mid-round and restarts it.

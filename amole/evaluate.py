@@ -1,8 +1,9 @@
 """Client-side evaluation (spec §4): LM-scoring accuracy for multiple choice, Rouge-L F1 for generation.
 
 Multiple choice: every candidate is appended to the prompt and the one with the lowest mean token loss wins,
-so the score needs no answer parsing. Generation: greedy decoding (or, under the paper's protocol, the model's
-own generation config), Rouge-L F1 against the reference by the implementation ``eval.rouge`` names.
+so the score needs no answer parsing; each prompt is encoded once for all its choices (``amole.choices``).
+Generation: greedy decoding (or, under the paper's protocol, the model's own generation config), Rouge-L F1
+against the reference by the implementation ``eval.rouge`` names.
 """
 
 from __future__ import annotations
@@ -10,29 +11,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from amole.answer import sequence_losses
+from amole.choices import choice_losses
 from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
-from amole.data.tokenize import IGNORE_INDEX
 from amole.rouge_l import metric_name, rouge_l_f
 
+__all__ = ["answer_loss", "choice_accuracy", "choice_losses", "evaluate", "generate", "pick", "rouge_l",
+           "rouge_predictions", "sequence_losses"]
 DECODINGS = ("greedy", "generation_config")
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def sequence_losses(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """Mean token loss of each sequence over its labelled (answer) tokens."""
-    dev = _device(model)
-    logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
-    labels = batch["labels"].to(dev)[:, 1:]
-    logits = logits[:, :-1].float()
-    tok = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-    counted = (labels != IGNORE_INDEX).sum(1).clamp_min(1)
-    return tok.sum(1) / counted
 
 
 @torch.no_grad()
@@ -54,29 +47,14 @@ def answer_loss(model: nn.Module, tokenizer, examples: Sequence[Example], max_le
 
 
 @torch.no_grad()
-def choice_losses(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int,
-                  batch_size: int) -> list[list[float]]:
-    """Mean answer-token loss of every choice of every example (the lowest one is the model's pick)."""
-    pad = pad_id_of(tokenizer)
-    rows = [encode(tokenizer, Example(ex.prompt, c), max_len) for ex in examples for c in ex.choices]
-    losses: list[float] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        losses += sequence_losses(model, collate(chunk, pad)).tolist()
-    out, pos = [], 0
-    for ex in examples:
-        out.append(losses[pos : pos + len(ex.choices)])
-        pos += len(ex.choices)
-    return out
-
-
 def pick(scores: Sequence[float]) -> int:
+    """The model's choice: the one with the lowest mean answer-token loss."""
     return min(range(len(scores)), key=scores.__getitem__)
 
 
 @torch.no_grad()
 def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
-    """Share of examples whose correct choice has the lowest mean answer-token loss."""
+    """Share of examples whose correct choice has the lowest mean answer-token loss (each prompt encoded once)."""
     losses = choice_losses(model, tokenizer, examples, max_len, batch_size)
     correct = sum(int(pick(scores) == ex.label) for ex, scores in zip(examples, losses, strict=True))
     return correct / max(len(examples), 1)

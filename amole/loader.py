@@ -188,6 +188,12 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
     for p in model.parameters():
         p.requires_grad_(False)
     model.config.use_cache = False
+    # bitsandbytes (0.50) repacks a CPU Linear4bit for its bf16 kernel on the first no-grad eval forward on
+    # AVX512-BF16 CPUs and then runs every later forward through that kernel, which has no backward: training
+    # after an evaluation would get no gradients at all. Keep the dequantize + matmul path, which trains.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     return model
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from amole.answer import kept_logits
 from amole.model import amole_layers, token_mask
 
 
@@ -37,7 +38,8 @@ def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
     try:
         for batch in batches:
             with token_mask(model, batch["attention_mask"]):
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                kept_logits(model, torch.zeros_like(batch["attention_mask"], dtype=torch.bool),  # no LM head
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     finally:
         for layer in layers.values():
             layer.collect_stats = False

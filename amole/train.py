@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from amole.answer import lm_loss
 from amole.config import TrainConfig
 from amole.model import load_balance_loss, token_mask, trainable_parameters
 
@@ -43,9 +44,9 @@ def train_steps(
     for _ in tqdm(range(cfg.steps), desc=f"round {server_round} train", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in next(batches).items()}
         with token_mask(model, batch["attention_mask"]):
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        lb = load_balance_loss(model).to(out.loss.device)
-        loss = out.loss + cfg.lb_coef * lb
+            lm = lm_loss(model, batch)  # the LM head runs at answer positions only
+        lb = load_balance_loss(model).to(lm.device)
+        loss = lm + cfg.lb_coef * lb
         if not torch.isfinite(loss):
             raise FloatingPointError(f"local loss became {loss.item()} in round {server_round}: lower the lr")
         optimizer.zero_grad(set_to_none=True)
@@ -54,7 +55,7 @@ def train_steps(
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         sums["total_loss"] += loss.item()
-        sums["loss"] += out.loss.item()
+        sums["loss"] += lm.item()
         sums["lb_loss"] += lb.item()
         tokens += int((batch["labels"] != -100).sum())
     steps = max(cfg.steps, 1)

@@ -1,11 +1,15 @@
-"""Training-step time of AMoLE (shared + 8 held experts, top-2) against a plain peft LoRA, same batch.
+"""Training-step time and tokens/s of AMoLE (shared + 8 held experts, top-2) against a plain peft LoRA, same batch.
 
-Both adapters have the same rank and targets on the same SmolLM2-135M backbone, in one process. Steps are
-interleaved (AMoLE, LoRA, AMoLE, ...) so drift in machine load hits both alike; the figure is the ratio of
-median step times. Runs on the CPU and, where CUDA is available, on the GPU.
+Both adapters have the same rank and targets on the same SmolLM2-135M backbone, in one process. Each row of the
+batch is labelled on its last ``--answer-tokens`` tokens only (a prompt + short answer, as in training), and
+every model is stepped two ways: ``full`` (logits at every position, ``model(labels=...).loss``: the code before
+issue 14) and ``answer`` (the LM head at answer positions only, ``amole.answer.lm_loss``: what training runs now).
+Steps are interleaved (AMoLE full, AMoLE answer, LoRA full, LoRA answer, ...) so drift in machine load hits all
+alike; figures are medians. Runs on the CPU and, where CUDA is available, on the GPU.
 
-    python tests/benchmarks/bench_step.py [--steps 6] [--quantization none 4bit]
-Last line: ``step: amole_over_lora=<x>`` (the largest ratio measured, i.e. the least flattering one).
+    python tests/benchmarks/bench_step.py [--steps 6] [--quantization none 4bit] [--answer-tokens 8]
+Last line: ``step: amole_over_lora=<x>`` (the largest ratio of answer-mode step times measured, i.e. the least
+flattering one).
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
 
+from amole.answer import lm_loss
 from amole.bank import create_bank, payload
 from amole.config import AdapterConfig, ModelConfig
 from amole.loader import load_base_model
-from amole.model import import_adapters, inject, trainable_parameters
+from amole.model import import_adapters, inject, load_balance_loss, token_mask, trainable_parameters
+
+MODES = ("full", "answer")
 
 
 def amole_model(mcfg: ModelConfig, acfg: AdapterConfig, held: int, device: str):
@@ -40,18 +48,21 @@ def lora_model(mcfg: ModelConfig, acfg: AdapterConfig, device: str):
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
-def step_fn(model, params, batch):
+def loss_of(model, batch: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
+    """The LM loss (plus AMoLE's load-balance term) the way ``mode`` computes it."""
+    with token_mask(model, batch["attention_mask"]):
+        lm = model(**batch).loss if mode == "full" else lm_loss(model, batch)
+    return lm + 0.001 * load_balance_loss(model).to(lm.device)
+
+
+def step_fn(model, params, batch, mode: str) -> Callable[[], float]:
     opt = torch.optim.Adam(params, lr=1e-5)
     model.train()
 
     def step() -> float:
         sync(batch["input_ids"].device)
         t0 = time.perf_counter()
-        out = model(**batch)
-        loss = out.loss
-        aux = [m.lb_loss for m in model.modules() if getattr(m, "lb_loss", None) is not None]
-        if aux:
-            loss = loss + 0.001 * torch.stack(aux).sum()
+        loss = loss_of(model, batch, mode)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -66,28 +77,72 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps: int, warmup: int) -> float:
-    dtype = "bfloat16" if device == "cuda" else "float32"
-    mcfg = ModelConfig(name="smollm2-135m", quantization=quantization, dtype=dtype)
-    acfg = AdapterConfig(num_experts=8, top_k=2)
+def make_batch(batch_size: int, seq_len: int, answer_tokens: int, vocab: int, device: str) -> dict[str, torch.Tensor]:
+    """Random tokens; each row ends in ``answer_tokens`` labelled tokens after a masked prompt."""
     torch.manual_seed(0)
-    ids = torch.randint(0, 49000, (batch_size, seq_len), device=device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    ids = torch.randint(0, vocab, (batch_size, seq_len), device=device)
+    labels = ids.clone()
+    labels[:, : seq_len - answer_tokens] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+@torch.no_grad()
+def loss_gap(model, batch: dict[str, torch.Tensor]) -> float:
+    """|full - answer| LM loss of one model in eval mode (no dropout): the two modes must agree."""
+    model.eval()
+    gap = (model(**batch).loss.float() - lm_loss(model, batch).float()).abs().item()
+    model.train()
+    return gap
+
+
+def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps: int, warmup: int,
+            answer_tokens: int = 8, model_name: str = "smollm2-135m", dtype: str | None = None) -> dict[str, float]:
+    """Median step seconds and tokens/s per model and mode, the AMoLE/LoRA ratio and the answer-mode speed-up."""
+    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
+    mcfg = ModelConfig(name=model_name, quantization=quantization, dtype=dtype)
+    acfg = AdapterConfig(num_experts=8, top_k=2)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     a_model, a_params = amole_model(mcfg, acfg, held=8, device=device)
     l_model, l_params = lora_model(mcfg, acfg, device=device)
-    a_step, l_step = step_fn(a_model, a_params, batch), step_fn(l_model, l_params, batch)
+    batch = make_batch(batch_size, seq_len, answer_tokens, min(49000, a_model.config.vocab_size), device)
+    gaps = {"amole": loss_gap(a_model, batch), "lora": loss_gap(l_model, batch)}
+    steppers = {(m, mode): step_fn(model, params, batch, mode)
+                for m, model, params in (("amole", a_model, a_params), ("lora", l_model, l_params)) for mode in MODES}
     for _ in range(warmup):
-        a_step()
-        l_step()
-    a_times, l_times = [], []
+        for step in steppers.values():
+            step()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in steppers}
     for _ in range(steps):
-        a_times.append(a_step())
-        l_times.append(l_step())
-    a, lo = statistics.median(a_times), statistics.median(l_times)
-    print(f"{device:5s} {quantization:5s} {batch_size}x{seq_len}: amole {a * 1e3:8.1f} ms  lora {lo * 1e3:8.1f} ms  "
-          f"ratio {a / lo:.3f}  (AMoLE trainable {sum(p.numel() for p in a_params):,}, "
-          f"LoRA {sum(p.numel() for p in l_params):,})", flush=True)
-    return a / lo
+        for key, step in steppers.items():
+            times[key].append(step())
+    med = {key: statistics.median(t) for key, t in times.items()}
+    print("  step seconds: " + " | ".join(f"{m} {mode} " + " ".join(f"{t:.2f}" for t in times[m, mode])
+                                          for m, mode in times), flush=True)
+    tokens, answers = batch_size * seq_len, batch_size * answer_tokens
+    out: dict[str, float] = {}
+    for (m, mode), sec in med.items():
+        out[f"{m}_{mode}_s"] = sec
+        out[f"{m}_{mode}_tok_s"] = tokens / sec
+        out[f"{m}_{mode}_answer_tok_s"] = answers / sec
+    out["ratio"] = med["amole", "answer"] / med["lora", "answer"]
+    out["ratio_full"] = med["amole", "full"] / med["lora", "full"]
+    out["amole_speedup"] = med["amole", "full"] / med["amole", "answer"]
+    out["lora_speedup"] = med["lora", "full"] / med["lora", "answer"]
+    out["amole_loss_gap"], out["lora_loss_gap"] = gaps["amole"], gaps["lora"]
+    if device == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(f"{device:5s} {quantization:5s} {batch_size}x{seq_len} ({answer_tokens} answer tokens a row)  "
+          f"AMoLE trainable {sum(p.numel() for p in a_params):,}, LoRA {sum(p.numel() for p in l_params):,}")
+    for m in ("amole", "lora"):
+        print(f"  {m:5s} full {out[f'{m}_full_s'] * 1e3:8.1f} ms {out[f'{m}_full_tok_s']:8.0f} tok/s | "
+              f"answer {out[f'{m}_answer_s'] * 1e3:8.1f} ms {out[f'{m}_answer_tok_s']:8.0f} tok/s "
+              f"({out[f'{m}_answer_answer_tok_s']:.0f} answer tok/s) | speed-up {out[f'{m}_speedup']:.2f}x | "
+              f"|loss full - answer| {out[f'{m}_loss_gap']:.1e}")
+    print(f"  amole/lora step ratio {out['ratio']:.3f} (full logits {out['ratio_full']:.3f})"
+          + (f" | peak GPU memory {out['peak_mem_gib']:.2f} GiB" if device == "cuda" else ""), flush=True)
+    del a_model, l_model
+    return out
 
 
 def main() -> None:
@@ -95,15 +150,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quantization", nargs="+", default=["none", "4bit"])
+    p.add_argument("--answer-tokens", type=int, default=8)
+    p.add_argument("--cpu-batch", type=int, nargs=2, default=[4, 256], metavar=("ROWS", "TOKENS"))
+    p.add_argument("--no-cuda", action="store_true", help="CPU only, even where CUDA is available")
     args = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    setups = [("cpu", 4, 256)]
-    if torch.cuda.is_available():
+    setups = [("cpu", *args.cpu_batch)]
+    if torch.cuda.is_available() and not args.no_cuda:
         setups.append(("cuda", 16, 512))
     ratios = {}
     for device, bs, seq in setups:
         for q in args.quantization:
-            ratios[(device, q)] = measure(device, q, bs, seq, args.steps, args.warmup)
+            res = measure(device, q, bs, seq, args.steps, args.warmup, args.answer_tokens)
+            ratios[(device, q)] = res["ratio"]
     summary = " ".join(f"{d}/{q}={r:.2f}" for (d, q), r in ratios.items())
     print(f"ratios: {summary}")
     print(f"step: amole_over_lora={max(ratios.values()):.2f}")

@@ -1,0 +1,132 @@
+"""`make gpu-check`: what one CUDA GPU does with this project, in one offline run of a few minutes.
+
+1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE and peft LoRA (full-logit and answer-position
+   loss), the AMoLE/LoRA ratio and peak GPU memory (``bench_step.measure``);
+2. one round of ``budget=gpu`` with 10 clients at reduced local steps, through the in-process Flower simulation
+   the experiment runner uses (``tools.simulation.simulate``): wall time, the clients' scores, peak memory.
+
+Offline: a GPU machine has no internet, so it must bring
+* a Python environment with this project installed (``make install``; torch with CUDA);
+* the converted SmolLM2 folder: ``make model`` writes it to ``~/.cache/amole/models/smollm2-135m`` (about 520 MB,
+  fp32 safetensors + tokenizer); copy that folder to the GPU machine and pass ``--model-dir``, or put it at
+  ``shared/models/smollm2-135m`` (the default when present), or set ``AMOLE_CACHE`` to a copied cache root;
+* the BIG-bench task files for the round (10 JSON files, ~3 MB): ``--bigbench-dir`` (default
+  ``shared/data/bigbench`` when present); without them the round runs on the in-memory synthetic tasks.
+
+    python tests/benchmarks/gpu_check.py [--model-dir DIR] [--bigbench-dir DIR] [--steps 20]
+    python tests/benchmarks/gpu_check.py --cpu-smoke     # tiny model on the CPU, seconds: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: amole, server_app
+
+import bench_step  # noqa: E402
+from server_app.experiment import compose_job, experiment_options, settings_from_cfg  # noqa: E402
+
+from amole.gguf import cache_root  # noqa: E402
+from tools.simulation import simulate  # noqa: E402
+
+SYNTHETIC_TASKS = "[reverse,upper,copy,sort,first_letter,vowel_parity,reverse,upper,copy,sort]"
+
+
+def default_model_dir() -> Path:
+    shared = Path("shared/models/smollm2-135m")
+    return shared if shared.is_dir() else cache_root() / "models" / "smollm2-135m"
+
+
+def bench(model: str, cpu_smoke: bool) -> list[dict[str, float]]:
+    if cpu_smoke:
+        return [bench_step.measure("cpu", "none", 2, 32, steps=1, warmup=1, answer_tokens=4, model_name=model)]
+    return [bench_step.measure("cuda", q, 16, 512, steps=5, warmup=2, answer_tokens=8, model_name=model,
+                               dtype="bfloat16") for q in ("none", "4bit")]
+
+
+def round_overrides(args: argparse.Namespace) -> list[str]:
+    if args.cpu_smoke:
+        return ["model=tiny", "budget=smoke", "scenario=synthetic", f"scenario.tasks={SYNTHETIC_TASKS}",
+                "federation.num_clients=10", "federation.num_rounds=1", "train.steps=2"]
+    out = ["budget=gpu", "model=smollm2", f"model.name={args.model_dir}", "federation.num_clients=10",
+           "federation.num_rounds=1", f"train.steps={args.steps}", f"scenario.test_cap={args.test_cap}",
+           f"scenario.embed_cap={args.test_cap}", f"eval.max_new_tokens={args.max_new_tokens}"]
+    if args.bigbench_dir and Path(args.bigbench_dir).is_dir():
+        out += ["scenario=bigbench_tasks", f"scenario.local_dir={Path(args.bigbench_dir).resolve()}"]
+    else:
+        print(f"no BIG-bench folder at {args.bigbench_dir!r}: the round runs on synthetic tasks", flush=True)
+        out += ["scenario=synthetic", f"scenario.tasks={SYNTHETIC_TASKS}"]
+    return out + list(args.override)
+
+
+def one_round(args: argparse.Namespace) -> dict:
+    cfg, _ = compose_job(round_overrides(args))
+    settings, opts = settings_from_cfg(cfg), experiment_options(cfg)
+    if args.cpu_smoke:
+        opts.update(client_num_cpus=1, client_num_gpus=0.0)
+    with tempfile.TemporaryDirectory(prefix="amole-gpu-check-") as tmp:
+        state, error, resources, wall = simulate(settings, Path(tmp), None, opts, Path(tmp) / "round.log")
+        if error:
+            print((Path(tmp) / "round.log").read_text()[-4000:], flush=True)
+            raise RuntimeError(f"the round failed:\n{error}")
+    last = state.metrics["rounds"][-1]
+    client_s = [m.get("seconds", 0.0) for m in last["clients"].values()]
+    return {"wall_s": wall, "rounds": state.round, "resources": resources,
+            "scores": {c: round(m["score"], 3) for c, m in last["clients"].items()},
+            "client_s_max": max(client_s, default=0.0), "clients": len(last["clients"]), "steps": settings.train.steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU: check that the script runs")
+    p.add_argument("--model-dir", default=str(default_model_dir()))
+    p.add_argument("--bigbench-dir", default="shared/data/bigbench")
+    p.add_argument("--steps", type=int, default=20, help="local steps of the round (budget=gpu has 200)")
+    p.add_argument("--test-cap", type=int, default=50, help="test and embedding examples per client")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--skip-bench", action="store_true")
+    p.add_argument("--skip-round", action="store_true")
+    p.add_argument("override", nargs="*", help="more Hydra overrides for the round")
+    args = p.parse_args()
+    start = time.perf_counter()
+    if not args.cpu_smoke:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --cpu-smoke to check the script on the CPU")
+        if not (Path(args.model_dir) / "config.json").is_file():
+            raise SystemExit(f"no converted SmolLM2 folder at {args.model_dir}: copy ~/.cache/amole/models/"
+                             "smollm2-135m there (see this script's docstring) or pass --model-dir")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    model = "tiny-llama" if args.cpu_smoke else args.model_dir
+    lines = []
+    if not args.skip_bench:
+        print("== bench-step", flush=True)
+        for res in bench(model, args.cpu_smoke):
+            lines.append(f"bench-step: ratio {res['ratio']:.2f}, AMoLE {res['amole_answer_tok_s']:.0f} tok/s, "
+                         f"LoRA {res['lora_answer_tok_s']:.0f} tok/s, answer-position speed-up "
+                         f"{res['amole_speedup']:.2f}x, peak {res.get('peak_mem_gib', float('nan')):.2f} GiB")
+    if not args.skip_round:
+        print("== one round, 10 clients", flush=True)
+        r = one_round(args)
+        res = r["resources"]
+        lines.append(f"round: {r['clients']} clients x {r['steps']} steps: simulation {r['wall_s']:.1f} s (with Ray "
+                     f"start-up), slowest client round {r['client_s_max']:.1f} s, peak GPU "
+                     f"{res.get('peak_gpu_mb', 'n/a')} MB, peak client RSS {res.get('peak_client_mb', 0):.0f} MB, "
+                     f"total PSS {res.get('peak_total_mb', 0):.0f} MB")
+        lines.append(f"round scores: {r['scores']}")
+    print("== gpu-check summary" + (" (CPU smoke run: no GPU figures)" if args.cpu_smoke else ""))
+    for line in lines:
+        print(line)
+    print(f"gpu-check: done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
