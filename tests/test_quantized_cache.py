@@ -69,7 +69,8 @@ def test_cached_load_is_the_quantize_on_load_model(
     cfg = _cfg(source, tmp_path, quantization)
     quant = loader.bnb_config(quantization, "cpu")
     with loader._quiet_bnb():
-        direct = loader._from_pretrained(str(source), quant, torch.float32, "cpu", None)  # no cache involved
+        # quantize-on-load as the loader does it (frozen: bnb's bf16 repack off), no cache involved
+        direct = loader.freeze(loader._from_pretrained(str(source), quant, torch.float32, "cpu", None))
     quantize_calls.clear()
 
     first, _ = loader.load_base_model(cfg, device="cpu")  # miss: quantizes and fills the cache
@@ -143,7 +144,7 @@ def test_changed_source_is_rebuilt(source: Path, tmp_path: Path, quantize_calls:
     assert not torch.allclose(new, old)
     quant = loader.bnb_config("4bit", "cpu")
     with loader._quiet_bnb():
-        direct = loader._from_pretrained(str(source), quant, torch.float32, "cpu", None)
+        direct = loader.freeze(loader._from_pretrained(str(source), quant, torch.float32, "cpu", None))
     assert torch.equal(new, _logits(direct))
     assert torch.equal(_logits(loader.load_base_model(cfg, device="cpu")[0]), new)
     assert len(quantize_calls) == 3  # the direct load above; the cached one was a read
