@@ -17,7 +17,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app import protocol
-from client_app.node import Clock, client_identity, uses_worker
+from client_app.node import Clock, client_identity, client_task, uses_worker
 from client_app.protocol import ClientResult, Request
 
 app = ClientApp()
@@ -26,8 +26,6 @@ app = ClientApp()
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Report this node's client id and task, so the server maps nodes to clients by id (no data is loaded)."""
-    from client_app.runtime import client_task  # once per node and run: not worth a worker
-
     request = protocol.read_request(msg.content)
     client = client_identity(context.node_config)
     task = client_task(request.settings, client, context.node_config)

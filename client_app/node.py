@@ -36,6 +36,14 @@ def data_choice(node_config: Mapping[str, Any]) -> tuple[str | None, str | None]
     return (None if task is None else str(task)), (None if path is None else str(path))
 
 
+def client_task(settings: Any, client: str, node_config: Mapping[str, Any]) -> str:
+    """The task this node trains on, named without loading its data. Only the data code is imported (torch,
+    ~1 s), not the model code (transformers, peft, ~10 s), so a fresh process answers 'who are you' fast."""
+    from amole.data.scenario import task_name
+
+    return task_name(settings.scenario, client, *data_choice(node_config))
+
+
 def simulated(node_config: Mapping[str, Any]) -> bool:
     """Flower's simulation gives every node a ``partition-id``; deployed SuperNodes name a ``client-id``."""
     return "partition-id" in node_config and "client-id" not in node_config

@@ -22,7 +22,6 @@ from amole.client_round import ClientJob
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
-from amole.data.scenario import task_name
 from amole.loader import load_base_model
 from amole.model import inject
 from amole.site import site_folder
@@ -51,11 +50,6 @@ def injected_model(settings: Settings) -> tuple[Any, Any]:
 def _splits(scenario_json: str, seed: int, client: str, task: str | None, data_path: str | None) -> ClientSplits:
     settings = Settings.from_dict({"scenario": json.loads(scenario_json)})
     return build_splits(settings.scenario, client, seed, task=task, data_path=data_path)
-
-
-def client_task(settings: Settings, client: str, node_config: Mapping[str, Any]) -> str:
-    """The task this node trains on, named without loading its data (answering 'who are you' stays fast)."""
-    return task_name(settings.scenario, client, *data_choice(node_config))
 
 
 def client_splits(settings: Settings, client: str, node_config: Mapping[str, Any]) -> ClientSplits:
