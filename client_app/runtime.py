@@ -24,9 +24,8 @@ from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
 from amole.loader import load_base_model
 from amole.model import inject
-from amole.site import site_folder
 from amole.strategies import strategy_named
-from client_app.node import Clock, client_identity, data_choice
+from client_app.node import Clock, client_identity, data_choice, site_folder
 from client_app.protocol import EVALUATE, PROBE, TRAIN, ClientResult, Request
 
 log = logging.getLogger("amole.client")
@@ -65,7 +64,7 @@ def client_job(request: Request, node_config: Mapping[str, Any]) -> ClientJob:
         raise ValueError(f"message for client {request.client} reached client {client}")
     settings = request.settings
     model, tokenizer = injected_model(settings)
-    site = site_folder(node_config.get("site-dir") or settings.federation.site_dir, client)
+    site = site_folder(settings.federation, node_config)
     return ClientJob(model, tokenizer, client_splits(settings, client, node_config), settings,
                      request.server_round, client, site, request.run_id)
 

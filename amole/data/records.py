@@ -20,14 +20,10 @@ from typing import Any
 
 from amole.atomic import atomic_path
 from amole.data.errors import DataSourceError, TaskFormatError
+from amole.paths import expand
 
 Row = dict[str, Any]
 Origin = str  # "file:line" (or "hub-id[split]:index") named in parse errors
-
-
-def expand(path: str | os.PathLike[str]) -> Path:
-    """``~`` and environment variables expanded."""
-    return Path(os.path.expandvars(os.path.expanduser(str(path))))
 
 
 def local_files(path: str | os.PathLike[str]) -> list[Path]:
