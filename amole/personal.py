@@ -188,11 +188,16 @@ def keep_round(site_dir: str | os.PathLike[str], model: nn.Module, info: KeptInf
     except PersonalModelError:
         best = None
     if best is None or info.score > best:
-        with atomic_folder(site / "best") as tmp:
-            for f in (site / "latest").iterdir():
-                shutil.copy2(f, tmp / f.name)
-        written["best"] = site / "best"
+        written["best"] = copy_model(site / "latest", site / "best")
     return written
+
+
+def copy_model(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """An atomic copy of the kept model folder ``src`` at ``target`` (which may only be an earlier model)."""
+    with atomic_folder(target) as tmp:
+        for f in Path(src).iterdir():
+            shutil.copy2(f, tmp / f.name)
+    return Path(target)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,14 +26,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no global state, nothing to close
 
-from amole.atomic import atomic_folder, atomic_path, write_text
+from amole.atomic import atomic_path, write_text
+from amole.personal import copy_model
 from amole.privacy import EXPLANATION
 from amole.site import model_folder, site_folder
 from server_app.registry import client_order, natural_key
@@ -372,8 +372,6 @@ def copy_client_models(run_dir: Path, site_dir: str | None, run_id: str, clients
         src = model_folder(site_folder(site_dir, client), run_id) / "latest"
         if not src.is_dir():
             continue
-        with atomic_folder(run_dir / "clients" / client / "model") as tmp:
-            for f in src.iterdir():
-                shutil.copy2(f, tmp / f.name)
+        copy_model(src, run_dir / "clients" / client / "model")
         copied.append(client)
     return copied

@@ -331,6 +331,8 @@ def test_a_new_site_joins_in_round_2_with_experts_chosen_from_its_statistics(tmp
     r1, r2 = state.metrics["rounds"]
     assert set(r1["clients"]) == {"0", "1"} and r2["joined"] == ["2"] and set(r2["clients"]) == {"0", "1", "2"}
     assert "client 2 joined in round 2" in (tmp_path / "join" / "report.md").read_text()
+    # In simulation the run directory also gets each client's latest kept model.
+    assert all((tmp_path / "join" / "clients" / c / "model" / "amole_model.json").is_file() for c in ("0", "1", "2"))
 
     probes = [(m, r) for m, r in log if m[0].metadata.message_type == protocol.PROBE_MESSAGE]
     assert len(probes) == 1
