@@ -89,11 +89,7 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
     held, metrics = _train(job, payload, seed)
     result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
     # No routed pool (plain LoRA baselines): nothing for RSEA to score, so skip encoding the embedding set.
-    stats: dict[str, Tensor] = {}
-    if settings.adapter.num_experts:
-        stats = collect_statistics(model, embedding_batches(tokenizer, splits, settings))
-    if settings.assign.dp_eta is not None:  # noise from the OS entropy: the server cannot regenerate it
-        stats = privatize(stats, settings.assign.dp_eta, settings.assign.dp_clip)
+    stats = routing_statistics(job) if settings.adapter.num_experts else {}
     metrics.update(
         score=float(result["score"]),
         num_examples=float(len(splits.train)),
@@ -108,6 +104,13 @@ def probe(job: ClientJob, payload: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A joining client's routing statistics under the shared expert and router it was sent (no experts yet),
     so RSEA can assign it experts from its own data (a cold start, not a random pick)."""
     import_adapters(job.model, payload)
+    return routing_statistics(job)
+
+
+def routing_statistics(job: ClientJob) -> dict[str, Tensor]:
+    """What the client uploads for RSEA: its routing statistics over the embedding set under the adapters the
+    model holds, with metric-DP noise when ``assign.dp_eta`` is set (from the OS entropy: the server cannot
+    regenerate it)."""
     stats = collect_statistics(job.model, embedding_batches(job.tokenizer, job.splits, job.settings))
     if job.settings.assign.dp_eta is not None:
         stats = privatize(stats, job.settings.assign.dp_eta, job.settings.assign.dp_clip)
