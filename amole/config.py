@@ -78,6 +78,7 @@ class ModelConfig:
     gguf_file: str | None = None
     quantization: str = "none"  # none | 8bit | 4bit
     dtype: str = "float32"  # compute dtype of the adapters and non-quantized weights
+    dense_on_cpu: bool = True  # CPU only: hold the quantized backbone dequantized (same values, BLAS matmuls)
     cache_dir: str | None = None
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for name == "tiny-llama"
 

@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from amole.config import ModelConfig
+from amole.dense_backbone import dequantize_frozen
 from amole.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
 from amole.model import target_linears
 from amole.quantized_cache import load_quantized
@@ -239,6 +240,8 @@ def load_base_model(
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if quant is not None and cfg.dense_on_cpu and torch.device(device).type == "cpu":
+        dequantize_frozen(model, dtype)
     return freeze(model), tokenizer
 
 

@@ -27,7 +27,7 @@ from tests.helpers import TEXT, TINY, text_ids, tiny_cfg
 @pytest.mark.parametrize(("quantization", "bnb_class"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_quantized_tiny_llama_runs_on_cpu(quantization: str, bnb_class: str) -> None:
     ref, _ = load_base_model(TINY, device="cpu")
-    model, _ = load_base_model(tiny_cfg(quantization=quantization), device="cpu")
+    model, _ = load_base_model(tiny_cfg(quantization=quantization, dense_on_cpu=False), device="cpu")
     import bitsandbytes as bnb  # after loading, which silences its import-time notice
 
     if quantization == "4bit":  # checked before any forward: bnb's CPU path repacks (un-nests) on first use

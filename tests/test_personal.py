@@ -54,7 +54,7 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path: Path) -> None:
 
 
 def test_quantized_base_is_reloaded_with_the_same_quantization(tmp_path: Path) -> None:
-    cfg = ModelConfig(name="tiny-llama", quantization="8bit")
+    cfg = ModelConfig(name="tiny-llama", quantization="8bit", dense_on_cpu=False)
     model, _ = trained_model(cfg)
     save_personalized(tmp_path / "q", model, info(model=cfg))
     loaded, _ = load_personalized(tmp_path / "q", device="cpu")

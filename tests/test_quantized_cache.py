@@ -48,7 +48,8 @@ def quantize_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _cfg(source: Path, tmp_path: Path, quantization: str = "4bit") -> ModelConfig:
-    return ModelConfig(name=str(source), quantization=quantization, cache_dir=str(tmp_path / "cache"))
+    return ModelConfig(name=str(source), quantization=quantization, cache_dir=str(tmp_path / "cache"),
+                       dense_on_cpu=False)
 
 
 def _logits(model: torch.nn.Module) -> torch.Tensor:

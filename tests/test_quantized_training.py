@@ -11,7 +11,7 @@ from amole.model import inject, trainable_parameters
 
 def test_gradients_after_an_eval_forward_equal_those_before() -> None:
     torch.manual_seed(0)
-    model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit"), device="cpu")
+    model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", dense_on_cpu=False), device="cpu")
     inject(model, AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=0))
     params = [p for p in trainable_parameters(model) if p.numel()]
     with torch.no_grad():
