@@ -61,8 +61,14 @@ class ClientJob:
 class RoundResult:
     adapters: dict[str, Tensor]  # what is uploaded (empty: nothing leaves the client)
     stats: dict[str, Tensor]  # routing statistics for RSEA (empty without routed experts)
-    metrics: dict[str, float]  # score, train_loss, experts_mean, num_examples, seconds, ...
+    metrics: dict[str, float]  # score, score_se, test_n, train_loss, experts_mean, num_examples, seconds, ...
     info: dict[str, str]  # task name and metric kind
+
+
+def score_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of an evaluation a reply carries: the score, its standard error over the test examples and
+    how many examples were scored (so a results table can say whether a difference exceeds the noise)."""
+    return {"score": float(result["score"]), "score_se": float(result["score_se"]), "test_n": float(result["n"])}
 
 
 def embedding_batches(tokenizer, splits: ClientSplits, settings: Settings) -> list[dict[str, Tensor]]:
@@ -91,7 +97,7 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
     # No routed pool (plain LoRA baselines): nothing for RSEA to score, so skip encoding the embedding set.
     stats = routing_statistics(job) if settings.adapter.num_experts else {}
     metrics.update(
-        score=float(result["score"]),
+        **score_metrics(result),
         num_examples=float(len(splits.train)),
         experts_mean=float(np.mean([len(ids) for ids in held.values()])),
         seconds=time.perf_counter() - start,
@@ -146,7 +152,7 @@ def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
     job.keep_model(result["score"], result["metric"])  # the fused adapter it was scored with
     metrics.update({f"private_{k}": v for k, v in private_metrics.items() if k.startswith("train_")})
     metrics.update(
-        score=float(result["score"]),
+        **score_metrics(result),
         num_examples=float(len(splits.train)),
         experts_mean=0.0,
         fusion_w_private=fusion.w_private,

@@ -8,6 +8,8 @@ against the reference by the implementation ``eval.rouge`` names.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -19,8 +21,8 @@ from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
 from amole.rouge_l import metric_name, rouge_l_f
 
-__all__ = ["answer_loss", "choice_accuracy", "choice_losses", "evaluate", "generate", "pick", "rouge_l",
-           "rouge_predictions", "sequence_losses"]
+__all__ = ["answer_loss", "choice_accuracy", "choice_hits", "choice_losses", "evaluate", "generate", "pick",
+           "rouge_l", "rouge_predictions", "sequence_losses", "standard_error"]
 DECODINGS = ("greedy", "generation_config")
 
 
@@ -53,11 +55,24 @@ def pick(scores: Sequence[float]) -> int:
 
 
 @torch.no_grad()
-def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
-    """Share of examples whose correct choice has the lowest mean answer-token loss (each prompt encoded once)."""
+def choice_hits(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> list[int]:
+    """Per example, 1 when its correct choice has the lowest mean answer-token loss (each prompt encoded once)."""
     losses = choice_losses(model, tokenizer, examples, max_len, batch_size)
-    correct = sum(int(pick(scores) == ex.label) for ex, scores in zip(examples, losses, strict=True))
-    return correct / max(len(examples), 1)
+    return [int(pick(scores) == ex.label) for ex, scores in zip(examples, losses, strict=True)]
+
+
+@torch.no_grad()
+def choice_accuracy(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, batch_size: int) -> float:
+    """Share of examples whose correct choice has the lowest mean answer-token loss."""
+    return sum(choice_hits(model, tokenizer, examples, max_len, batch_size)) / max(len(examples), 1)
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of per-example scores (sample std / sqrt(n)); NaN below two examples.
+
+    Reported with every score so a results table can tell a difference from the noise of a small test split.
+    """
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) >= 2 else math.nan
 
 
 @torch.no_grad()
@@ -105,16 +120,20 @@ def rouge_l(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: i
 
 
 def evaluate(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> dict:
-    """The client's score on ``examples``: accuracy for multiple-choice tasks, Rouge-L for generative ones."""
+    """The client's score on ``examples`` (accuracy for multiple-choice tasks, Rouge-L for generative ones), its
+    standard error over the examples (``score_se``) and the number of examples scored (``n``)."""
     if not examples:
         raise ValueError("no evaluation examples")
     was_training = model.training
     model.eval()
     try:
         if all(ex.is_choice for ex in examples):
-            return {"score": choice_accuracy(model, tokenizer, examples, max_len, cfg.batch_size),
-                    "metric": "accuracy", "n": len(examples)}
-        return {"score": rouge_l(model, tokenizer, examples, max_len, cfg), "metric": metric_name(cfg.rouge),
-                "n": len(examples)}
+            values: list[float] = list(choice_hits(model, tokenizer, examples, max_len, cfg.batch_size))
+            metric = "accuracy"
+        else:
+            values = [f for _, f in rouge_predictions(model, tokenizer, examples, max_len, cfg)]
+            metric = metric_name(cfg.rouge)
     finally:
         model.train(was_training)
+    return {"score": sum(values) / len(values), "score_se": standard_error(values), "metric": metric,
+            "n": len(examples)}

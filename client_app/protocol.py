@@ -4,7 +4,8 @@ each message kind is built and read. The server loop and the ClientApp call thes
     identify  (QUERY)     server -> settings                      client -> client id, task
     train     (TRAIN)     server -> settings, round, client id,   client -> trained adapters, routing
                                     run id, adapters                        statistics, metrics, task, metric
-    evaluate  (EVALUATE)  server -> same as train                 client -> score, num_examples
+    evaluate  (EVALUATE)  server -> same as train                 client -> score, score_se, test_n,
+                                                                            num_examples
 
 Metric names are the same end to end: what the client's round reports is what metrics.json holds.
 """
@@ -32,9 +33,13 @@ SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-
 # Metrics every train reply carries, and the optional ones: FDLoRA's tuned fusion weights; overhead_s, the
 # seconds from the ClientApp's start to the round's first step (imports, model load: what a warm worker saves),
 # startup_s, the part of it before the ClientApp's handler ran (Flower's own process start), and that part's
-# CPU seconds (what it takes without contention for the CPU).
+# CPU seconds (what it takes without contention for the CPU). score_se (standard error of the score over the test
+# examples) and test_n (how many were scored) are optional so that replies of older clients still count.
 TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
-OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global", "overhead_s", "startup_s", "startup_cpu_s")
+OPTIONAL_METRICS = ("score_se", "test_n", "fusion_w_private", "fusion_w_global", "overhead_s", "startup_s",
+                    "startup_cpu_s")
+# What an evaluate reply adds to the score when its client sent them.
+SPREAD_METRICS = ("score_se", "test_n")
 # The two kinds of round request a client runs (identify is answered without the model).
 TRAIN, EVALUATE, PROBE = "train", "evaluate", "probe"
 # A joining client is probed for its routing statistics: a named query action (message type "query.probe").
@@ -62,7 +67,8 @@ class ClientResult:
     """A client's answer to a round request, in plain values: what the reply message is built from, and what
     a site's worker process hands back to its ClientApp."""
 
-    metrics: dict[str, float]  # train: TRAIN_METRICS (+ optional); evaluate: score, num_examples (+ overhead_s)
+    metrics: dict[str, float]  # train: TRAIN_METRICS (+ optional); evaluate: score, SPREAD_METRICS, num_examples
+    #                            (+ overhead_s)
     adapters: dict[str, np.ndarray] = field(default_factory=dict)  # uploaded (empty: nothing leaves the client)
     stats: dict[str, np.ndarray] = field(default_factory=dict)  # routing statistics for RSEA
     info: dict[str, str] = field(default_factory=dict)  # task name and metric kind (train)
@@ -133,6 +139,8 @@ def read_train_reply(content: RecordDict) -> TrainReply:
         metrics: dict[str, float | int | str] = {k: float(m[k]) for k in TRAIN_METRICS}
         metrics["num_examples"] = int(m["num_examples"])
         metrics.update({k: float(m[k]) for k in OPTIONAL_METRICS if k in m})
+        if "test_n" in metrics:
+            metrics["test_n"] = int(metrics["test_n"])
         metrics.update(task=str(info[TASK]), metric=str(info[METRIC]),
                        bytes_up=int(content[ADAPTERS].count_bytes() + content[STATS].count_bytes()))
     except (KeyError, TypeError, ValueError) as err:
@@ -157,14 +165,19 @@ def evaluate_reply(result: ClientResult) -> RecordDict:
     return RecordDict({METRICS: MetricRecord(metrics)})
 
 
-def read_evaluate_reply(content: RecordDict) -> float:
+def read_evaluate_reply(content: RecordDict) -> dict[str, float | int]:
+    """The score of the aggregate, with its SPREAD_METRICS when the client sent them."""
     try:
-        score = float(content[METRICS]["score"])
+        m = content[METRICS]
+        out: dict[str, float | int] = {"score": float(m["score"])}
+        out.update({k: float(m[k]) for k in SPREAD_METRICS if k in m})
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed evaluate reply: {type(err).__name__}: {err}") from None
-    if not math.isfinite(score):
-        raise BadReply(f"score {score} is not finite")
-    return score
+    if not math.isfinite(out["score"]):
+        raise BadReply(f"score {out['score']} is not finite")
+    if "test_n" in out:
+        out["test_n"] = int(out["test_n"])
+    return out
 
 
 def sent_bytes(adapters: Mapping[str, Tensor]) -> tuple[ArrayRecord, int]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from amole.client_round import ClientJob
+from amole.client_round import ClientJob, score_metrics
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
@@ -82,7 +82,7 @@ def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clo
              timing["startup_cpu_s"])
     if kind == EVALUATE:
         scored = strategy.score(job, payload)
-        return ClientResult({"score": float(scored["score"]), "num_examples": len(job.splits.test), **timing})
+        return ClientResult({**score_metrics(scored), "num_examples": len(job.splits.test), **timing})
     if kind == PROBE:
         return ClientResult({**timing}, stats=_numpy(strategy.probe(job, payload)))
     if kind != TRAIN:

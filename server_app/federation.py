@@ -238,7 +238,13 @@ def score_aggregate(grid: Grid, settings: Settings, state: ServerState, used, no
     for client, m in clients.items():
         m["bytes_down"] += down[client]
         m["score_after_training"] = m["score"]
-        m["score"] = scores.get(client, float("nan"))  # no valid score of the aggregate: left out, not the local one
+        got = scores.get(client, {})
+        m["score"] = got.get("score", float("nan"))  # no valid score of the aggregate: left out, not the local one
+        for key in protocol.SPREAD_METRICS:  # the spread of the score now kept, never the post-training one's
+            if key in got:
+                m[key] = got[key]
+            else:
+                m.pop(key, None)
 
 
 def log_round(entry: dict[str, Any]) -> None:

@@ -70,8 +70,10 @@ def collect_probes(replies: Iterable[Message], by_message: dict[str, str], modul
     return _parse_each(replies, by_message, parse, f"round {server_round}: client %s cannot join yet: %s")
 
 
-def collect_scores(replies: Iterable[Message], by_message: dict[str, str], server_round: int) -> dict[str, float]:
-    """Valid scores of the aggregate by client; failed, malformed and non-finite ones are logged and left out."""
+def collect_scores(replies: Iterable[Message], by_message: dict[str, str],
+                   server_round: int) -> dict[str, dict[str, float | int]]:
+    """Valid scores of the aggregate by client (score, and score_se / test_n when sent); failed, malformed and
+    non-finite ones are logged and left out."""
     return _parse_each(replies, by_message, read_evaluate_reply,
                        f"round {server_round}: left out client %s's score of the aggregate: %s")
 

@@ -25,23 +25,30 @@ CONFIG = {
 
 def make_run(root: Path, strategy: str, seed: int, scores: list[list[float]], *, scenario: str = "bigbench_tasks",
              budget: str = "cpu_small", planned: int | None = None, status: str | None = None,
-             steps: int = 10, experiment: bool = True) -> Path:
-    """A run directory as the runner leaves it: metrics.json (server_app.run_report's schema) and experiment.json."""
+             steps: int = 10, experiment: bool = True, config: dict | None = None, tasks: list[str] | None = None,
+             last: list[dict] | None = None) -> Path:
+    """A run directory as the runner leaves it: metrics.json (server_app.run_report's schema) and experiment.json.
+
+    ``config``: the stored config (default CONFIG); ``tasks``: the clients' tasks; ``last``: per client, fields
+    added to its last-round record (score_se, test_n)."""
     name = f"{scenario}-{strategy}-s{seed}"
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    config = json.loads(json.dumps(CONFIG))
+    config = json.loads(json.dumps(config or CONFIG))
     config["federation"].update(strategy=strategy, seed=seed, num_rounds=len(scores))
     config["scenario"]["name"] = scenario
     config["train"]["steps"] = steps
     if strategy != "fedamole":
         config["adapter"]["num_experts"] = 0
     rounds = [{"round": i + 1, "seconds": 10.0 * (i + 1), "assign_seconds": 0.01, "num_experts": 8,
-               "clients": {str(c): {"task": f"t{c}", "metric": "accuracy", "score": s, "train_loss": 1.0,
+               "clients": {str(c): {"task": tasks[c] if tasks else f"t{c}", "metric": "accuracy", "score": s,
+                                    "train_loss": 1.0,
                                     "experts": {}, "experts_mean": 4.0, "bytes_up": 2000 * (c + 1),
                                     "bytes_down": 1000, "num_examples": 10, "seconds": 1.0}
                            for c, s in enumerate(round_scores)},
                "assignment": {}} for i, round_scores in enumerate(scores)]
+    for c, fields in enumerate(last or []):
+        rounds[-1]["clients"][str(c)].update(fields)
     metrics = {"run": {"name": name, "strategy": strategy, "scenario": scenario, "model": "smollm2-135m",
                        "num_rounds": len(scores), "num_clients": 2, "seed": seed, "started": "x", "config": config},
                "rounds": rounds}
@@ -125,8 +132,11 @@ def test_per_client_and_per_round_tables_and_notes(tmp_path: Path) -> None:
     notes.write_text("## What was found\n\nWritten by hand.\n")
     md = write_results(runs, tmp_path / "docs", notes=notes)[0]["md"].read_text()
     # Client 0 (task t0): fedamole's last rounds 0.5 and 0.7 -> 0.6; local 0.4. Client 1: (0.7 + 0.9) / 2, 0.6.
-    assert "| client | task | fedamole | local |" in md
-    assert "| 0 | t0 | 0.6000 | 0.4000 |" in md and "| 1 | t1 | 0.8000 | 0.6000 |" in md
+    # The yardstick column is a dash: these fake runs' stored scenario lists no tasks (the data cannot be rebuilt).
+    assert "| client | task | yardstick | fedamole | local |" in md
+    assert "| 0 | t0 | – | 0.6000 | 0.4000 |" in md and "| 1 | t1 | – | 0.8000 | 0.6000 |" in md
+    assert "The yardstick could not be computed: seed 0, client 0: ValueError: client 0 has no task" in md
+    assert "; and 1 more." in md  # four (seed, client) reasons, three shown
     # Round 1: fedamole (0.2 + 0.9) / 2 = 0.55, local 0.2; round 2: 0.7 and 0.5.
     assert "| 1 | 0.5500 | 0.2000 |" in md and "| 2 | 0.7000 | 0.5000 |" in md
     assert "## What was found\n\nWritten by hand." in md
@@ -164,6 +174,10 @@ def test_tables_split_by_scenario_and_budget(tmp_path: Path) -> None:
     md = paths["md"].read_text()
     assert md.count("## bigbench_tasks — budget `cpu_small`") == 2
     assert md.count("## bigbench_tasks — budget `gpu`") == 1 and md.count("## snli_dir0.1") == 1
+    # One plot per table, linked relative to results.md; two tables of one scenario and budget get two files.
+    for png in ("results_bigbench_tasks_cpu_small.png", "results_bigbench_tasks_cpu_small_2.png",
+                "results_bigbench_tasks_gpu.png", "results_snli_dir0.1_cpu_small.png"):
+        assert (tmp_path / "docs" / png).is_file() and f"]({png})" in md, png
     assert "budget `?`" in md and "no command recorded" in md
     assert len(rows) == 5
 

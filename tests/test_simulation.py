@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +213,10 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
     assert set(results) == set(strategies)
     for name, state in results.items():
         assert state.round == 1 and len(state.metrics["rounds"][0]["clients"]) == 3, name
+        # Every client's score comes with its spread over its test examples, in the file tools.results reads.
+        stored = json.loads((tmp_path / name / "metrics.json").read_text())["rounds"][0]["clients"]
+        assert all(c["test_n"] >= 2 and math.isfinite(c["score_se"]) and c["score_se"] >= 0
+                   for c in stored.values()), (name, stored)
     counts = {c: sum(len(ids) for ids in results["homogeneous"].assignment.held(c).values())
               for c in results["homogeneous"].clients}
     assert len(set(counts.values())) == 1  # every client holds the same number of experts

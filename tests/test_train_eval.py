@@ -9,7 +9,7 @@ import torch
 from amole.bank import create_bank, payload
 from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
-from amole.evaluate import choice_accuracy, evaluate, rouge_l, sequence_losses
+from amole.evaluate import choice_accuracy, evaluate, rouge_l, sequence_losses, standard_error
 from amole.model import import_adapters, inject
 from amole.routing_stats import collect_statistics, expert_stat_key, router_stat_key
 from amole.train import round_lr, train_steps
@@ -68,3 +68,10 @@ def test_rouge_l_of_a_trained_copy_task_is_high(tiny, adapter_cfg) -> None:
     assert score > 0.9
     result = evaluate(model, tok, data[:2], 32, EvalConfig(max_new_tokens=12))
     assert result["metric"] == "rougeL" and result["n"] == 2
+    assert result["score_se"] == 0.0  # both examples the same and both copied: no spread
+
+
+def test_standard_error_is_the_sample_std_over_root_n() -> None:
+    # hits 1, 1, 0, 0: sample std sqrt(1/3), n = 4 -> sqrt(1/3) / 2
+    assert abs(standard_error([1, 1, 0, 0]) - (1 / 3) ** 0.5 / 2) < 1e-12
+    assert standard_error([0.5]) != standard_error([0.5])  # NaN: no spread from one example

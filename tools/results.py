@@ -13,8 +13,13 @@ runs enter a table; incomplete and failed ones are listed under it.
 FedAMoLE's relative gain is ``(fedamole - best) / best`` with ``best`` the highest mean score among the baselines
 present (``BASELINES``); when it is not positive the table says in words that FedAMoLE does not win.
 
+Each table also gives the (seed, client)-paired difference of FedAMoLE and the best baseline with its standard
+error, the no-model yardstick of each client and how many (client, seed) pairs each strategy beats it by more
+than two standard errors (``tools.results_yardstick``), and a plot of the mean score by round per strategy
+(``tools.results_plot``).
+
 Files: ``results.md`` (tables, budgets, commands), ``results.csv`` (one row per table and strategy, the numbers of
-the tables) and ``results_runs.csv`` (one row per run).
+the tables), ``results_runs.csv`` (one row per run) and ``results_<scenario>_<budget>.png`` (one per table).
 """
 
 from __future__ import annotations
@@ -26,14 +31,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from amole.atomic import write_text
 from server_app.run_report import METRICS_FILE, load_metrics
 from tools.chunking import EXPERIMENT_FILE  # written by tools.experiment beside the run's own files
+from tools.results_numbers import finite, mean
 from tools.results_table import (
     BASELINES,
     STRATEGY_ORDER,
     SUMMARY_COLUMNS,
-    finite,
-    mean,
     relative_gain,
     render,
     strategy_key,
@@ -131,7 +136,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir), "command": exp.get("command", ""), "job_command": exp.get("job_command", ""),
         "_config": config, "_host": exp.get("host", {}), "_fingerprint": budget_fingerprint(config),
         "_round_scores": dict(scores),
-        "_last_clients": {c: {"task": str(v.get("task", "")), "score": v.get("score")}
+        "_last_clients": {c: {"task": str(v.get("task", "")), "metric": v.get("metric"), "score": v.get("score"),
+                              "score_se": v.get("score_se"), "test_n": v.get("test_n")}  # the last two: newer runs
                           for c, v in (rounds[-1].get("clients", {}) if rounds else {}).items()},
     }
 
@@ -151,20 +157,22 @@ def collect(runs_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results(runs_dir: Path, out_dir: Path, command: str | None = None,
-                  notes: Path | None = None) -> tuple[dict[str, Path], list[dict[str, Any]]]:
-    """Collect ``runs_dir``, write results.md, results.csv and results_runs.csv into ``out_dir``; (paths, runs).
+def write_results(runs_dir: Path, out_dir: Path, command: str | None = None, notes: Path | None = None,
+                  yardstick: bool = True) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """Collect ``runs_dir``, write results.md, results.csv, results_runs.csv and one plot per table
+    (results_<scenario>_<budget>.png) into ``out_dir``; (paths, runs).
 
     ``notes`` (a markdown file, if it exists) is the written analysis of the numbers; it goes in verbatim.
+    ``yardstick`` False skips the no-model yardstick (it rebuilds every client's data from the stored config).
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     command = command or f"python -m tools.results --runs {runs_dir} --out {out_dir}"
     rows = collect(runs_dir)
     text_notes = notes.read_text(encoding="utf-8") if notes is not None and notes.is_file() else None
-    text, summary_rows = render(rows, str(runs_dir), command, text_notes)
     out_dir.mkdir(parents=True, exist_ok=True)
+    text, summary_rows = render(rows, str(runs_dir), command, text_notes, out_dir, yardstick)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "runs_csv": out_dir / "results_runs.csv"}
-    paths["md"].write_text(text, encoding="utf-8")
+    write_text(paths["md"], text)
     write_csv(paths["csv"], SUMMARY_COLUMNS, summary_rows)
     write_csv(paths["runs_csv"], RUN_COLUMNS, sorted(rows, key=lambda r: (r["scenario"], str(r["budget"]),
                                                                          strategy_key(r["strategy"]), str(r["seed"]))))
@@ -177,11 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs", help="where results.md, results.csv and results_runs.csv go")
     p.add_argument("--notes", default="docs/results_notes.md",
                    help="written analysis included verbatim in results.md (skipped if the file does not exist)")
+    p.add_argument("--no-yardstick", action="store_true",
+                   help="skip the no-model yardstick (it rebuilds each client's data from the run's stored config)")
     args = p.parse_args(argv)
     if not Path(args.runs).is_dir():
         print(f"no runs folder {args.runs}: run an experiment sweep first (make experiments-small)", file=sys.stderr)
         return 1
-    paths, rows = write_results(Path(args.runs), Path(args.out), notes=Path(args.notes))
+    paths, rows = write_results(Path(args.runs), Path(args.out), notes=Path(args.notes),
+                                yardstick=not args.no_yardstick)
     bad = [r for r in rows if r["status"] != "completed"]
     print(f"{len(rows)} runs ({len(rows) - len(bad)} complete) -> {', '.join(str(p) for p in paths.values())}")
     for r in bad:

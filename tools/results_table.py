@@ -13,33 +13,20 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-BASELINES = ("fedit", "fedit_ft", "local", "fdlora")
-STRATEGY_ORDER = ("fedamole", "static", "random", "homogeneous", "no_shared", "fedit", "fedit_ft", "fdlora", "local")
+from amole.atomic import atomic_path
+from tools.results_numbers import finite, fmt, mean
+from tools.results_plot import plot_file_name, plot_rounds
+from tools.results_yardstick import above_counts, render_yardstick, table_yardsticks, yardstick_by_client
+
+# Baselines compete for "best baseline"; static, random, homogeneous and no_shared are FedAMoLE's ablations.
+BASELINES = ("fedit", "fedit_ft", "local", "fdlora", "fedsa_lora")
+STRATEGY_ORDER = ("fedamole", "static", "random", "homogeneous", "no_shared", "fedit", "fedit_ft", "fdlora",
+                  "fedsa_lora", "local")
 SUMMARY_COLUMNS = ["scenario", "budget", "strategy", "n_seeds", "score_mean", "score_std", "best_score_mean",
                    "kb_up_per_client_round", "kb_down_per_client_round", "seconds_per_round", "peak_total_mb",
                    "peak_client_mb", "peak_gpu_mb", "gain_vs_best_baseline", "best_baseline", "model",
-                   "num_clients", "num_rounds", "steps", "batch_size", "max_seq_len", "commands"]
-
-
-# ------------------------------------------------------------------------------------------------ numbers
-
-
-def finite(xs: Iterable[Any]) -> list[float]:
-    """The values that are finite numbers: missing or failed measurements (None, NaN) stay out of means."""
-    out = []
-    for x in xs:
-        try:
-            v = float(x)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(v):
-            out.append(v)
-    return out
-
-
-def mean(xs: Sequence[float]) -> float:
-    """NaN for no values, so an empty column renders as a dash rather than raising."""
-    return sum(xs) / len(xs) if xs else math.nan
+                   "num_clients", "num_rounds", "steps", "batch_size", "max_seq_len", "commands", "yardstick_mean",
+                   "above_yardstick"]
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -111,14 +98,6 @@ def group_runs(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 # ------------------------------------------------------------------------------------------------ rendering
 
 
-def _fmt(x: Any, spec: str = ".4f", empty: str = "–") -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return empty
-    return format(v, spec) if math.isfinite(v) else empty
-
-
 def _plural(n: Any, word: str) -> str:
     return f"{n} {word}" + ("" if str(n) == "1" else "s")
 
@@ -157,8 +136,10 @@ def host_line(runs: Sequence[dict[str, Any]]) -> str:
     return "; ".join(hosts) if hosts else "not recorded"
 
 
-def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """A table's markdown and its summary rows (for results.csv)."""
+def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, taken: set[str] | None = None,
+                 yardstick: bool = True) -> tuple[str, list[dict[str, Any]]]:
+    """A table's markdown and its summary rows (for results.csv); with ``out_dir``, its plot is written there
+    (under a name not in ``taken``). ``yardstick`` False skips rebuilding the clients' data."""
     rows = summarize(runs)
     gain, best, sentence = relative_gain(rows)
     r0 = runs[0]
@@ -182,18 +163,29 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
             head.append("peak GPU MB")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s, row in rows.items():
-            score = _fmt(row["score_mean"]) + (f" ± {_fmt(row['score_std'])}" if row["n_seeds"] > 1 else "")
-            cells = [f"**{s}**" if s == "fedamole" else s, score, str(row["n_seeds"]), _fmt(row["best_score_mean"]),
-                     f"{_fmt(row['kb_up_per_client_round'], ',.1f')} / {_fmt(row['kb_down_per_client_round'], ',.1f')}",
-                     _fmt(row["seconds_per_round"], ".1f"),
-                     f"{_fmt(row['peak_total_mb'], ',.0f')} / {_fmt(row['peak_client_mb'], ',.0f')}"]
+            score = fmt(row["score_mean"]) + (f" ± {fmt(row['score_std'])}" if row["n_seeds"] > 1 else "")
+            cells = [f"**{s}**" if s == "fedamole" else s, score, str(row["n_seeds"]), fmt(row["best_score_mean"]),
+                     f"{fmt(row['kb_up_per_client_round'], ',.1f')} / {fmt(row['kb_down_per_client_round'], ',.1f')}",
+                     fmt(row["seconds_per_round"], ".1f"),
+                     f"{fmt(row['peak_total_mb'], ',.0f')} / {fmt(row['peak_client_mb'], ',.0f')}"]
             if gpu:
-                cells.append(_fmt(row["peak_gpu_mb"], ",.0f"))
+                cells.append(fmt(row["peak_gpu_mb"], ",.0f"))
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", sentence, ""]
     else:
         lines += ["No complete run in this group.", ""]
-    lines += diagnostics(runs, list(rows))
+    cells, why = table_yardsticks(runs) if yardstick and rows else ({}, ["skipped (--no-yardstick)"])
+    if rows:
+        lines += render_yardstick(runs, list(rows), cells, why)
+    per_client = yardstick_by_client(cells)
+    lines += diagnostics(runs, list(rows), per_client)
+    ys = mean([v["yardstick"] for v in cells.values()])
+    if rows and out_dir is not None:
+        name = plot_file_name(r0["scenario"], str(r0["budget"]), set() if taken is None else taken)
+        title = (f"{r0['scenario']} — budget {r0['budget']}, protocol {r0.get('protocol', 'default')}: "
+                 "mean score by round")
+        plot_rounds(runs, list(rows), ys, title, Path(out_dir) / name)
+        lines += [f"![{title}]({name})", ""]
     left_out = [r for r in runs if r["status"] != "completed"]
     if left_out:
         lines.append("Not in the table:")
@@ -211,7 +203,8 @@ def render_table(runs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, An
             "best_baseline": best if s == "fedamole" and best else "",
             "model": r0["model"], "num_clients": r0["num_clients"], "num_rounds": r0["rounds_planned"],
             "steps": r0["steps"], "batch_size": r0["batch_size"], "max_seq_len": r0["max_seq_len"],
-            "commands": " ; ".join(commands),
+            "commands": " ; ".join(commands), "yardstick_mean": ys,
+            "above_yardstick": "{}/{}".format(*above_counts(runs, s, cells)[:2]) if cells else "",
         })
     return "\n".join(lines), summary_rows
 
@@ -240,24 +233,27 @@ def paired_sentence(runs: Sequence[dict[str, Any]], a: str, b: str) -> str:
             f"difference{'; within two standard errors of zero' if abs(d) <= 2 * se else ''}).")
 
 
-def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str]) -> list[str]:
-    """Two small tables that show where scores come from: per client, and by round (means over seeds)."""
+def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str],
+                yardstick: dict[str, float] | None = None) -> list[str]:
+    """Two small tables that show where scores come from: per client (beside its no-model yardstick), and by
+    round (means over seeds)."""
     done = [r for r in runs if r["status"] == "completed"]
     if not done or not strategies:
         return []
     clients = sorted({c for r in done for c in r["_last_clients"]}, key=lambda c: (len(c), c))
     lines = ["Per client, last round (mean over seeds):", "",
-             "| client | task | " + " | ".join(strategies) + " |", "|---|---|" + "---|" * len(strategies)]
+             "| client | task | yardstick | " + " | ".join(strategies) + " |",
+             "|---|---|---|" + "---|" * len(strategies)]
     for c in clients:
         tasks = sorted({r["_last_clients"][c]["task"] for r in done if c in r["_last_clients"]})
-        cells = [_fmt(mean(finite(r["_last_clients"].get(c, {}).get("score") for r in done if r["strategy"] == s)))
+        cells = [fmt(mean(finite(r["_last_clients"].get(c, {}).get("score") for r in done if r["strategy"] == s)))
                  for s in strategies]
-        lines.append(f"| {c} | {', '.join(tasks)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {c} | {', '.join(tasks)} | {fmt((yardstick or {}).get(c))} | " + " | ".join(cells) + " |")
     rounds = sorted({n for r in done for n in r["_round_scores"]})
     lines += ["", "Mean score by round (mean over seeds):", "",
               "| round | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
     for n in rounds:
-        cells = [_fmt(mean(finite(r["_round_scores"].get(n) for r in done if r["strategy"] == s))) for s in strategies]
+        cells = [fmt(mean(finite(r["_round_scores"].get(n) for r in done if r["strategy"] == s))) for s in strategies]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -276,18 +272,25 @@ Collected by `{command}` from {n} run directories under `{runs}` ({complete} com
 - **s / round**: wall-clock of a round on the server, clients included (they share the machine in simulation).
 - **peak MB**: all = the largest sum of PSS over the runner and its descendants (Ray head and client workers),
   one client = the largest RSS of one Ray worker; sampled every 0.5 s (`experiment.json` in each run).
+- **paired difference**: FedAMoLE − best baseline over last-round client scores paired by (seed, client), with
+  the standard error of the mean difference.
+- **yardstick**: per client, the better of the majority training answer and (multiple choice) a uniform guess,
+  scored on the client's own test split with no model; "above by more than two standard errors" uses the standard
+  error each client's score recorded over its test examples (older runs: √(p(1−p)/n) for accuracy).
 """
 
 
-def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str,
-           notes: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str, notes: str | None = None,
+           out_dir: Path | None = None, yardstick: bool = True) -> tuple[str, list[dict[str, Any]]]:
+    """results.md's text and the summary rows; each table's plot goes into ``out_dir`` (none without it)."""
     complete = sum(r["status"] == "completed" for r in rows)
     parts = [PREAMBLE.format(command=command, n=len(rows), runs=runs_dir, complete=complete)]
     summary_rows: list[dict[str, Any]] = []
     if not rows:
         parts.append(f"No run directory found under `{runs_dir}`.\n")
+    taken: set[str] = set()
     for group in group_runs(rows):
-        text, srows = render_table(group)
+        text, srows = render_table(group, out_dir, taken, yardstick)
         parts.append(text)
         summary_rows += srows
     if notes:
@@ -299,9 +302,9 @@ def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str,
         for r in sorted(rows, key=lambda r: (r["scenario"], str(r["budget"]), strategy_key(r["strategy"]),
                                              str(r["seed"]))):
             parts.append(f"| `{Path(r['run_dir']).name}` | {r['budget']} | {r['seed']} | {r['status']} | "
-                         f"{r['rounds_done']}/{r['rounds_planned']} | {_fmt(r['final_score'])} | "
-                         f"{_fmt(r['best_score'])} ({r['best_round'] if r['best_round'] is not None else '–'}) | "
-                         f"{_fmt(r['seconds_per_round'], '.1f')} |")
+                         f"{r['rounds_done']}/{r['rounds_planned']} | {fmt(r['final_score'])} | "
+                         f"{fmt(r['best_score'])} ({r['best_round'] if r['best_round'] is not None else '–'}) | "
+                         f"{fmt(r['seconds_per_round'], '.1f')} |")
         parts.append("")
     return "\n".join(parts), summary_rows
 
@@ -315,7 +318,7 @@ def _csv_value(v: Any) -> Any:
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for row in rows:

@@ -1,0 +1,99 @@
+"""tools.results on fake runs of a scenario whose data exists offline (synthetic, two multiple-choice tasks):
+the paired difference against the best baseline (fedsa_lora), the yardstick section and its "above by more than
+two standard errors" counts, the yardstick column, and the plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from amole.compose import compose
+from tests.test_results import make_run
+from tools.results import collect, write_results
+from tools.results_table import BASELINES, paired_difference
+from tools.results_yardstick import client_se
+
+TASKS = ["first_letter", "vowel_parity"]  # 8 test examples each; with 4 and 2 choices
+
+
+def synthetic_config() -> dict:
+    return compose(["model=tiny", "scenario=synthetic", "budget=smoke", f"scenario.tasks=[{','.join(TASKS)}]",
+                    "federation.num_clients=2"]).to_dict()
+
+
+def fake_runs(root: Path) -> Path:
+    """Two seeds x fedamole (score_se recorded), fedsa_lora (an older run: no score_se, no test_n) and local."""
+    config = synthetic_config()
+    runs = root / "runs"
+    n8 = {"test_n": 8}
+    for strategy, seed, last, extra in [
+        ("fedamole", 0, [1.0, 0.75], [{"score_se": 0.0, **n8}, {"score_se": 0.1, **n8}]),
+        ("fedamole", 1, [0.75, 0.75], [{"score_se": 0.15, **n8}, {"score_se": 0.1, **n8}]),
+        ("fedsa_lora", 0, [0.5, 0.5], None),
+        ("fedsa_lora", 1, [0.875, 0.625], None),
+        ("local", 0, [0.5, 0.5], [{"score_se": 0.05, **n8}, {"score_se": 0.05, **n8}]),
+        ("local", 1, [0.5, 0.625], [{"score_se": 0.05, **n8}, {"score_se": 0.05, **n8}]),
+    ]:
+        make_run(runs, strategy, seed, [[0.25, 0.25], last], scenario="synthetic", budget="smoke", config=config,
+                 tasks=TASKS, last=extra)
+    return runs
+
+
+def test_yardstick_paired_difference_and_plot(tmp_path: Path) -> None:
+    assert "fedsa_lora" in BASELINES and "static" not in BASELINES and "random" not in BASELINES
+    runs = fake_runs(tmp_path)
+    rows = collect(runs)
+    # Best baseline: fedsa_lora (0.625 against local's 0.53). Paired by (seed, client): 0.5, 0.25, -0.125, 0.125.
+    d, se, n = paired_difference(rows, "fedamole", "fedsa_lora")
+    diffs = [0.5, 0.25, -0.125, 0.125]
+    m = sum(diffs) / 4
+    assert n == 4 and d == pytest.approx(m)
+    assert se == pytest.approx(math.sqrt(sum((x - m) ** 2 for x in diffs) / 3) / 2)
+
+    paths, _ = write_results(runs, tmp_path / "docs")
+    md = paths["md"].read_text()
+    assert "over the best baseline (fedsa_lora)" in md
+    assert f"fedamole − fedsa_lora = +0.1875 ± {se:.4f}" in md and "within two standard errors of zero" in md
+    # Yardsticks (majority training answer vs uniform guess, on the rebuilt 8-example test splits):
+    # first_letter: majority 0, uniform 1/4 -> 0.25 both seeds; vowel_parity: 0.5 (seed 0) and 0.625 (seed 1).
+    assert "| 0 | first_letter | accuracy | 8 | 0.0000 | 0.2500 | 0.2500 |" in md
+    assert "| 1 | vowel_parity | accuracy | 8 | 0.5625 | 0.5000 | 0.5625 |" in md
+    assert "Mean yardstick over clients (mean over seeds 0, 1): **0.4062**." in md
+    # fedamole, recorded SEs: 1.0 - 0.25 > 0; 0.25 > 0.2; 0.5 > 0.3; 0.125 < 0.2 -> 3 of 4.
+    assert "- **fedamole**: 3 of 4 (client, seed) pairs" in md
+    # fedsa_lora, binomial SE with n = 8 from the rebuilt split: only seed 1's 0.875 on first_letter is clear.
+    assert "- fedsa_lora: 1 of 4 (client, seed) pairs" in md
+    assert "- local: 2 of 4 (client, seed) pairs" in md  # 0.5 - 0.25 > 0.1 on first_letter, both seeds
+    assert "| client | task | yardstick | fedamole | fedsa_lora | local |" in md
+    assert "| 0 | first_letter | 0.2500 | 0.8750 | 0.6875 | 0.5000 |" in md
+    png = tmp_path / "docs" / "results_synthetic_smoke.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](results_synthetic_smoke.png)" in md
+    with open(paths["csv"]) as f:
+        summary = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert summary["fedamole"]["above_yardstick"] == "3/4"
+    assert float(summary["fedamole"]["yardstick_mean"]) == pytest.approx(0.40625)
+
+
+def test_standard_error_of_a_client_score() -> None:
+    assert client_se({"score": 0.5, "score_se": 0.07}, None) == 0.07  # recorded wins
+    assert client_se({"score": 0.5, "metric": "accuracy", "test_n": 4}, None) == pytest.approx(0.25)  # binomial
+    assert client_se({"score": 0.5, "metric": "accuracy"}, {"test_n": 25}) == pytest.approx(0.1)  # rebuilt n
+    assert client_se({"score": 0.5, "metric": "rougeL", "test_n": 4}, None) is None  # unknown
+    assert client_se({"score": 0.5, "score_se": float("nan"), "metric": "rougeL"}, None) is None
+
+
+def test_yardstick_that_cannot_be_computed_is_said_so(tmp_path: Path) -> None:
+    config = synthetic_config()
+    config["scenario"]["source"] = "no_such_source"
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        make_run(runs, "fedamole", seed, [[0.5, 0.5]], scenario="synthetic", config=config, tasks=TASKS)
+    md = write_results(runs, tmp_path / "docs")[0]["md"].read_text()
+    assert "The yardstick could not be computed: seed 0, client 0: ValueError: unknown scenario source" in md
+    assert "| 0 | first_letter | – | 0.5000 |" in md  # the table still renders, with a dash
+    assert (tmp_path / "docs" / "results_synthetic_cpu_small.png").is_file()  # plotted without a yardstick line
+    md = write_results(runs, tmp_path / "docs2", yardstick=False)[0]["md"].read_text()
+    assert "could not be computed: skipped (--no-yardstick)" in md

@@ -1,0 +1,161 @@
+"""The no-model yardstick of a results table, and how many clients a strategy beats it by more than the noise.
+
+A client's yardstick is the better of two scores that need no model (:mod:`tools.yardstick`): always giving the
+answer most common in its own training split, and, for multiple choice, the expected accuracy of a uniform
+guess. Its test split is rebuilt from the config stored in the run's metrics.json, so the yardstick is scored on
+the very examples the run scored. A strategy that only learns each client's answer distribution reaches the
+yardstick; "above it by more than two standard errors" is the count that says a strategy learned more.
+
+A client score's standard error is the one its evaluation recorded (``score_se``: sample std over its test
+examples / sqrt(n)); runs from before it was recorded fall back to the binomial sqrt(p(1-p)/n) for accuracy
+(n = ``test_n`` or the rebuilt test split's size); otherwise it is unknown and the pair is not counted as above.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from amole.config import ScenarioConfig, Settings, from_dict
+from amole.data.scenario import client_splits, task_name
+from tools.results_numbers import finite, fmt, mean
+from tools.yardstick import majority_score
+
+__all__ = ["above_counts", "client_se", "render_yardstick", "run_yardsticks", "table_yardsticks", "yardstick_by_client"]
+
+Cell = dict[str, Any]  # task, metric, test_n, majority, uniform (None for generation), yardstick
+
+
+@lru_cache(maxsize=512)
+def _client_yardstick(scenario_json: str, rouge: str, seed: int, client: str) -> Cell:
+    """The yardstick of one client of one scenario and seed (cached: strategies of a table share their data)."""
+    splits = client_splits(from_dict(ScenarioConfig, json.loads(scenario_json)), client, seed)
+    if not splits.train or not splits.test:
+        raise ValueError(f"client {client} has {len(splits.train)} training and {len(splits.test)} test examples")
+    majority, uniform, metric = majority_score(splits, rouge)
+    return {"task": splits.task, "metric": metric, "test_n": len(splits.test), "majority": majority,
+            "uniform": uniform, "yardstick": max(majority, uniform if uniform is not None else -math.inf)}
+
+
+def run_yardsticks(run: dict[str, Any]) -> tuple[dict[str, Cell], list[str]]:
+    """Per client of the run's last round, its yardstick; and why any client's could not be computed."""
+    try:
+        settings = Settings.from_dict(run["_config"])
+    except Exception as err:  # noqa: BLE001 - any unreadable config is reported in the table, never a crash
+        return {}, [f"the run's stored config does not load ({type(err).__name__}: {err})"]
+    scenario = json.dumps(settings.to_dict()["scenario"], sort_keys=True)
+    cells, why = {}, []
+    for client, record in run["_last_clients"].items():
+        try:
+            expected = task_name(settings.scenario, client)
+            if record.get("task") and record["task"] != expected:
+                raise ValueError(f"the run's client {client} had task {record['task']!r}, the stored scenario gives "
+                                 f"it {expected!r} (its node brought its own task or data)")
+            cells[client] = _client_yardstick(scenario, settings.eval.rouge, settings.federation.seed, client)
+        except Exception as err:  # noqa: BLE001 - e.g. the data is not on this machine: say so, go on
+            why.append(f"client {client}: {type(err).__name__}: {err}")
+    return cells, why
+
+
+def table_yardsticks(runs: Sequence[dict[str, Any]]) -> tuple[dict[tuple[str, str], Cell], list[str]]:
+    """(seed, client) -> yardstick for a table's complete runs (one run per seed: the seed fixes the splits)."""
+    cells: dict[tuple[str, str], Cell] = {}
+    why: list[str] = []
+    seen: set[str] = set()
+    for run in runs:
+        seed = str(run["seed"])
+        if run["status"] != "completed" or seed in seen:
+            continue
+        seen.add(seed)
+        got, reasons = run_yardsticks(run)
+        cells.update({(seed, c): cell for c, cell in got.items()})
+        why += [f"seed {seed}, {r}" for r in reasons if f"seed {seed}, {r}" not in why]
+    return cells, why
+
+
+def yardstick_by_client(cells: dict[tuple[str, str], Cell]) -> dict[str, float]:
+    """Each client's yardstick, mean over seeds."""
+    clients = {c for _, c in cells}
+    return {c: mean([v["yardstick"] for (_, k), v in cells.items() if k == c]) for c in clients}
+
+
+def client_se(record: dict[str, Any], cell: Cell | None) -> float | None:
+    """A client score's standard error: recorded, else binomial for accuracy, else None (unknown)."""
+    recorded = finite([record.get("score_se")])
+    if recorded:
+        return recorded[0]
+    metric = record.get("metric") or (cell or {}).get("metric")
+    n = finite([record.get("test_n"), (cell or {}).get("test_n")])
+    p = finite([record.get("score")])
+    if metric == "accuracy" and n and n[0] > 0 and p:
+        return math.sqrt(max(p[0] * (1 - p[0]), 0.0) / n[0])
+    return None
+
+
+def above_counts(runs: Sequence[dict[str, Any]], strategy: str,
+                 cells: dict[tuple[str, str], Cell]) -> tuple[int, int, int]:
+    """(pairs above the yardstick by > 2 SE, pairs with a score and a yardstick, pairs whose SE is unknown)."""
+    above = total = unknown = 0
+    for run in runs:
+        if run["strategy"] != strategy or run["status"] != "completed":
+            continue
+        for client, record in run["_last_clients"].items():
+            cell = cells.get((str(run["seed"]), client))
+            score = finite([record.get("score")])
+            if cell is None or not score:
+                continue
+            total += 1
+            se = client_se(record, cell)
+            if se is None:
+                unknown += 1
+            elif score[0] - cell["yardstick"] > 2 * se:
+                above += 1
+    return above, total, unknown
+
+
+def _reasons(why: list[str], shown: int = 3) -> str:
+    return "; ".join(why[:shown]) + (f"; and {len(why) - shown} more" if len(why) > shown else "")
+
+
+def _seeds_range(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def render_yardstick(runs: Sequence[dict[str, Any]], strategies: list[str],
+                     cells: dict[tuple[str, str], Cell], why: list[str]) -> list[str]:
+    """The yardstick section of a table: per client, then per strategy how many pairs beat it beyond noise."""
+    lines = ["**Yardstick** (no model, `tools.yardstick` on each client's test split rebuilt from the run's stored "
+             "config): a client's yardstick is the better of always giving the answer most common in its "
+             "training split (majority) and, for multiple choice, the expected accuracy of a uniform guess.", ""]
+    if not cells:
+        return [*lines, f"The yardstick could not be computed: {_reasons(why) if why else 'no complete run'}.", ""]
+    clients = sorted({c for _, c in cells}, key=lambda c: (len(c), c))
+    seeds = sorted({s for s, _ in cells})
+    lines += ["| client | task | metric | test n | majority answer | uniform guess | yardstick |",
+              "|---|---|---|---|---|---|---|"]
+    for c in clients:
+        mine = [cells[(s, c)] for s in seeds if (s, c) in cells]
+        uniform = finite(v["uniform"] for v in mine)
+        lines.append(f"| {c} | {', '.join(sorted({v['task'] for v in mine}))} | "
+                     f"{'/'.join(sorted({v['metric'] for v in mine}))} | "
+                     f"{_seeds_range([v['test_n'] for v in mine])} | {fmt(mean([v['majority'] for v in mine]))} | "
+                     f"{fmt(mean(uniform))} | {fmt(mean([v['yardstick'] for v in mine]))} |")
+    note = f" (mean over seeds {', '.join(seeds)})" if len(seeds) > 1 else ""
+    lines += ["", f"Mean yardstick over clients{note}: **{fmt(mean([v['yardstick'] for v in cells.values()]))}**."]
+    if why:
+        lines.append(f"Not computed for: {_reasons(why)}.")
+    lines += ["", "Clients above the yardstick by more than two standard errors (score − yardstick > 2 SE; SE: the "
+              "recorded standard error of the client's score over its test examples, else √(p(1−p)/n) for "
+              "accuracy):", ""]
+    for s in strategies:
+        above, total, unknown = above_counts(runs, s, cells)
+        if not total:
+            continue
+        name = f"**{s}**" if s == "fedamole" else s
+        tail = f"; SE unknown for {unknown} of them (not counted as above)" if unknown else ""
+        lines.append(f"- {name}: {above} of {total} (client, seed) pairs{tail}")
+    return [*lines, ""]
