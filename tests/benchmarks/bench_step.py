@@ -5,7 +5,10 @@ batch is labelled on its last ``--answer-tokens`` tokens only (a prompt + short 
 every model is stepped two ways: ``full`` (logits at every position, ``model(labels=...).loss``: the code before
 issue 14) and ``answer`` (the LM head at answer positions only, ``amole.answer.lm_loss``: what training runs now).
 Steps are interleaved (AMoLE full, AMoLE answer, LoRA full, LoRA answer, ...) so drift in machine load hits all
-alike; figures are medians. Runs on the CPU and, where CUDA is available, on the GPU.
+alike; figures are medians. On the CPU a quantized backbone is held dequantized (``model.dense_on_cpu``, the
+default); the same AMoLE model on bitsandbytes' own kernels is stepped too, so the line "vs kernels + full logits"
+is today's training step against the code before issue 14, side by side. Runs on the CPU and, where CUDA is
+available, on the GPU.
 
     python tests/benchmarks/bench_step.py [--steps 6] [--quantization none 4bit] [--answer-tokens 8]
 Last line: ``step: amole_over_lora=<x>`` (the largest ratio of answer-mode step times measured, i.e. the least
@@ -18,6 +21,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -105,10 +109,13 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         torch.cuda.reset_peak_memory_stats()
     a_model, a_params = amole_model(mcfg, acfg, held=8, device=device)
     l_model, l_params = lora_model(mcfg, acfg, device=device)
+    models = [("amole", a_model, a_params), ("lora", l_model, l_params)]
+    if device == "cpu" and quantization != "none":  # the same AMoLE on bitsandbytes' own kernels, for comparison
+        k_model, k_params = amole_model(replace(mcfg, dense_on_cpu=False), acfg, held=8, device=device)
+        models.append(("amole_kernel", k_model, k_params))
     batch = make_batch(batch_size, seq_len, answer_tokens, min(49000, a_model.config.vocab_size), device)
     gaps = {"amole": loss_gap(a_model, batch), "lora": loss_gap(l_model, batch)}
-    steppers = {(m, mode): step_fn(model, params, batch, mode)
-                for m, model, params in (("amole", a_model, a_params), ("lora", l_model, l_params)) for mode in MODES}
+    steppers = {(m, mode): step_fn(model, params, batch, mode) for m, model, params in models for mode in MODES}
     for _ in range(warmup):
         for step in steppers.values():
             step()
@@ -139,9 +146,15 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
               f"answer {out[f'{m}_answer_s'] * 1e3:8.1f} ms {out[f'{m}_answer_tok_s']:8.0f} tok/s "
               f"({out[f'{m}_answer_answer_tok_s']:.0f} answer tok/s) | speed-up {out[f'{m}_speedup']:.2f}x | "
               f"|loss full - answer| {out[f'{m}_loss_gap']:.1e}")
+    if ("amole_kernel", "full") in med:
+        k_full, k_answer = med["amole_kernel", "full"], med["amole_kernel", "answer"]
+        out["amole_kernel_full_tok_s"], out["amole_kernel_answer_tok_s"] = tokens / k_full, tokens / k_answer
+        print(f"  AMoLE on bitsandbytes' 4/8-bit kernels: full {tokens / k_full:8.0f} tok/s | answer "
+              f"{tokens / k_answer:8.0f} tok/s | dense backbone + answer positions vs kernels + full logits (the "
+              f"code before issue 14): {k_full / med['amole', 'answer']:.2f}x", flush=True)
     print(f"  amole/lora step ratio {out['ratio']:.3f} (full logits {out['ratio_full']:.3f})"
           + (f" | peak GPU memory {out['peak_mem_gib']:.2f} GiB" if device == "cuda" else ""), flush=True)
-    del a_model, l_model
+    del a_model, l_model, models
     return out
 
 
