@@ -271,7 +271,7 @@ Collected by `{command}` from {n} run directories under `{runs}` ({complete} com
   statistics; down: the payload, plus the aggregate FedIT's clients score).
 - **s / round**: wall-clock of a round on the server, clients included (they share the machine in simulation).
 - **peak MB**: all = the largest sum of PSS over the runner and its descendants (Ray head and client workers),
-  one client = the largest RSS of one Ray worker; sampled every 0.5 s (`experiment.json` in each run).
+  one client = the largest RSS of one Ray worker; sampled every 5 s (PSS) and 1 s (RSS) (`experiment.json` in each run).
 - **paired difference**: FedAMoLE − best baseline over last-round client scores paired by (seed, client), with
   the standard error of the mean difference.
 - **yardstick**: per client, the better of the majority training answer and (multiple choice) a uniform guess,
