@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo model bench-assign bench-step gpu-check clean deploy-test certs experiments-small \
-	results compose-test wheelhouse
+	results compose-test wheelhouse experiments-medium
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,22 @@ SEEDS ?= 0
 experiments-small: model
 	$(PY) -m tools.experiment -m budget=cpu_small model=smollm2 strategy=fedamole,fedit,fedit_ft,fdlora,local \
 		scenario=bigbench_tasks,snli_dir0.1 seed=$(SEEDS) $(if $(SNLI_PATH),++scenario.local_path=$(SNLI_PATH))
+
+# The evidence of issue 14 (conf/budget/cpu_medium.yaml, docs/results.md): fedamole, fedit_ft and local with seeds
+# 0-2, then fedit, fdlora, fedsa_lora, static and random with seed 0, on bigbench_cpu and dolly_dir1, into
+# runs/experiments/medium/. Hours on 2 cores: stop it any time, rerun to resume (finished runs are skipped,
+# unfinished ones resume from their last round). Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
+# (without it the scenario falls back to ~/.cache/amole/dolly, then to the hub).
+DOLLY_PATH ?=
+MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=runs/experiments/medium
+MEDIUM_DOLLY := scenario=dolly_dir1 $(if $(DOLLY_PATH),++scenario.local_path=$(DOLLY_PATH))
+experiments-medium: model
+	$(MEDIUM) strategy=fedamole,fedit_ft,local scenario=bigbench_cpu seed=0
+	$(MEDIUM) strategy=fedamole,fedit_ft,local $(MEDIUM_DOLLY) seed=0
+	$(MEDIUM) strategy=fedamole,fedit_ft,local scenario=bigbench_cpu seed=1,2
+	$(MEDIUM) strategy=fedamole,fedit_ft,local $(MEDIUM_DOLLY) seed=1,2
+	$(MEDIUM) strategy=fedit,fdlora,fedsa_lora,static,random scenario=bigbench_cpu seed=0
+	$(MEDIUM) strategy=fedit,fdlora,fedsa_lora,static,random $(MEDIUM_DOLLY) seed=0
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
 results: $(STAMP)
