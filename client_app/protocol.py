@@ -7,6 +7,13 @@ each message kind is built and read. The server loop and the ClientApp call thes
     evaluate  (EVALUATE)  server -> same as train                 client -> score, num_examples
 
 Metric names are the same end to end: what the client's round reports is what metrics.json holds.
+
+A message's tensors travel packed: each named set of arrays (adapters, statistics) is one safetensors buffer
+(names, dtypes, shapes and byte offsets in its JSON header, then the raw bytes) in a single Flower Array, not one
+Array per tensor. Flower moves every Array (and its chunks) as a separate object, and a fresh ClientApp that asks
+its SuperNode for an object the SuperNode is still fetching from the SuperLink backs off 1 s, then 2 s
+(flwr.supercore.constant.PULL_INITIAL_BACKOFF): ~30 objects per message made that wait the largest part of a
+deployed round's start (docker/README.md). Packed, a message is a handful of objects and arrives bit-identical.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import safetensors.numpy
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from safetensors import SafetensorError
 
 from amole.config import Settings
 
@@ -39,6 +48,8 @@ OPTIONAL_METRICS = ("fusion_w_private", "fusion_w_global", "overhead_s", "startu
 TRAIN, EVALUATE, PROBE = "train", "evaluate", "probe"
 # A joining client is probed for its routing statistics: a named query action (message type "query.probe").
 PROBE_MESSAGE = f"query.{PROBE}"
+# A packed record: its one Array's name and serialization type, and the header field keeping the tensors' order.
+PACKED, PACKED_STYPE, ORDER = "packed", "safetensors", "order"
 
 
 class BadReply(ValueError):
@@ -75,9 +86,62 @@ class TrainReply:
     metrics: dict[str, float | int | str]  # TRAIN_METRICS (+ optional ones), task, metric, bytes_up
 
 
-def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """The record of named numpy arrays (what ``ArrayRecord(torch_state_dict)`` makes of the same tensors)."""
-    return ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in arrays.items()})
+def pack(arrays: Mapping[str, Any]) -> ArrayRecord:
+    """Named arrays (numpy, or torch tensors of any dtype, bfloat16 included) as one packed record: a single
+    Array holding their safetensors buffer. Empty mappings pack too. Torch is imported only for torch values."""
+    order = {ORDER: json.dumps(list(arrays))}
+    if all(isinstance(v, np.ndarray | np.generic) for v in arrays.values()):
+        data = safetensors.numpy.save({k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=order)
+    else:
+        import torch
+        from safetensors.torch import save
+
+        def tensor(v: Any) -> Tensor:  # a copy of its own: safetensors refuses views of one storage
+            t = torch.from_numpy(np.asarray(v, order="C")) if isinstance(v, np.ndarray | np.generic) else v.detach()
+            return t.to("cpu").clone(memory_format=torch.contiguous_format)
+
+        data = save({k: tensor(v) for k, v in arrays.items()}, metadata=order)
+    return ArrayRecord({PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED_STYPE, data=data)})
+
+
+def _packed_bytes(record: Any, what: str) -> tuple[bytes, list[str]]:
+    """The safetensors buffer of a packed record and its tensors' names in the sender's order, checked."""
+    if not isinstance(record, ArrayRecord) or list(record.keys()) != [PACKED]:
+        keys = list(record.keys()) if isinstance(record, ArrayRecord) else type(record).__name__
+        raise BadReply(f"malformed {what}: expected one packed array {PACKED!r}, got {keys}")
+    array = record[PACKED]
+    if array.stype != PACKED_STYPE:
+        raise BadReply(f"malformed {what}: serialization {array.stype!r}, expected {PACKED_STYPE!r}")
+    data = bytes(array.data)
+    try:
+        names = [name for name, _ in safetensors.deserialize(data)]  # validates header, dtypes and offsets
+        size = int.from_bytes(data[:8], "little")
+        order = json.loads((json.loads(data[8: 8 + size]).get("__metadata__") or {}).get(ORDER, "null"))
+    except (SafetensorError, ValueError, TypeError, AttributeError) as err:
+        raise BadReply(f"malformed {what}: not a readable safetensors buffer ({type(err).__name__}: {err})") from None
+    if not (isinstance(order, list) and all(isinstance(n, str) for n in order) and sorted(order) == sorted(names)):
+        raise BadReply(f"malformed {what}: its header's tensor order does not name exactly its {len(names)} tensors")
+    return data, order
+
+
+def unpack(record: Any, what: str = "record") -> dict[str, np.ndarray]:
+    """The named numpy arrays of a packed record, bit-identical and writable, in the sender's order; a record
+    that is not a valid pack is a BadReply naming ``what``. bfloat16 has no numpy dtype: see ``unpack_torch``."""
+    data, order = _packed_bytes(record, what)
+    try:
+        arrays = safetensors.numpy.load(data)  # each array over its own bytearray: writable, no copy
+    except KeyError as err:  # the library's dtype table: BF16 (and FP8) have no numpy dtype
+        raise BadReply(f"malformed {what}: dtype {err} cannot be held by numpy (read it with unpack_torch)") from None
+    return {k: arrays[k] for k in order}
+
+
+def unpack_torch(record: Any, what: str = "record") -> dict[str, Tensor]:
+    """The named tensors of a packed record (any dtype), bit-identical, in the sender's order; else a BadReply."""
+    from safetensors.torch import load
+
+    data, order = _packed_bytes(record, what)
+    tensors = load(data)
+    return {k: tensors[k] for k in order}
 
 
 # -- server -> client ---------------------------------------------------------------------------------------
@@ -102,7 +166,7 @@ def read_request(content: RecordDict) -> Request:
     if ROUND not in config:
         return Request(settings)
     return Request(settings, int(config[ROUND]), str(config[CLIENT_ID]), str(config[RUN_ID]),
-                   {k: v.numpy() for k, v in content[ADAPTERS].items()})
+                   unpack(content[ADAPTERS], "request's adapters"))
 
 
 # -- client -> server ---------------------------------------------------------------------------------------
@@ -118,8 +182,8 @@ def train_reply(client: str, result: ClientResult) -> RecordDict:
     metrics: dict[str, Any] = {k: float(v) for k, v in result.metrics.items()}
     metrics["num_examples"] = int(result.metrics["num_examples"])
     return RecordDict({
-        ADAPTERS: numpy_record(result.adapters),
-        STATS: numpy_record(result.stats),
+        ADAPTERS: pack(result.adapters),
+        STATS: pack(result.stats),
         METRICS: MetricRecord(metrics),
         INFO: ConfigRecord({CLIENT_ID: client, TASK: result.info["task"], METRIC: result.info["metric"]}),
     })
@@ -128,25 +192,30 @@ def train_reply(client: str, result: ClientResult) -> RecordDict:
 def read_train_reply(content: RecordDict) -> TrainReply:
     """The reply's tensors and the metrics the server keeps; a reply missing any of them is a BadReply."""
     try:
-        adapters, stats = content[ADAPTERS].to_torch_state_dict(), content[STATS].to_torch_state_dict()
+        adapters = unpack_torch(content[ADAPTERS], "train reply's adapters")
+        stats = unpack_torch(content[STATS], "train reply's statistics")
         m, info = content[METRICS], content[INFO]
         metrics: dict[str, float | int | str] = {k: float(m[k]) for k in TRAIN_METRICS}
         metrics["num_examples"] = int(m["num_examples"])
         metrics.update({k: float(m[k]) for k in OPTIONAL_METRICS if k in m})
         metrics.update(task=str(info[TASK]), metric=str(info[METRIC]),
                        bytes_up=int(content[ADAPTERS].count_bytes() + content[STATS].count_bytes()))
+    except BadReply:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed train reply: {type(err).__name__}: {err}") from None
     return TrainReply(adapters, stats, metrics)
 
 
 def probe_reply(result: ClientResult) -> RecordDict:
-    return RecordDict({STATS: numpy_record(result.stats)})
+    return RecordDict({STATS: pack(result.stats)})
 
 
 def read_probe_reply(content: RecordDict) -> dict[str, Tensor]:
     try:
-        return content[STATS].to_torch_state_dict()
+        return unpack_torch(content[STATS], "probe reply's statistics")
+    except BadReply:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed probe reply: {type(err).__name__}: {err}") from None
 
@@ -168,6 +237,6 @@ def read_evaluate_reply(content: RecordDict) -> float:
 
 
 def sent_bytes(adapters: Mapping[str, Tensor]) -> tuple[ArrayRecord, int]:
-    """The record of ``adapters`` and its size as Flower counts it (what the traffic figures report)."""
-    record = ArrayRecord(dict(adapters))
+    """The packed record of ``adapters`` and its size as Flower counts it (what the traffic figures report)."""
+    record = pack(adapters)
     return record, record.count_bytes()
