@@ -57,8 +57,11 @@ def test_numpy_arrays_round_trip_bit_identically_and_writable() -> None:
     assert all(same_bits(as_torch[k], torch.from_numpy(np.asarray(v))) for k, v in sent.items())
 
 
-def test_empty_mappings_pack() -> None:
-    assert unpack(pack({})) == {} and unpack_torch(pack({})) == {}
+def test_nothing_packs_to_an_empty_record() -> None:
+    """A client that uploads nothing (local-only training) sends no bytes and no Array."""
+    record = pack({})
+    assert len(record) == 0 and record.count_bytes() == 0
+    assert unpack(record) == {} and unpack_torch(record) == {}
 
 
 def test_a_train_reply_carries_its_tensors_in_two_arrays() -> None:
