@@ -8,6 +8,14 @@ each message kind is built and read. The server loop and the ClientApp call thes
                                                                             num_examples
 
 Metric names are the same end to end: what the client's round reports is what metrics.json holds.
+
+A message's tensors travel packed: each named set of arrays (adapters, statistics) is one safetensors buffer
+(names, dtypes, shapes and byte offsets in its JSON header, then the raw bytes; the sender's order in its
+metadata) in a single Flower Array, not one Array per tensor. Flower moves every Array and each of its chunks as
+an object of its own, pushed and pulled two at a time at every hop (ServerApp -> SuperLink -> SuperNode ->
+ClientApp), and a hop that asks for an object the previous one has not stored yet backs off 1 s, 2 s, 4 s ...
+(flwr.supercore.constant.PULL_INITIAL_BACKOFF). With one Array per tensor a train message was 56-92 objects
+and those waits were most of a deployed ClientApp's start (docker/README.md); packed, it is 6, bit-identical.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import safetensors.numpy
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from safetensors import SafetensorError
 
 from amole.config import Settings
 
@@ -44,6 +54,8 @@ SPREAD_METRICS = ("score_se", "test_n")
 TRAIN, EVALUATE, PROBE = "train", "evaluate", "probe"
 # A joining client is probed for its routing statistics: a named query action (message type "query.probe").
 PROBE_MESSAGE = f"query.{PROBE}"
+# A packed record: its one Array's name and serialization type, and the header field keeping the tensors' order.
+PACKED, PACKED_STYPE, ORDER = "packed", "safetensors", "order"
 
 
 class BadReply(ValueError):
@@ -81,9 +93,72 @@ class TrainReply:
     metrics: dict[str, float | int | str]  # TRAIN_METRICS (+ optional ones), task, metric, bytes_up
 
 
-def numpy_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """The record of named numpy arrays (what ``ArrayRecord(torch_state_dict)`` makes of the same tensors)."""
-    return ArrayRecord({k: Array.from_numpy_ndarray(v) for k, v in arrays.items()})
+def pack(arrays: Mapping[str, Any]) -> ArrayRecord:
+    """Named arrays (numpy, or torch tensors of any dtype, bfloat16 included) as one packed record: a single
+    Array holding their safetensors buffer; nothing is an empty record (0 bytes: what the traffic figures count).
+    Torch is imported only for torch values."""
+    if not arrays:
+        return ArrayRecord()
+    order = {ORDER: json.dumps(list(arrays))}
+    if all(isinstance(v, np.ndarray | np.generic) for v in arrays.values()):
+        data = safetensors.numpy.save({k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=order)
+    else:
+        import torch
+        from safetensors.torch import save
+
+        def tensor(v: Any) -> Tensor:  # a copy of its own: safetensors refuses views of one storage
+            t = torch.from_numpy(np.asarray(v, order="C")) if isinstance(v, np.ndarray | np.generic) else v.detach()
+            return t.to("cpu").clone(memory_format=torch.contiguous_format)
+
+        data = save({k: tensor(v) for k, v in arrays.items()}, metadata=order)
+    return ArrayRecord({PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED_STYPE, data=data)})
+
+
+def _packed_bytes(record: Any, what: str) -> tuple[bytes, list[str]] | None:
+    """The safetensors buffer of a packed record and its tensors' names in the sender's order, checked; None for
+    the empty record."""
+    if isinstance(record, ArrayRecord) and not record:
+        return None
+    if not isinstance(record, ArrayRecord) or list(record.keys()) != [PACKED]:
+        keys = list(record.keys()) if isinstance(record, ArrayRecord) else type(record).__name__
+        raise BadReply(f"malformed {what}: expected one packed array {PACKED!r}, got {keys}")
+    array = record[PACKED]
+    if array.stype != PACKED_STYPE:
+        raise BadReply(f"malformed {what}: serialization {array.stype!r}, expected {PACKED_STYPE!r}")
+    data = bytes(array.data)
+    try:
+        names = [name for name, _ in safetensors.deserialize(data)]  # validates header, dtypes and offsets
+        size = int.from_bytes(data[:8], "little")
+        order = json.loads((json.loads(data[8: 8 + size]).get("__metadata__") or {}).get(ORDER, "null"))
+    except (SafetensorError, ValueError, TypeError, AttributeError) as err:
+        raise BadReply(f"malformed {what}: not a readable safetensors buffer ({type(err).__name__}: {err})") from None
+    if not (isinstance(order, list) and all(isinstance(n, str) for n in order) and sorted(order) == sorted(names)):
+        raise BadReply(f"malformed {what}: its header's tensor order does not name exactly its {len(names)} tensors")
+    return data, order
+
+
+def unpack(record: Any, what: str = "record") -> dict[str, np.ndarray]:
+    """The named numpy arrays of a packed record, bit-identical and writable, in the sender's order; a record
+    that is not a valid pack is a BadReply naming ``what``. bfloat16 has no numpy dtype: see ``unpack_torch``."""
+    if (packed := _packed_bytes(record, what)) is None:
+        return {}
+    data, order = packed
+    try:
+        arrays = safetensors.numpy.load(data)  # each array over its own bytearray: writable, no copy
+    except KeyError as err:  # the library's dtype table: BF16 (and FP8) have no numpy dtype
+        raise BadReply(f"malformed {what}: dtype {err} cannot be held by numpy (read it with unpack_torch)") from None
+    return {k: arrays[k] for k in order}
+
+
+def unpack_torch(record: Any, what: str = "record") -> dict[str, Tensor]:
+    """The named tensors of a packed record (any dtype), bit-identical, in the sender's order; else a BadReply."""
+    from safetensors.torch import load
+
+    if (packed := _packed_bytes(record, what)) is None:
+        return {}
+    data, order = packed
+    tensors = load(data)
+    return {k: tensors[k] for k in order}
 
 
 # -- server -> client ---------------------------------------------------------------------------------------
@@ -108,7 +183,7 @@ def read_request(content: RecordDict) -> Request:
     if ROUND not in config:
         return Request(settings)
     return Request(settings, int(config[ROUND]), str(config[CLIENT_ID]), str(config[RUN_ID]),
-                   {k: v.numpy() for k, v in content[ADAPTERS].items()})
+                   unpack(content[ADAPTERS], "request's adapters"))
 
 
 # -- client -> server ---------------------------------------------------------------------------------------
@@ -124,8 +199,8 @@ def train_reply(client: str, result: ClientResult) -> RecordDict:
     metrics: dict[str, Any] = {k: float(v) for k, v in result.metrics.items()}
     metrics["num_examples"] = int(result.metrics["num_examples"])
     return RecordDict({
-        ADAPTERS: numpy_record(result.adapters),
-        STATS: numpy_record(result.stats),
+        ADAPTERS: pack(result.adapters),
+        STATS: pack(result.stats),
         METRICS: MetricRecord(metrics),
         INFO: ConfigRecord({CLIENT_ID: client, TASK: result.info["task"], METRIC: result.info["metric"]}),
     })
@@ -134,7 +209,8 @@ def train_reply(client: str, result: ClientResult) -> RecordDict:
 def read_train_reply(content: RecordDict) -> TrainReply:
     """The reply's tensors and the metrics the server keeps; a reply missing any of them is a BadReply."""
     try:
-        adapters, stats = content[ADAPTERS].to_torch_state_dict(), content[STATS].to_torch_state_dict()
+        adapters = unpack_torch(content[ADAPTERS], "train reply's adapters")
+        stats = unpack_torch(content[STATS], "train reply's statistics")
         m, info = content[METRICS], content[INFO]
         metrics: dict[str, float | int | str] = {k: float(m[k]) for k in TRAIN_METRICS}
         metrics["num_examples"] = int(m["num_examples"])
@@ -143,18 +219,22 @@ def read_train_reply(content: RecordDict) -> TrainReply:
             metrics["test_n"] = int(metrics["test_n"])
         metrics.update(task=str(info[TASK]), metric=str(info[METRIC]),
                        bytes_up=int(content[ADAPTERS].count_bytes() + content[STATS].count_bytes()))
+    except BadReply:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed train reply: {type(err).__name__}: {err}") from None
     return TrainReply(adapters, stats, metrics)
 
 
 def probe_reply(result: ClientResult) -> RecordDict:
-    return RecordDict({STATS: numpy_record(result.stats)})
+    return RecordDict({STATS: pack(result.stats)})
 
 
 def read_probe_reply(content: RecordDict) -> dict[str, Tensor]:
     try:
-        return content[STATS].to_torch_state_dict()
+        return unpack_torch(content[STATS], "probe reply's statistics")
+    except BadReply:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed probe reply: {type(err).__name__}: {err}") from None
 
@@ -181,6 +261,6 @@ def read_evaluate_reply(content: RecordDict) -> dict[str, float | int]:
 
 
 def sent_bytes(adapters: Mapping[str, Tensor]) -> tuple[ArrayRecord, int]:
-    """The record of ``adapters`` and its size as Flower counts it (what the traffic figures report)."""
-    record = ArrayRecord(dict(adapters))
+    """The packed record of ``adapters`` and its size as Flower counts it (what the traffic figures report)."""
+    record = pack(adapters)
     return record, record.count_bytes()

@@ -75,7 +75,7 @@ def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clo
     everything a warm worker saves (imports, model load, splits)."""
     job = client_job(request, node_config)
     strategy = strategy_named(request.settings.federation.strategy)
-    payload = {k: torch.from_numpy(v) for k, v in request.adapters.items()}  # as ArrayRecord.to_torch_state_dict
+    payload = {k: torch.from_numpy(v) for k, v in request.adapters.items()}  # as protocol.unpack_torch
     timing = clock.timing()
     log.info("round %d (%s): first step %.2f s after the ClientApp started (%.2f s of it, %.2f CPU s, before its "
              "handler ran)", request.server_round, kind, timing["overhead_s"], timing["startup_s"],
@@ -93,5 +93,5 @@ def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clo
 
 
 def _numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """As ArrayRecord.from_torch_state_dict converts them, so both ways of replying send the same bytes."""
+    """The tensors as numpy arrays (what protocol.pack sends), so both ways of replying send the same bytes."""
     return {k: v.detach().cpu().numpy() for k, v in tensors.items()}

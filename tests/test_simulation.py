@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
@@ -17,6 +17,7 @@ from amole import keys
 from amole.assign import AssignmentError
 from amole.compose import compose
 from client_app.app import app as client_app
+from client_app.protocol import pack, unpack_torch
 from server_app import checkpoint
 from server_app.federation import run
 
@@ -90,14 +91,14 @@ def test_round_loop_payloads_aggregation_and_resume(tmp_path: Path) -> None:
 
     # Per-node payloads differ: each node gets only its own experts.
     messages, replies = train_rounds[-1]
-    key_sets = [frozenset(m.content["adapters"].keys()) for m in messages]
+    key_sets = [frozenset(unpack_torch(m.content["adapters"])) for m in messages]
     assert len(set(key_sets)) == len(key_sets)
     dst = [m.metadata.dst_node_id for m in messages]
     assert len(set(dst)) == 3
 
     # The final bank is the last round's per-expert mean over exactly the clients that held each expert.
-    sent = {m.metadata.dst_node_id: m.content["adapters"].to_torch_state_dict() for m in messages}
-    ups = {r.metadata.src_node_id: r.content["adapters"].to_torch_state_dict() for r in replies}
+    sent = {m.metadata.dst_node_id: unpack_torch(m.content["adapters"]) for m in messages}
+    ups = {r.metadata.src_node_id: unpack_torch(r.content["adapters"]) for r in replies}
     bank_sent = {}
     for d in sent.values():
         bank_sent.update(d)
@@ -170,10 +171,10 @@ def test_bad_and_missing_replies_are_left_out_and_the_run_goes_on(tmp_path: Path
         if exchange == 1:  # round 1: client 1 uploads a NaN
             for reply in replies:
                 if client_of(reply) == "1":
-                    adapters = reply.content["adapters"].to_torch_state_dict()
+                    adapters = unpack_torch(reply.content["adapters"])
                     first = next(iter(adapters))
                     adapters[first] = torch.full_like(adapters[first], float("nan"))
-                    reply.content["adapters"] = ArrayRecord(adapters)
+                    reply.content["adapters"] = pack(adapters)
         if exchange == 2:  # round 2: client 2's reply never arrives (as if past the timeout)
             replies = [r for r in replies if client_of(r) != "2"]
         return replies
@@ -187,11 +188,11 @@ def test_bad_and_missing_replies_are_left_out_and_the_run_goes_on(tmp_path: Path
 
     # Round 1's aggregate (carried by round 2's payloads) averaged clients 0 and 2 only.
     (_, replies1), (messages2, replies2) = log[1], log[2]
-    up1 = {client_of(r): r.content["adapters"].to_torch_state_dict() for r in replies1}
-    sent2 = messages2[0].content["adapters"].to_torch_state_dict()
+    up1 = {client_of(r): unpack_torch(r.content["adapters"]) for r in replies1}
+    sent2 = unpack_torch(messages2[0].content["adapters"])
     router = next(k for k in sent2 if k.endswith(".router"))
     assert torch.allclose(sent2[router], (up1["0"][router] + up1["2"][router]) / 2, atol=1e-6)
-    up2 = {client_of(r): r.content["adapters"].to_torch_state_dict() for r in replies2}
+    up2 = {client_of(r): unpack_torch(r.content["adapters"]) for r in replies2}
     assert torch.allclose(state.bank[router], (up2["0"][router] + up2["1"][router]) / 2, atol=1e-6)
 
 
@@ -296,9 +297,9 @@ def test_fedsa_lora_averages_a_and_keeps_b_at_the_client(tmp_path: Path) -> None
     trains = [(m, r) for m, r in log if m[0].metadata.message_type == "train"]
     for messages, replies in trains:
         for msg in messages:
-            assert {keys.parse_key(k).part for k in msg.content["adapters"]} == {"A"}  # B is never sent
+            assert {keys.parse_key(k).part for k in unpack_torch(msg.content["adapters"])} == {"A"}  # B is never sent
         for reply in replies:
-            assert {keys.parse_key(k).part for k in reply.content["adapters"]} == {"A"}  # nor received
+            assert {keys.parse_key(k).part for k in unpack_torch(reply.content["adapters"])} == {"A"}  # nor received
     assert all(not state.bank[k].any() for k in state.bank if k.endswith(".B"))  # the server's B: untouched zeros
     # Each client's trained B is in its own site folder, and differs between clients.
     sites = sorted((tmp_path / "kept").iterdir())
@@ -311,7 +312,7 @@ def test_fedsa_lora_averages_a_and_keeps_b_at_the_client(tmp_path: Path) -> None
     assert latest[0][some].any() and not torch.equal(latest[0][some], latest[1][some])
     # The bank's A is the mean of the last round's uploads.
     _, replies = trains[-1]
-    ups = [r.content["adapters"].to_torch_state_dict() for r in replies]
+    ups = [unpack_torch(r.content["adapters"]) for r in replies]
     a = next(k for k in state.bank if k.endswith(".A"))
     assert torch.allclose(state.bank[a], torch.stack([u[a] for u in ups]).mean(0), atol=1e-6)
 
@@ -343,13 +344,13 @@ def test_a_new_site_joins_in_round_2_with_experts_chosen_from_its_statistics(tmp
     probes = [(m, r) for m, r in log if m[0].metadata.message_type == protocol.PROBE_MESSAGE]
     assert len(probes) == 1
     (messages, replies), = probes
-    sent = messages[0].content["adapters"].to_torch_state_dict()
+    sent = unpack_torch(messages[0].content["adapters"])
     assert sent and not any(".experts." in k for k in sent)  # shared expert and router only
     probe_stats = protocol.read_probe_reply(replies[0].content)
     # Round 2's plan is RSEA on round 1's uploads plus the newcomer's probe: recompute it and compare.
     settings = compose([*OVERRIDES, "federation.num_clients=2", "federation.max_clients=3"])
     (_, train1), = [(m, r) for m, r in log if m[0].metadata.message_type == "train"][:1]
-    uploads = {client_of(r): r.content["stats"].to_torch_state_dict() for r in train1}
+    uploads = {client_of(r): unpack_torch(r.content["stats"]) for r in train1}
     order = [c for c in ("0", "1") if c in uploads]
     modules = list(r2["assignment"])
     N, rank = settings.adapter.num_experts, settings.adapter.r

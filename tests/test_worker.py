@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord
 
 from amole.bank import create_bank, payload
 from amole.compose import compose
@@ -39,7 +38,7 @@ def request_for(site: Path, run_id: str = "run-a", idle_s: float = 120.0) -> tup
                         "federation.reply_timeout=1"])
     shapes = adapter_target_shapes(settings.model, settings.adapter.target_modules)
     sent = payload(create_bank(shapes, settings.adapter, seed=0), {n: [0, 3] for n in shapes})
-    content = protocol.round_request(protocol.settings_json(settings), 1, CLIENT, run_id, ArrayRecord(sent))
+    content = protocol.round_request(protocol.settings_json(settings), 1, CLIENT, run_id, protocol.pack(sent))
     return protocol.read_request(content), {"client-id": CLIENT, "site-dir": str(site)}
 
 
