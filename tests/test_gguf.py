@@ -113,7 +113,8 @@ def test_convert_gguf_refuses_unfinished_folder(fake_gguf: FakeGguf, tmp_path: P
 
 
 def test_gguf_file_is_converted_into_cache_then_loaded(fake_gguf: FakeGguf, tmp_path: Path) -> None:
-    cfg = ModelConfig(name=str(fake_gguf.path), cache_dir=str(tmp_path / "root"), quantization="4bit")
+    cfg = ModelConfig(name=str(fake_gguf.path), cache_dir=str(tmp_path / "root"), quantization="4bit",
+                      dense_on_cpu=False)
     shapes = adapter_target_shapes(cfg, ("q_proj",))  # converts on first use
     assert shapes["model.layers.1.self_attn.q_proj"] == (64, 64)
     (folder,) = (tmp_path / "root" / "models").iterdir()

@@ -94,7 +94,7 @@ def test_bank_shapes_come_from_the_meta_model(adapter_cfg) -> None:
 
 
 def test_injection_works_on_linear4bit(adapter_cfg) -> None:
-    model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit"), device="cpu")
+    model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", dense_on_cpu=False), device="cpu")
     layers = inject(model, adapter_cfg)
     assert all(isinstance(m.base, bnb.nn.Linear4bit) for m in layers.values())
     shapes = {n: (m.in_features, m.out_features) for n, m in layers.items()}
