@@ -126,15 +126,24 @@ def _packed_bytes(record: Any, what: str) -> tuple[bytes, list[str]] | None:
     if array.stype != PACKED_STYPE:
         raise BadReply(f"malformed {what}: serialization {array.stype!r}, expected {PACKED_STYPE!r}")
     data = bytes(array.data)
-    try:
-        names = [name for name, _ in safetensors.deserialize(data)]  # validates header, dtypes and offsets
+    try:  # the JSON header only: the tensors are read once, by the loader (which checks dtypes and offsets)
         size = int.from_bytes(data[:8], "little")
-        order = json.loads((json.loads(data[8: 8 + size]).get("__metadata__") or {}).get(ORDER, "null"))
-    except (SafetensorError, ValueError, TypeError, AttributeError) as err:
+        header = json.loads(data[8: 8 + size])
+        names = [k for k in header if k != "__metadata__"]
+        order = json.loads((header.get("__metadata__") or {}).get(ORDER, "null"))
+    except (ValueError, TypeError, AttributeError) as err:
         raise BadReply(f"malformed {what}: not a readable safetensors buffer ({type(err).__name__}: {err})") from None
     if not (isinstance(order, list) and all(isinstance(n, str) for n in order) and sorted(order) == sorted(names)):
         raise BadReply(f"malformed {what}: its header's tensor order does not name exactly its {len(names)} tensors")
     return data, order
+
+
+def _load(loader: Any, data: bytes, what: str) -> dict[str, Any]:
+    """``loader(data)`` (safetensors' numpy or torch load), its failures a BadReply naming ``what``."""
+    try:
+        return loader(data)
+    except (SafetensorError, ValueError, TypeError) as err:
+        raise BadReply(f"malformed {what}: not a readable safetensors buffer ({type(err).__name__}: {err})") from None
 
 
 def unpack(record: Any, what: str = "record") -> dict[str, np.ndarray]:
@@ -144,7 +153,7 @@ def unpack(record: Any, what: str = "record") -> dict[str, np.ndarray]:
         return {}
     data, order = packed
     try:
-        arrays = safetensors.numpy.load(data)  # each array over its own bytearray: writable, no copy
+        arrays = _load(safetensors.numpy.load, data, what)  # each array over its own bytearray: writable, no copy
     except KeyError as err:  # the library's dtype table: BF16 (and FP8) have no numpy dtype
         raise BadReply(f"malformed {what}: dtype {err} cannot be held by numpy (read it with unpack_torch)") from None
     return {k: arrays[k] for k in order}
@@ -157,7 +166,7 @@ def unpack_torch(record: Any, what: str = "record") -> dict[str, Tensor]:
     if (packed := _packed_bytes(record, what)) is None:
         return {}
     data, order = packed
-    tensors = load(data)
+    tensors = _load(load, data, what)
     return {k: tensors[k] for k in order}
 
 
