@@ -85,7 +85,8 @@ experiments-small: model
 # unfinished ones resume from their last round). Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
 # (without it the scenario falls back to ~/.cache/amole/dolly, then to the hub).
 DOLLY_PATH ?=
-MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=runs/experiments/medium
+MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=runs/experiments/medium \
+	experiment.archive_dir=docs/runs/medium
 MEDIUM_DOLLY := scenario=dolly_dir1 $(if $(DOLLY_PATH),++scenario.local_path=$(DOLLY_PATH))
 experiments-medium: model
 	$(MEDIUM) strategy=fedamole,fedit_ft,local scenario=bigbench_cpu seed=0
@@ -97,7 +98,7 @@ experiments-medium: model
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
 results: $(STAMP)
-	$(PY) -m tools.results --runs runs/experiments --out docs
+	$(PY) -m tools.results --runs runs/experiments docs/runs --out docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

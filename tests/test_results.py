@@ -335,3 +335,31 @@ def test_a_terminated_runner_stops_instead_of_going_on_to_the_next_run(tmp_path:
     monkeypatch.setattr(simulation, "run_simulation", lambda **kwargs: (_ for _ in ()).throw(SystemExit(1)))
     state, error, _, _ = simulation.simulate(settings, tmp_path, None, opts, tmp_path / "log2.txt")
     assert state is None and "SystemExit: 1" in error  # any other exit is this run's failure, reported
+
+
+def test_archive_keeps_finished_runs_and_a_fresh_clone_skips_them(tmp_path: Path, monkeypatch) -> None:
+    """experiment.archive_dir: a completed run's small files are copied there; a new runs folder (a fresh clone)
+    skips what the archive holds complete, refuses another config under the same name, and results counts a run
+    found in both places once."""
+    from tools import experiment
+
+    calls: list = []
+    monkeypatch.setattr(experiment, "simulate", fake_simulator(calls))
+    archive = tmp_path / "docs-runs"
+    done = _job(tmp_path / "a", "federation.num_rounds=2", f"experiment.archive_dir={archive}")
+    assert done.status == "completed" and len(calls) == 1
+    kept = archive / "synthetic-fedamole-s0"
+    assert {p.name for p in kept.iterdir()} == {"metrics.json", "experiment.json"}  # no checkpoint, no models
+    assert json.loads((kept / "experiment.json").read_text())["status"] == "completed"
+
+    calls.clear()
+    fresh = _job(tmp_path / "b", "federation.num_rounds=2", f"experiment.archive_dir={archive}")
+    assert fresh.status == "skipped" and calls == [] and fresh.run_dir == kept
+    other = _job(tmp_path / "b", "federation.num_rounds=2", "train.steps=9", f"experiment.archive_dir={archive}")
+    assert other.status == "failed" and "train.steps" in other.message and calls == []
+    longer = _job(tmp_path / "b", "federation.num_rounds=3", f"experiment.archive_dir={archive}")
+    assert longer.status == "completed" and calls == [(0, 3, False)]  # the archive holds 2 of 3 rounds: run it
+    assert len(json.loads((kept / "metrics.json").read_text())["rounds"]) == 3
+
+    rows = collect([tmp_path / "a", archive])
+    assert len(rows) == 1 and rows[0]["rounds_done"] == 3

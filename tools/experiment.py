@@ -51,6 +51,7 @@ from amole.atomic import write_text
 from amole.compose import CONF_DIR, GROUPS, settings_from_cfg
 from amole.config import Settings
 from server_app.logs import setup_logging
+from tools.archive import archive_run, archived_rounds
 from tools.chunking import (
     EXPERIMENT_FILE,
     config_mismatch,
@@ -105,7 +106,8 @@ def run_name(settings: Settings) -> str:
 
 
 def experiment_options(cfg: DictConfig) -> dict[str, Any]:
-    opts = {"rounds_per_call": None, "time_limit_s": None, "client_num_cpus": 1, "client_num_gpus": 0.0}
+    opts = {"rounds_per_call": None, "time_limit_s": None, "client_num_cpus": 1, "client_num_gpus": 0.0,
+            "archive_dir": None}
     if cfg.get("experiment") is not None:
         opts.update(OmegaConf.to_container(cfg.experiment, resolve=True))  # type: ignore[arg-type]
     return opts
@@ -183,7 +185,19 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
             return _fail(tag, run_dir, record, "its run directory holds a run of another config ("
                          + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
                          + "): move it away or choose another federation.runs_dir")
+    archive = Path(opts["archive_dir"]) if opts.get("archive_dir") else None
+    if archive is not None and done < planned:
+        kept, diff = archived_rounds(archive, fed.name, settings.to_dict())
+        if kept >= planned and not diff:
+            print(f"{tag} {fed.name}: skipped, complete ({kept}/{planned} rounds) in the archive {archive}",
+                  flush=True)
+            return _finish(JobResult(fed.name, "skipped", archive / fed.name))
+        if kept and diff:
+            return _fail(tag, run_dir, record, f"the archive {archive} holds a run {fed.name} of another config ("
+                         + "; ".join(diff[:6]) + "): move it away or choose another experiment.archive_dir")
     if done >= planned:
+        if archive is not None:
+            archive_run(run_dir, archive)
         print(f"{tag} {fed.name}: skipped, complete ({done}/{planned} rounds) in {run_dir}", flush=True)
         record.update(status="completed", rounds_done=done)
         _write_record(run_dir, record)
@@ -223,6 +237,8 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
               f"{resources.get('peak_total_mb', 0):.0f} MB, {resources.get('cpu_s', 0):.0f} CPU-s)", flush=True)
         record.update(status="running" if done < planned else "completed", rounds_done=done)
         _write_record(run_dir, record)
+    if archive is not None:
+        print(f"{tag} {fed.name}: archived in {archive_run(run_dir, archive)}", flush=True)
     print(f"{tag} {fed.name}: completed ({planned} rounds) in {run_dir}", flush=True)
     return _finish(JobResult(fed.name, "completed", run_dir))
 

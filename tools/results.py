@@ -1,12 +1,13 @@
 """Collect experiment run directories into the results tables: ``docs/results.md`` and two CSV files.
 
-    python -m tools.results [--runs runs/experiments] [--out docs]
+    python -m tools.results [--runs runs/experiments docs/runs] [--out docs]
 
 Every ``metrics.json`` under ``--runs`` (at any depth, so ``runs/experiments/<budget>/<run>/`` works too) is one
-run; ``experiment.json`` beside it, written by the experiment runner (``tools.experiment``), adds the command
-line, the budget preset, the planned rounds and the peak memory. Runs are grouped into one table per scenario and
-budget (the budget preset plus every config value that is not a strategy's own, so runs of different sizes never
-share a table); a table's rows are the strategies, each with the mean ± sample standard deviation over seeds of
+run (the same run in ``runs/`` and in the committed archive ``docs/runs/``, tools.archive, counts once);
+``experiment.json`` beside it, written by the experiment runner (``tools.experiment``), adds the command line,
+the budget preset, the planned rounds and the peak memory. Runs are grouped into one table per scenario and budget
+(the budget preset plus every config value that is not a strategy's own, so runs of different sizes never share a
+table); a table's rows are the strategies, each with the mean ± sample standard deviation over seeds of
 the last round's mean personalized score (the mean over clients of each client's own test score). Only complete
 runs enter a table; incomplete and failed ones are listed under it.
 
@@ -28,6 +29,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,22 +144,29 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def collect(runs_dir: Path) -> list[dict[str, Any]]:
-    """Every run under ``runs_dir`` (a folder with metrics.json, at any depth; hidden folders skipped)."""
-    runs_dir = Path(runs_dir)
-    rows = []
-    for path in sorted(runs_dir.rglob(METRICS_FILE)):
-        rel = path.relative_to(runs_dir)
-        if any(part.startswith(".") for part in rel.parts[:-1]):
-            continue
-        try:
-            rows.append(load_run(path.parent))
-        except (ValueError, KeyError, TypeError) as err:
-            print(f"skipping {path.parent}: {err}", file=sys.stderr)
-    return rows
+def collect(runs_dir: Path | Sequence[Path]) -> list[dict[str, Any]]:
+    """Every run under ``runs_dir`` (one folder or several: a folder with metrics.json, at any depth; hidden
+    folders skipped). A run found twice (in ``runs/`` and in the archive, tools.archive) counts once: the copy
+    with the most rounds, the first listed on a tie."""
+    dirs = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(d) for d in runs_dir]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for base in dirs:
+        for path in sorted(base.rglob(METRICS_FILE)) if base.is_dir() else []:
+            rel = path.relative_to(base)
+            if any(part.startswith(".") for part in rel.parts[:-1]):
+                continue
+            try:
+                row = load_run(path.parent)
+            except (ValueError, KeyError, TypeError) as err:
+                print(f"skipping {path.parent}: {err}", file=sys.stderr)
+                continue
+            key = (path.parent.name, str(row["budget"]))
+            if key not in rows or row["rounds_done"] > rows[key]["rounds_done"]:
+                rows[key] = row
+    return list(rows.values())
 
 
-def write_results(runs_dir: Path, out_dir: Path, command: str | None = None, notes: Path | None = None,
+def write_results(runs_dir: Path | Sequence[Path], out_dir: Path, command: str | None = None, notes: Path | None = None,
                   yardstick: bool = True) -> tuple[dict[str, Path], list[dict[str, Any]]]:
     """Collect ``runs_dir``, write results.md, results.csv, results_runs.csv and one plot per table
     (results_<scenario>_<budget>.png) into ``out_dir``; (paths, runs).
@@ -165,12 +174,13 @@ def write_results(runs_dir: Path, out_dir: Path, command: str | None = None, not
     ``notes`` (a markdown file, if it exists) is the written analysis of the numbers; it goes in verbatim.
     ``yardstick`` False skips the no-model yardstick (it rebuilds every client's data from the stored config).
     """
-    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    command = command or f"python -m tools.results --runs {runs_dir} --out {out_dir}"
-    rows = collect(runs_dir)
+    dirs = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(d) for d in runs_dir]
+    out_dir = Path(out_dir)
+    command = command or f"python -m tools.results --runs {' '.join(map(str, dirs))} --out {out_dir}"
+    rows = collect(dirs)
     text_notes = notes.read_text(encoding="utf-8") if notes is not None and notes.is_file() else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    text, summary_rows = render(rows, str(runs_dir), command, text_notes, out_dir, yardstick)
+    text, summary_rows = render(rows, " and ".join(map(str, dirs)), command, text_notes, out_dir, yardstick)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "runs_csv": out_dir / "results_runs.csv"}
     write_text(paths["md"], text)
     write_csv(paths["csv"], SUMMARY_COLUMNS, summary_rows)
@@ -181,17 +191,19 @@ def write_results(runs_dir: Path, out_dir: Path, command: str | None = None, not
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", default="runs/experiments", help="folder of run directories (searched recursively)")
+    p.add_argument("--runs", nargs="+", default=["runs/experiments"],
+                   help="folders of run directories (searched recursively; a run in several counts once)")
     p.add_argument("--out", default="docs", help="where results.md, results.csv and results_runs.csv go")
     p.add_argument("--notes", default="docs/results_notes.md",
                    help="written analysis included verbatim in results.md (skipped if the file does not exist)")
     p.add_argument("--no-yardstick", action="store_true",
                    help="skip the no-model yardstick (it rebuilds each client's data from the run's stored config)")
     args = p.parse_args(argv)
-    if not Path(args.runs).is_dir():
-        print(f"no runs folder {args.runs}: run an experiment sweep first (make experiments-small)", file=sys.stderr)
+    if not any(Path(d).is_dir() for d in args.runs):
+        print(f"no runs folder among {args.runs}: run an experiment sweep first (make experiments-small)",
+              file=sys.stderr)
         return 1
-    paths, rows = write_results(Path(args.runs), Path(args.out), notes=Path(args.notes),
+    paths, rows = write_results([Path(d) for d in args.runs], Path(args.out), notes=Path(args.notes),
                                 yardstick=not args.no_yardstick)
     bad = [r for r in rows if r["status"] != "completed"]
     print(f"{len(rows)} runs ({len(rows) - len(bad)} complete) -> {', '.join(str(p) for p in paths.values())}")
