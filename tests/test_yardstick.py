@@ -31,3 +31,17 @@ def test_cli_prints_a_row_per_client(capsys) -> None:
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line[:3] in ("| 0", "| 1", "| 2")]
     assert len(rows) == 3 and "mean over clients: majority answer" in out
+
+
+def test_task_probe_scores_each_task_before_and_after_training(capsys) -> None:
+    """tools.task_probe: per task the yardstick and a score with its SE for round 0 (untrained) and each round."""
+    from tools import task_probe
+
+    rows = task_probe.main(["--tasks", "upper", "sort", "--rounds", "1",
+                            "-o", "model=tiny", "scenario=synthetic", "budget=smoke"])
+    assert [r["task"] for r in rows] == ["upper", "sort"]
+    for row in rows:
+        assert len(row["scores"]) == 2 and row["test_n"] > 0 and 0.0 <= row["yardstick"] <= 1.0
+        assert all(0.0 <= s <= 1.0 and se >= 0.0 for s, se in row["scores"])
+    out = capsys.readouterr().out
+    assert "| upper |" in out and "| sort |" in out and "last − yardstick in SE" in out

@@ -56,13 +56,14 @@ def probe_task(model, tokenizer, settings, layers: dict, task: str, rounds: int)
             "yardstick": yardstick, "scores": scores}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("-o", "--overrides", nargs="*", default=["budget=cpu_medium"])
     p.add_argument("--rounds", type=int, default=2)
-    args = p.parse_args()
-    settings = compose(["scenario=bigbench_cpu", *args.overrides])
+    args = p.parse_args(argv)
+    scenario = [] if any(o.startswith("scenario=") for o in args.overrides) else ["scenario=bigbench_cpu"]
+    settings = compose([*scenario, *args.overrides])
     model, tokenizer = load_base_model(settings.model)
     layers = {n: (m.in_features, m.out_features) for n, m in inject(model, settings.adapter).items()}
     rows = [probe_task(model, tokenizer, settings, layers, t, args.rounds) for t in args.tasks]
@@ -72,9 +73,10 @@ def main() -> None:
     for row in rows:
         last, se = row["scores"][-1]
         cells = " | ".join(f"{s:.2f} ± {e:.2f}" for s, e in row["scores"])
-        print(f"| {row['task']} | {row['test_n']} | {row['yardstick']:.2f} | {cells} | "
-              f"{(last - row['yardstick']) / se:+.1f} |")
+        gap = f"{(last - row['yardstick']) / se:+.1f}" if se > 0 else "– (SE 0)"
+        print(f"| {row['task']} | {row['test_n']} | {row['yardstick']:.2f} | {cells} | {gap} |")
     print("JSON " + json.dumps(rows))
+    return rows
 
 
 if __name__ == "__main__":
