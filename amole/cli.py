@@ -103,20 +103,17 @@ def _read_prompts(path: str) -> list[tuple[dict[str, Any], str]]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompts file {p} does not exist")
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if p.suffix.lower() == ".txt":
-            out.append(({"prompt": line}, line.strip()))
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{p}:{n}: invalid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise ValueError(f"{p}:{n}: each line must be a JSON object")
-        out.append((row, _row_text(row, f"{p}:{n}")))
+    from amole.data.records import json_lines
+
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".txt":
+        out = [({"prompt": line}, line.strip()) for line in text.splitlines() if line.strip()]
+    else:
+        out = []
+        for n, row, why in json_lines(text):
+            if row is None:
+                raise ValueError(f"{p}:{n}: {why}")
+            out.append((row, _row_text(row, f"{p}:{n}")))
     if not out:
         raise ValueError(f"prompts file {p} is empty")
     return out

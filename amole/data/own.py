@@ -36,7 +36,7 @@ from amole.data.dolly import dolly_prompt
 from amole.data.errors import TaskFormatError
 from amole.data.example import Example
 from amole.data.prompt import DEFAULT_TEMPLATE, PromptFormat
-from amole.data.records import Row, expand
+from amole.data.records import Row, expand, json_lines
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv"}
 LAYOUTS = ("choices+answer", "instruction(+input)+output", "instruction(+context)+response",
@@ -145,18 +145,11 @@ def _jsonl_by_line(path: Path, text: str, skipped: list[tuple[int, str]]) -> lis
     """Line-by-line fallback for JSON Lines that Arrow rejects as a whole (a broken line, mixed row types):
     the good rows still count, the broken lines are reported."""
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            skipped.append((n, f"invalid JSON ({err.msg})"))
-            continue
-        if isinstance(row, Mapping):
-            out.append((dict(row), n))
+    for n, row, why in json_lines(text):
+        if row is None:
+            skipped.append((n, str(why)))
         else:
-            skipped.append((n, f"a row must be a JSON object, got {type(row).__name__}"))
+            out.append((row, n))
     return out
 
 

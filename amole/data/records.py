@@ -14,7 +14,7 @@ import glob
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +57,28 @@ def read_file_rows(path: Path) -> list[tuple[Row, Origin]]:
             raise TaskFormatError(f"{path}: a .json data file must be a list of objects")
         return [(dict(r), f"{path}[{i}]") for i, r in enumerate(rows)]
     out: list[tuple[Row, Origin]] = []
+    for n, row, why in json_lines(text):
+        if row is None:
+            raise TaskFormatError(f"{path}:{n}: {why}")
+        out.append((row, f"{path}:{n}"))
+    return out
+
+
+def json_lines(text: str) -> Iterator[tuple[int, Row | None, str | None]]:
+    """Each non-empty line of a JSON Lines text: (line number, the object, None), or (line number, None, why)
+    for a line that is not a JSON object, so each caller decides whether a bad line stops it or is skipped."""
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise TaskFormatError(f"{path}:{n}: invalid JSON line ({err})") from err
-        if not isinstance(row, Mapping):
-            raise TaskFormatError(f"{path}:{n}: each line must be a JSON object")
-        out.append((dict(row), f"{path}:{n}"))
-    return out
+            yield n, None, f"invalid JSON ({err.msg})"
+            continue
+        if isinstance(row, Mapping):
+            yield n, dict(row), None
+        else:
+            yield n, None, f"a row must be a JSON object, got {type(row).__name__}"
 
 
 def hub_rows(hub_id: str, split: str, what: str, local_path: str | None) -> list[Row]:
