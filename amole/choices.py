@@ -10,7 +10,7 @@ rounding: attention never sees padding, RoPE positions are the row's own, and AM
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from amole.answer import kept_logits
 from amole.data import Example, encode, pad_id_of
 from amole.data.tokenize import IGNORE_INDEX
+
+ROWS_PER_PROMPT = 4  # choice rows per chunk: this many times the eval batch size (64 rows at batch 16)
 
 
 @dataclass
@@ -95,7 +97,8 @@ def _score_chunk(model: nn.Module, chunk: Sequence[_Prefix], pad: int, out: Tens
 @torch.no_grad()
 def choice_losses(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int,
                   batch_size: int) -> list[list[float]]:
-    """Mean answer-token loss of every choice of every example (teacher forcing), ``batch_size`` prompts at a time."""
+    """Mean answer-token loss of every choice of every example (teacher forcing), ``batch_size`` prompts at a time
+    (fewer when they have many choices: at most ``ROWS_PER_PROMPT * batch_size`` choice rows)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     pad = pad_id_of(tokenizer)
@@ -104,8 +107,23 @@ def choice_losses(model: nn.Module, tokenizer, examples: Sequence[Example], max_
         start = len(rows)
         rows += [encode(tokenizer, Example(ex.prompt, c), max_len) for c in ex.choices]
         groups.append(range(start, len(rows)))
-    prefixes = _prefixes(rows, groups)
     losses = torch.zeros(len(rows))
-    for start in range(0, len(prefixes), batch_size):
-        _score_chunk(model, prefixes[start : start + batch_size], pad, losses)
+    for chunk in _chunks(_prefixes(rows, groups), batch_size, ROWS_PER_PROMPT * batch_size):
+        _score_chunk(model, chunk, pad, losses)
     return [losses[g.start : g.stop].tolist() for g in groups]
+
+
+def _chunks(prefixes: Sequence[_Prefix], max_prompts: int, max_rows: int) -> Iterator[list[_Prefix]]:
+    """Consecutive prefixes, at most ``max_prompts`` prompts and ``max_rows`` choice rows a chunk (a prompt with
+    more choices than that goes alone): every choice row gets its own copy of its prompt's KV cache, so 16
+    prompts of 18-34 choices at ~130 tokens would copy 2-3 GB of cache per chunk (a client went out of memory)."""
+    chunk: list[_Prefix] = []
+    rows = 0
+    for p in prefixes:
+        if chunk and (len(chunk) >= max_prompts or rows + len(p.rows) > max_rows):
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(p)
+        rows += len(p.rows)
+    if chunk:
+        yield chunk

@@ -106,3 +106,23 @@ def test_models_without_logit_slicing_fall_back_to_full_logits(adapted) -> None:
         assert torch.allclose(sequence_losses(_NoKeep(model), batch), expected, atol=1e-5, rtol=0)
         shared = [x for losses in choice_losses(_NoKeep(model), tok, EXAMPLES, 48, 2) for x in losses]
     assert shared == pytest.approx(expected.tolist(), abs=1e-5, rel=0)
+
+
+def test_prompts_with_many_choices_are_scored_in_smaller_chunks(adapted, monkeypatch) -> None:
+    """At most ROWS_PER_PROMPT * batch_size choice rows share one pass (each copies its prompt's KV cache): the
+    scores stay those of one big chunk, and every chunk respects the bound unless one prompt alone exceeds it."""
+    import amole.choices as choices
+
+    model, tok = adapted
+    model.eval()
+    with torch.no_grad():
+        whole = choice_losses(model, tok, EXAMPLES, 48, 8)
+        seen: list[int] = []
+        real = choices._score_chunk
+        monkeypatch.setattr(choices, "ROWS_PER_PROMPT", 1)  # 4 rows a chunk at batch size 4
+        monkeypatch.setattr(choices, "_score_chunk", lambda m, c, p, o: (seen.append(sum(len(x.rows) for x in c)),
+                                                                         real(m, c, p, o)))
+        split = choice_losses(model, tok, EXAMPLES, 48, 4)
+    assert [x for r in split for x in r] == pytest.approx([x for r in whole for x in r], abs=1e-5, rel=0)
+    # Rows: 3 | 2 | four of 1 (the long prompt is cut differently per choice: a prefix each) | 2.
+    assert seen == [3, 4, 4]  # 3 | 2+1+1 | 1+1+2
