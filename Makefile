@@ -81,8 +81,9 @@ experiments-small: model
 
 # The evidence of issue 14 (conf/budget/cpu_medium.yaml, docs/results.md): fedamole, fedit_ft and local with seeds
 # 0-2, then fedit, fdlora, fedsa_lora, static and random with seed 0, on bigbench_cpu and dolly_dir1, into
-# runs/experiments/medium/. Hours on 2 cores: stop it any time, rerun to resume (finished runs are skipped,
-# unfinished ones resume from their last round). Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
+# runs/experiments/medium/. ~22 h on 2 cores: stop it any time, rerun to resume (finished runs are skipped,
+# unfinished ones resume from their last round); finished runs are also kept in docs/runs/medium/ (committed), so a
+# fresh clone skips them too. Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
 # (without it the scenario falls back to ~/.cache/amole/dolly, then to the hub).
 DOLLY_PATH ?=
 MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=runs/experiments/medium \
