@@ -10,30 +10,29 @@ archive together with ``runs/`` (tools.results).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from amole.atomic import atomic_path
+from server_app.run_report import METRICS_FILE, load_metrics
 from tools.chunking import EXPERIMENT_FILE, config_mismatch
 
-METRICS_FILE = "metrics.json"
 KEPT = (METRICS_FILE, EXPERIMENT_FILE, "report.md")
 
 
 def archived_rounds(archive_dir: Path, name: str, wanted: dict[str, Any]) -> tuple[int, list[str]]:
     """(rounds the archive holds for run ``name``, config differences from ``wanted``); (0, []) when none."""
-    path = Path(archive_dir) / name / METRICS_FILE
-    if not path.is_file():
+    run_dir = Path(archive_dir) / name
+    if not (run_dir / METRICS_FILE).is_file():
         return 0, []
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        metrics = load_metrics(run_dir)
         saved = metrics["run"]["config"]
-        rounds = len(metrics["rounds"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a run's metrics file ({err}): remove it to rerun {name}") from err
-    return rounds, config_mismatch(saved, wanted)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{run_dir / METRICS_FILE} is not a run's metrics file ({err}): remove it to rerun "
+                         f"{name}") from err
+    return len(metrics["rounds"]), config_mismatch(saved, wanted)
 
 
 def archive_run(run_dir: Path, archive_dir: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -47,8 +46,7 @@ def probe_task(model, tokenizer, settings, layers: dict, task: str, rounds: int)
         else:
             import_adapters(model, payload)
         res = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
-        n = len(splits.test)
-        se = res.get("score_se", math.sqrt(max(res["score"] * (1 - res["score"]), 1e-12) / n))
+        se = res["score_se"]
         scores.append((res["score"], se))
         print(f"{task} round {r}: {metric} {res['score']:.3f} (SE {se:.3f}) yardstick {yardstick:.3f} "
               f"[{time.perf_counter() - start:.0f} s]", flush=True)
