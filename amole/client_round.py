@@ -93,14 +93,19 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
     model, tokenizer, splits, settings = job.model, job.tokenizer, job.splits, job.settings
     seed = stable_seed("round", settings.federation.seed, job.server_round, job.client)
     held, metrics = _train(job, payload, seed)
+    trained = time.perf_counter()
     result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
+    scored = time.perf_counter()
     # No routed pool (plain LoRA baselines): nothing for RSEA to score, so skip encoding the embedding set.
     stats = routing_statistics(job) if settings.adapter.num_experts else {}
+    end = time.perf_counter()
     metrics.update(
         **score_metrics(result),
         num_examples=float(len(splits.train)),
         experts_mean=float(np.mean([len(ids) for ids in held.values()])),
-        seconds=time.perf_counter() - start,
+        seconds=end - start,
+        # where the round's time went: what a budget is sized by
+        train_s=trained - start, eval_s=scored - trained, stats_s=end - scored,
     )
     job.keep_model(result["score"], result["metric"])
     return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})
@@ -146,9 +151,12 @@ def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
         import_adapters(model, adapters)
         return answer_loss(model, tokenizer, splits.eval, cfg.max_seq_len, settings.eval.batch_size)
 
+    trained = time.perf_counter()
     fusion = tune_weights(loss_of, new_private, new_global, settings.fusion)
     import_adapters(model, merge(new_private, new_global, fusion.w_private, fusion.w_global))
+    fused = time.perf_counter()
     result = evaluate(model, tokenizer, splits.test, cfg.max_seq_len, settings.eval)
+    end = time.perf_counter()
     job.keep_model(result["score"], result["metric"])  # the fused adapter it was scored with
     metrics.update({f"private_{k}": v for k, v in private_metrics.items() if k.startswith("train_")})
     metrics.update(
@@ -159,7 +167,8 @@ def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
         fusion_w_global=fusion.w_global,
         fusion_objective=fusion.objective,
         fusion_evals=float(fusion.evaluations),
-        seconds=time.perf_counter() - start,
+        seconds=end - start,
+        train_s=trained - start, fusion_s=fused - trained, eval_s=end - fused,
     )
     info = {"task": splits.task, "metric": result["metric"]}
     return RoundResult(new_global, {}, metrics, info), new_private

@@ -43,11 +43,12 @@ SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-
 # Metrics every train reply carries, and the optional ones: FDLoRA's tuned fusion weights; overhead_s, the
 # seconds from the ClientApp's start to the round's first step (imports, model load: what a warm worker saves),
 # startup_s, the part of it before the ClientApp's handler ran (Flower's own process start), and that part's
-# CPU seconds (what it takes without contention for the CPU). score_se (standard error of the score over the test
-# examples) and test_n (how many were scored) are optional so that replies of older clients still count.
+# CPU seconds (what it takes without contention for the CPU); train_s, eval_s, stats_s and FDLoRA's fusion_s, where
+# ``seconds`` went. score_se (standard error of the score over the test examples) and test_n (how many were scored)
+# are optional so that replies of older clients still count.
 TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
 OPTIONAL_METRICS = ("score_se", "test_n", "fusion_w_private", "fusion_w_global", "overhead_s", "startup_s",
-                    "startup_cpu_s")
+                    "startup_cpu_s", "train_s", "eval_s", "stats_s", "fusion_s")
 # What an evaluate reply adds to the score when its client sent them.
 SPREAD_METRICS = ("score_se", "test_n")
 # The two kinds of round request a client runs (identify is answered without the model).

@@ -33,6 +33,9 @@ def test_upload_is_what_was_sent_trained(tmp_path: Path) -> None:
     assert changed, "local training changed nothing"
     assert result.info == {"task": "upper", "metric": "rougeL"}
     assert {"score", "train_loss", "num_examples", "seconds"} <= set(result.metrics)
+    # where the round's time went, reported so a budget can be sized by it
+    phases = [result.metrics[k] for k in ("train_s", "eval_s", "stats_s")]
+    assert all(p > 0 for p in phases) and sum(phases) <= result.metrics["seconds"]
     # The site keeps the model it was scored with, with its score and round.
     from amole.personal import read_meta
 

@@ -130,7 +130,8 @@ def test_round_loop_payloads_aggregation_and_resume(tmp_path: Path) -> None:
         assert torch.equal(resumed.bank[key], state.bank[key]), key
     for m in state.assignment.X:
         assert np.array_equal(resumed.assignment.X[m], state.assignment.X[m])
-    timing = {"seconds", "overhead_s", "startup_s", "startup_cpu_s"}  # wall-clock: what a resumed run may not repeat
+    # wall-clock: what a resumed run may not repeat
+    timing = {"seconds", "overhead_s", "startup_s", "startup_cpu_s", "train_s", "eval_s", "stats_s", "fusion_s"}
     for a, b in zip(resumed.metrics["rounds"], state.metrics["rounds"], strict=True):
         assert a["assignment"] == b["assignment"]
         for c in b["clients"]:

@@ -182,9 +182,7 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
     if saved is not None:
         diff = config_mismatch(saved, settings.to_dict())
         if diff:
-            return _fail(tag, run_dir, record, "its run directory holds a run of another config ("
-                         + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
-                         + "): move it away or choose another federation.runs_dir")
+            return _fail(tag, run_dir, record, _other_config("its run directory", diff, "federation.runs_dir"))
     archive = Path(opts["archive_dir"]) if opts.get("archive_dir") else None
     if archive is not None and done < planned:
         kept, diff = archived_rounds(archive, fed.name, settings.to_dict())
@@ -193,8 +191,8 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
                   flush=True)
             return _finish(JobResult(fed.name, "skipped", archive / fed.name))
         if kept and diff:
-            return _fail(tag, run_dir, record, f"the archive {archive} holds a run {fed.name} of another config ("
-                         + "; ".join(diff[:6]) + "): move it away or choose another experiment.archive_dir")
+            return _fail(tag, run_dir, record,
+                         _other_config(f"the archive {archive}", diff, "experiment.archive_dir", fed.name))
     if done >= planned:
         if archive is not None:
             archive_run(run_dir, archive)
@@ -241,6 +239,14 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
         print(f"{tag} {fed.name}: archived in {archive_run(run_dir, archive)}", flush=True)
     print(f"{tag} {fed.name}: completed ({planned} rounds) in {run_dir}", flush=True)
     return _finish(JobResult(fed.name, "completed", run_dir))
+
+
+def _other_config(where: str, diff: list[str], option: str, name: str = "") -> str:
+    """The refusal when ``where`` already holds a run (``name``) of another config: the first differences, and
+    how to keep both."""
+    shown = "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+    run = f"a run {name}" if name else "a run"
+    return f"{where} holds {run} of another config ({shown}): move it away or choose another {option}"
 
 
 def _fail(tag: str, run_dir: Path, record: dict[str, Any], why: str, rounds: int | None = None) -> JobResult:
