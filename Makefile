@@ -81,12 +81,13 @@ experiments-small: model
 
 # The evidence of issue 14 (conf/budget/cpu_medium.yaml, docs/results.md): fedamole, fedit_ft and local with seeds
 # 0-2, then fedit, fdlora, fedsa_lora, static and random with seed 0, on bigbench_cpu and dolly_dir1, into
-# runs/experiments/medium/. ~22 h on 2 cores: stop it any time, rerun to resume (finished runs are skipped,
-# unfinished ones resume from their last round); finished runs are also kept in docs/runs/medium/ (committed), so a
-# fresh clone skips them too. Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
+# MEDIUM_RUNS. ~22 h on 2 cores: stop it any time, rerun to resume (finished runs are skipped, unfinished ones resume
+# from their last round); MEDIUM_RUNS sits outside the checkout so an unfinished run also survives a fresh clone, and
+# finished runs are kept in docs/runs/medium/ (committed), so a fresh clone skips them too. Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
 # (without it the scenario falls back to ~/.cache/amole/dolly, then to the hub).
 DOLLY_PATH ?=
-MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=runs/experiments/medium \
+MEDIUM_RUNS ?= $(HOME)/.cache/amole/runs/medium
+MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=$(MEDIUM_RUNS) \
 	experiment.archive_dir=docs/runs/medium
 # Dolly's prompts and answers run to the 256-token window: 460 s per client round on one core, 77 min a run, so
 # its runs train on 128-token windows (the answer kept, the prompt cut from the left; ~40 min a run).
