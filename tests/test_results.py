@@ -44,7 +44,8 @@ def make_run(root: Path, strategy: str, seed: int, scores: list[list[float]], *,
                "clients": {str(c): {"task": tasks[c] if tasks else f"t{c}", "metric": "accuracy", "score": s,
                                     "train_loss": 1.0,
                                     "experts": {}, "experts_mean": 4.0, "bytes_up": 2000 * (c + 1),
-                                    "bytes_down": 1000, "num_examples": 10, "seconds": 1.0}
+                                    "bytes_down": 1000, "num_examples": 10, "seconds": 1.0,
+                                    "train_s": 0.6, "eval_s": 0.3}
                            for c, s in enumerate(round_scores)},
                "assignment": {}} for i, round_scores in enumerate(scores)]
     for c, fields in enumerate(last or []):
@@ -88,6 +89,7 @@ def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
     assert ours["kb_up_per_client_round"] == pytest.approx(3.0)  # (2000 + 4000) / 2 bytes
     assert ours["kb_down_per_client_round"] == pytest.approx(1.0)
     assert ours["seconds_per_round"] == pytest.approx(15.0)
+    assert (ours["client_s"], ours["train_s"], ours["eval_s"]) == pytest.approx((1.0, 0.6, 0.3))
     assert by[("fedit", 0)]["final_score"] == pytest.approx(0.2)
     assert by[("local", 0)]["status"] == "incomplete" and by[("local", 1)]["status"] == "failed"
 
@@ -106,6 +108,7 @@ def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
     md = paths["md"].read_text()
     assert "## bigbench_tasks — budget `cpu_small`" in md
     assert "0.7000 ± 0.1414" in md and "+40.0%" in md
+    assert "| 1 (1 / 0) |" in md  # s per client·round (train / evaluate)
     assert "python -m tools.experiment -m budget=cpu_small strategy=..." in md
     assert "smollm2-135m (4bit, float32)" in md and "2 clients" in md and "10 local steps × batch 4" in md
     assert "`bigbench_tasks-local-s0` incomplete (1/3 rounds)" in md

@@ -23,7 +23,8 @@ BASELINES = ("fedit", "fedit_ft", "local", "fdlora", "fedsa_lora")
 STRATEGY_ORDER = ("fedamole", "static", "random", "homogeneous", "no_shared", "fedit", "fedit_ft", "fdlora",
                   "fedsa_lora", "local")
 SUMMARY_COLUMNS = ["scenario", "budget", "strategy", "n_seeds", "score_mean", "score_std", "best_score_mean",
-                   "kb_up_per_client_round", "kb_down_per_client_round", "seconds_per_round", "peak_total_mb",
+                   "kb_up_per_client_round", "kb_down_per_client_round", "seconds_per_round", "client_s",
+                   "train_s", "eval_s", "peak_total_mb",
                    "peak_client_mb", "peak_gpu_mb", "gain_vs_best_baseline", "best_baseline", "model",
                    "num_clients", "num_rounds", "steps", "batch_size", "max_seq_len", "commands", "yardstick_mean",
                    "above_yardstick"]
@@ -52,6 +53,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "kb_up_per_client_round": mean(finite(r["kb_up_per_client_round"] for r in rs)),
             "kb_down_per_client_round": mean(finite(r["kb_down_per_client_round"] for r in rs)),
             "seconds_per_round": mean(finite(r["seconds_per_round"] for r in rs)),
+            **{k: mean(finite(r.get(k, math.nan) for r in rs)) for k in ("client_s", "train_s", "eval_s")},
             "peak_total_mb": max(finite(r["peak_total_mb"] for r in rs), default=math.nan),
             "peak_client_mb": max(finite(r["peak_client_mb"] for r in rs), default=math.nan),
             "peak_gpu_mb": max(finite(r["peak_gpu_mb"] for r in rs), default=math.nan),
@@ -158,7 +160,8 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
     lines.append("")
     if rows:
         head = ["strategy", "score, last round (mean ± std)", "seeds", "best-round score",
-                "kB up / down per client·round", "s / round", "peak MB all / one client"]
+                "kB up / down per client·round", "s / round", "s per client·round (train / evaluate)",
+                "peak MB all / one client"]
         if gpu:
             head.append("peak GPU MB")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -167,6 +170,7 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
             cells = [f"**{s}**" if s == "fedamole" else s, score, str(row["n_seeds"]), fmt(row["best_score_mean"]),
                      f"{fmt(row['kb_up_per_client_round'], ',.1f')} / {fmt(row['kb_down_per_client_round'], ',.1f')}",
                      fmt(row["seconds_per_round"], ".1f"),
+                     f"{fmt(row['client_s'], '.0f')} ({fmt(row['train_s'], '.0f')} / {fmt(row['eval_s'], '.0f')})",
                      f"{fmt(row['peak_total_mb'], ',.0f')} / {fmt(row['peak_client_mb'], ',.0f')}"]
             if gpu:
                 cells.append(fmt(row["peak_gpu_mb"], ",.0f"))
@@ -270,6 +274,9 @@ Collected by `{command}` from {n} run directories under `{runs}` ({complete} com
 - **kB**: 1000 bytes per client per round, counted from the records actually sent (up: adapters and routing
   statistics; down: the payload, plus the aggregate FedIT's clients score).
 - **s / round**: wall-clock of a round on the server, clients included (they share the machine in simulation).
+- **s per client·round**: one client's reply, mean over clients and rounds, and the training and evaluation
+  inside it (the rest: routing statistics, fusion, loading and (de)serializing); "–" for runs made before these
+  were recorded.
 - **peak MB**: all = the largest sum of PSS over the runner and its descendants (Ray head and client workers),
   one client = the largest RSS of one Ray worker; sampled every 5 s (PSS) and 1 s (RSS) (`experiment.json` in each run).
 - **paired difference**: FedAMoLE − best baseline over last-round client scores paired by (seed, client), with
