@@ -83,7 +83,8 @@ experiments-small: model
 # 0-2, then fedit, fdlora, fedsa_lora, static and random with seed 0, on bigbench_cpu and dolly_dir1, into
 # MEDIUM_RUNS. ~22 h on 2 cores: stop it any time, rerun to resume (finished runs are skipped, unfinished ones resume
 # from their last round); MEDIUM_RUNS sits outside the checkout so an unfinished run also survives a fresh clone, and
-# finished runs are kept in docs/runs/medium/ (committed), so a fresh clone skips them too. Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
+# finished runs are kept in docs/runs/medium/ (committed), so a fresh clone skips them too.
+# Dolly needs a local copy: DOLLY_PATH=/data/databricks-dolly-15k.jsonl
 # (without it the scenario falls back to ~/.cache/amole/dolly, then to the hub).
 DOLLY_PATH ?=
 MEDIUM_RUNS ?= $(HOME)/.cache/amole/runs/medium

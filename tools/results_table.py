@@ -53,7 +53,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "kb_up_per_client_round": mean(finite(r["kb_up_per_client_round"] for r in rs)),
             "kb_down_per_client_round": mean(finite(r["kb_down_per_client_round"] for r in rs)),
             "seconds_per_round": mean(finite(r["seconds_per_round"] for r in rs)),
-            **{k: mean(finite(r.get(k, math.nan) for r in rs)) for k in ("client_s", "train_s", "eval_s")},
+            **{k: mean(finite(r[k] for r in rs)) for k in ("client_s", "train_s", "eval_s")},
             "peak_total_mb": max(finite(r["peak_total_mb"] for r in rs), default=math.nan),
             "peak_client_mb": max(finite(r["peak_client_mb"] for r in rs), default=math.nan),
             "peak_gpu_mb": max(finite(r["peak_gpu_mb"] for r in rs), default=math.nan),
