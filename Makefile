@@ -93,10 +93,17 @@ MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federatio
 # Dolly's prompts and answers run to the 256-token window: 460 s per client round on one core, 77 min a run, so
 # its runs train on 128-token windows (the answer kept, the prompt cut from the left; ~40 min a run).
 MEDIUM_DOLLY := scenario=dolly_dir1 train.max_seq_len=128 $(if $(DOLLY_PATH),++scenario.local_path=$(DOLLY_PATH))
+# Before each seed's runs, the untrained backbone is scored on the same test splits (tools.untrained, ~7 min a
+# scenario and seed; clients already in docs/runs/medium/untrained/ are skipped).
+UNTRAINED := $(PY) -m tools.untrained --out docs/runs/medium/untrained budget=cpu_medium model=smollm2
 experiments-medium: model
+	$(UNTRAINED) scenario=bigbench_cpu seed=0
 	$(MEDIUM) strategy=fedamole,fedit_ft,local scenario=bigbench_cpu seed=0
+	$(UNTRAINED) $(MEDIUM_DOLLY) seed=0
 	$(MEDIUM) strategy=fedamole,fedit_ft,local $(MEDIUM_DOLLY) seed=0
+	$(UNTRAINED) scenario=bigbench_cpu seed=1 && $(UNTRAINED) scenario=bigbench_cpu seed=2
 	$(MEDIUM) strategy=fedamole,fedit_ft,local scenario=bigbench_cpu seed=1,2
+	$(UNTRAINED) $(MEDIUM_DOLLY) seed=1 && $(UNTRAINED) $(MEDIUM_DOLLY) seed=2
 	$(MEDIUM) strategy=fedamole,fedit_ft,local $(MEDIUM_DOLLY) seed=1,2
 	$(MEDIUM) strategy=fedit,fdlora,fedsa_lora,static,random scenario=bigbench_cpu seed=0
 	$(MEDIUM) strategy=fedit,fdlora,fedsa_lora,static,random $(MEDIUM_DOLLY) seed=0

@@ -97,3 +97,49 @@ def test_yardstick_that_cannot_be_computed_is_said_so(tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "results_synthetic_cpu_small.png").is_file()  # plotted without a yardstick line
     md = write_results(runs, tmp_path / "docs2", yardstick=False)[0]["md"].read_text()
     assert "could not be computed: skipped (--no-yardstick)" in md
+
+
+def test_untrained_scores_join_the_tables_of_the_runs_they_match(tmp_path: Path, monkeypatch) -> None:
+    """tools.untrained scores the bare backbone per client into a file keyed by the settings that decide the
+    score; results matches it to runs by their stored config, shows it per client and counts who beats it."""
+    import tools.untrained as untrained
+    from tools.results_yardstick import above_untrained, table_untrained
+
+    runs = fake_runs(tmp_path)
+    docs = {}
+    for seed in (0, 1):
+        settings = compose(["model=tiny", "scenario=synthetic", "budget=smoke", f"scenario.tasks=[{','.join(TASKS)}]",
+                            "federation.num_clients=2", f"federation.seed={seed}"])
+        path = untrained.reference_path(runs / "untrained", settings)
+        docs[seed] = untrained.score_clients(settings, ["0", "1"], path)
+        assert path.name.startswith(f"untrained_synthetic-s{seed}-") and path.is_file()
+        assert [docs[seed]["clients"][c]["test_n"] for c in "01"] == [8, 8]
+    # A rerun finds both clients scored and loads no model.
+    monkeypatch.setattr("amole.loader.load_base_model", lambda *a, **k: pytest.fail("rescored a client"))
+    assert untrained.score_clients(settings, ["0", "1"], path)["clients"] == docs[1]["clients"]
+    # The runs' stored configs (any strategy) give the same key as the settings composed here.
+    rows = collect(runs)
+    assert all(set(r["_untrained"]) == {"0", "1"} for r in rows)
+    cells = table_untrained(rows)
+    assert cells[("1", "0")]["score"] == docs[1]["clients"]["0"]["score"]
+    expected = 0
+    for seed, last in ((0, [1.0, 0.75]), (1, [0.75, 0.75])):  # fedamole's last-round scores and SEs, as in fake_runs
+        se = {0: [0.0, 0.1], 1: [0.15, 0.1]}[seed]
+        for c in (0, 1):
+            ref = docs[seed]["clients"][str(c)]
+            expected += last[c] - ref["score"] > 2 * math.sqrt(se[c] ** 2 + ref["score_se"] ** 2)
+    assert above_untrained(rows, "fedamole", cells) == (expected, 4)
+
+    paths, _ = write_results(runs, tmp_path / "docs")
+    md = paths["md"].read_text()
+    mean_u = sum(d["clients"][c]["score"] for d in docs.values() for c in "01") / 4
+    assert "**Untrained model** (`tools.untrained`" in md and f"**{mean_u:.4f}**" in md
+    assert f"- **fedamole**: {expected} of 4 (client, seed) pairs" in md.split("**Untrained model**")[1]
+    assert "| client | task | yardstick | untrained | fedamole | fedsa_lora | local |" in md
+    with open(paths["csv"]) as f:
+        summary = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert float(summary["fedamole"]["untrained_mean"]) == pytest.approx(mean_u)
+    assert summary["fedamole"]["above_untrained"] == f"{expected}/4"
+    # A file holds one key's scores: scoring other settings into it is refused, nothing is overwritten.
+    with pytest.raises(ValueError, match="other settings"):
+        untrained.score_clients(compose(["model=tiny", "scenario=synthetic", "budget=smoke"]), ["0"], path)

@@ -47,6 +47,7 @@ from tools.results_table import (
     summarize,
     write_csv,
 )
+from tools.untrained import load_references, reference_key
 
 __all__ = ["BASELINES", "EXPERIMENT_FILE", "NOT_BUDGET", "RUN_COLUMNS", "STRATEGY_ORDER", "SUMMARY_COLUMNS",
            "budget_fingerprint", "collect", "load_run", "main", "relative_gain", "round_score", "summarize",
@@ -151,8 +152,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 
 def collect(runs_dir: Path | Sequence[Path]) -> list[dict[str, Any]]:
     """Every run under ``runs_dir`` (one folder or several: a folder with metrics.json, at any depth; hidden
-    folders skipped). A run found twice (in ``runs/`` and in the archive, tools.archive) counts once: the copy
-    with the most rounds, the first listed on a tie."""
+    folders skipped), each with the untrained backbone's scores for its settings where an ``untrained_*.json``
+    under ``runs_dir`` has them (``tools.untrained``). A run found twice (in ``runs/`` and in the archive,
+    tools.archive) counts once: the copy with the most rounds, the first listed on a tie."""
     dirs = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(d) for d in runs_dir]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for base in dirs:
@@ -168,6 +170,12 @@ def collect(runs_dir: Path | Sequence[Path]) -> list[dict[str, Any]]:
             key = (path.parent.name, str(row["budget"]))
             if key not in rows or row["rounds_done"] > rows[key]["rounds_done"]:
                 rows[key] = row
+    refs = load_references(dirs)
+    for row in rows.values():
+        try:
+            row["_untrained"] = refs.get(reference_key(row["_config"]), {})
+        except Exception:  # noqa: BLE001 - a config that does not load has no untrained scores; the table says why
+            row["_untrained"] = {}
     return list(rows.values())
 
 

@@ -1,5 +1,6 @@
 """A results table's plot: mean score by round per strategy (mean over seeds, ± std band where there are two or
-more), with the no-model yardstick as a dashed line, so the curves show whether and when a strategy leaves it."""
+more), with the no-model yardstick as a dashed line and, where scored, the untrained backbone as a dotted one, so
+the curves show whether and when a strategy leaves them."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def plot_file_name(scenario: str, budget: str, taken: set[str]) -> str:
 
 
 def plot_rounds(runs: Sequence[dict[str, Any]], strategies: Sequence[str], yardstick: float, title: str,
-                path: Path) -> Path:
-    """Mean score by round per strategy over the complete runs given; written atomically to ``path``."""
+                path: Path, untrained: float = math.nan) -> Path:
+    """Mean score by round per strategy over the complete runs given, with the yardstick and (where scored) the
+    untrained backbone as horizontal lines; written atomically to ``path``."""
     done = [r for r in runs if r["status"] == "completed"]
     metrics = sorted({m for r in done for m in str(r.get("metric", "")).split("/") if m})
     fig = Figure(figsize=(7.5, 4.2))
@@ -56,6 +58,8 @@ def plot_rounds(runs: Sequence[dict[str, Any]], strategies: Sequence[str], yards
     if math.isfinite(yardstick):
         ax.axhline(yardstick, color="0.35", linestyle="--", linewidth=1.2,
                    label=f"yardstick, no model ({yardstick:.3f})")
+    if math.isfinite(untrained):
+        ax.axhline(untrained, color="0.2", linestyle=":", linewidth=1.4, label=f"untrained model ({untrained:.3f})")
     ax.set_xlabel("round")
     ax.set_ylabel(f"mean client score ({' / '.join(metrics)})" if metrics else "mean client score")
     ax.set_title(title, fontsize=10)

@@ -16,7 +16,14 @@ from typing import Any
 from amole.atomic import atomic_path
 from tools.results_numbers import finite, fmt, mean
 from tools.results_plot import plot_file_name, plot_rounds
-from tools.results_yardstick import above_counts, render_yardstick, table_yardsticks, yardstick_by_client
+from tools.results_yardstick import (
+    above_counts,
+    above_untrained,
+    render_yardstick,
+    table_untrained,
+    table_yardsticks,
+    yardstick_by_client,
+)
 
 # Baselines compete for "best baseline"; static, random, homogeneous and no_shared are FedAMoLE's ablations.
 BASELINES = ("fedit", "fedit_ft", "local", "fdlora", "fedsa_lora")
@@ -27,7 +34,7 @@ SUMMARY_COLUMNS = ["scenario", "budget", "strategy", "n_seeds", "score_mean", "s
                    "train_s", "eval_s", "peak_total_mb",
                    "peak_client_mb", "peak_gpu_mb", "gain_vs_best_baseline", "best_baseline", "model",
                    "num_clients", "num_rounds", "steps", "batch_size", "max_seq_len", "commands", "yardstick_mean",
-                   "above_yardstick"]
+                   "above_yardstick", "untrained_mean", "above_untrained"]
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -179,16 +186,19 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
     else:
         lines += ["No complete run in this group.", ""]
     cells, why = table_yardsticks(runs) if yardstick and rows else ({}, ["skipped (--no-yardstick)"])
+    untrained = table_untrained(runs)
     if rows:
-        lines += render_yardstick(runs, list(rows), cells, why)
+        lines += render_yardstick(runs, list(rows), cells, why, untrained)
     per_client = yardstick_by_client(cells)
-    lines += diagnostics(runs, list(rows), per_client)
+    per_client_untrained = yardstick_by_client(untrained, "untrained")
+    lines += diagnostics(runs, list(rows), per_client, per_client_untrained)
     ys = mean([v["yardstick"] for v in cells.values()])
+    us = mean(list(per_client_untrained.values()))
     if rows and out_dir is not None:
         name = plot_file_name(r0["scenario"], str(r0["budget"]), set() if taken is None else taken)
         title = (f"{r0['scenario']} — budget {r0['budget']}, protocol {r0.get('protocol', 'default')}: "
                  "mean score by round")
-        plot_rounds(runs, list(rows), ys, title, Path(out_dir) / name)
+        plot_rounds(runs, list(rows), ys, title, Path(out_dir) / name, us)
         lines += [f"![{title}]({name})", ""]
     left_out = [r for r in runs if r["status"] != "completed"]
     if left_out:
@@ -209,6 +219,8 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
             "steps": r0["steps"], "batch_size": r0["batch_size"], "max_seq_len": r0["max_seq_len"],
             "commands": " ; ".join(commands), "yardstick_mean": ys,
             "above_yardstick": "{}/{}".format(*above_counts(runs, s, cells)[:2]) if cells else "",
+            "untrained_mean": us if untrained else "",
+            "above_untrained": "{}/{}".format(*above_untrained(runs, s, untrained)) if untrained else "",
         })
     return "\n".join(lines), summary_rows
 
@@ -238,21 +250,23 @@ def paired_sentence(runs: Sequence[dict[str, Any]], a: str, b: str) -> str:
 
 
 def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str],
-                yardstick: dict[str, float] | None = None) -> list[str]:
-    """Two small tables that show where scores come from: per client (beside its no-model yardstick), and by
-    round (means over seeds)."""
+                yardstick: dict[str, float] | None = None, untrained: dict[str, float] | None = None) -> list[str]:
+    """Two small tables that show where scores come from: per client (beside its no-model yardstick and, where
+    scored, the untrained backbone), and by round (means over seeds)."""
     done = [r for r in runs if r["status"] == "completed"]
     if not done or not strategies:
         return []
     clients = sorted({c for r in done for c in r["_last_clients"]}, key=lambda c: (len(c), c))
+    refs = {"yardstick": yardstick or {}, **({"untrained": untrained} if untrained else {})}
     lines = ["Per client, last round (mean over seeds):", "",
-             "| client | task | yardstick | " + " | ".join(strategies) + " |",
-             "|---|---|---|" + "---|" * len(strategies)]
+             "| client | task | " + " | ".join([*refs, *strategies]) + " |",
+             "|---|---|" + "---|" * (len(refs) + len(strategies))]
     for c in clients:
         tasks = sorted({r["_last_clients"][c]["task"] for r in done if c in r["_last_clients"]})
         cells = [fmt(mean(finite(r["_last_clients"].get(c, {}).get("score") for r in done if r["strategy"] == s)))
                  for s in strategies]
-        lines.append(f"| {c} | {', '.join(tasks)} | {fmt((yardstick or {}).get(c))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {c} | {', '.join(tasks)} | " + " | ".join([*(fmt(v.get(c)) for v in refs.values()), *cells])
+                     + " |")
     rounds = sorted({n for r in done for n in r["_round_scores"]})
     lines += ["", "Mean score by round (mean over seeds):", "",
               "| round | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
@@ -284,6 +298,8 @@ Collected by `{command}` from {n} run directories under `{runs}` ({complete} com
 - **yardstick**: per client, the better of the majority training answer and (multiple choice) a uniform guess,
   scored on the client's own test split with no model; "above by more than two standard errors" uses the standard
   error each client's score recorded over its test examples (older runs: √(p(1−p)/n) for accuracy).
+- **untrained model** (where scored, `tools.untrained`): the frozen backbone with no adapter on the same test
+  examples: what a client's score owes to the backbone before any training.
 """
 
 

@@ -24,7 +24,8 @@ from amole.data.scenario import client_splits, task_name
 from tools.results_numbers import finite, fmt, mean
 from tools.yardstick import majority_score
 
-__all__ = ["above_counts", "client_se", "render_yardstick", "run_yardsticks", "table_yardsticks", "yardstick_by_client"]
+__all__ = ["above_counts", "above_untrained", "client_se", "render_yardstick", "run_yardsticks", "table_untrained",
+           "table_yardsticks", "yardstick_by_client"]
 
 Cell = dict[str, Any]  # task, metric, test_n, majority, uniform (None for generation), yardstick
 
@@ -76,10 +77,41 @@ def table_yardsticks(runs: Sequence[dict[str, Any]]) -> tuple[dict[tuple[str, st
     return cells, why
 
 
-def yardstick_by_client(cells: dict[tuple[str, str], Cell]) -> dict[str, float]:
-    """Each client's yardstick, mean over seeds."""
+def yardstick_by_client(cells: dict[tuple[str, str], Cell], key: str = "yardstick") -> dict[str, float]:
+    """Each client's yardstick (or another ``key`` of the cells), mean over seeds."""
     clients = {c for _, c in cells}
-    return {c: mean([v["yardstick"] for (_, k), v in cells.items() if k == c]) for c in clients}
+    return {c: mean(finite(v.get(key) for (_, k), v in cells.items() if k == c)) for c in clients}
+
+
+def table_untrained(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Cell]:
+    """(seed, client) -> the untrained backbone's score record (``tools.untrained``, matched to the run's config by
+    ``tools.results.collect``), for the seeds whose scores were computed."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for run in runs:
+        if run["status"] == "completed":
+            for client, record in run.get("_untrained", {}).items():
+                cells.setdefault((str(run["seed"]), client), {**record, "untrained": record.get("score")})
+    return cells
+
+
+def above_untrained(runs: Sequence[dict[str, Any]], strategy: str,
+                    cells: dict[tuple[str, str], Cell]) -> tuple[int, int]:
+    """(pairs whose score exceeds the untrained backbone's by > 2 SE of the difference, pairs with both scores
+    and both standard errors). The SE of the difference is sqrt(SE^2 + SE_untrained^2), as if the two were
+    independent: scored on the same examples they are positively correlated, so this overstates it."""
+    above = total = 0
+    for run in runs:
+        if run["strategy"] != strategy or run["status"] != "completed":
+            continue
+        for client, record in run["_last_clients"].items():
+            cell = cells.get((str(run["seed"]), client))
+            score, se = finite([record.get("score")]), client_se(record, None)
+            ref = finite([(cell or {}).get("score"), (cell or {}).get("score_se")])
+            if not score or se is None or len(ref) < 2:
+                continue
+            total += 1
+            above += score[0] - ref[0] > 2 * math.sqrt(se**2 + ref[1] ** 2)
+    return above, total
 
 
 def client_se(record: dict[str, Any], cell: Cell | None) -> float | None:
@@ -126,13 +158,16 @@ def _seeds_range(values: list[int]) -> str:
 
 
 def render_yardstick(runs: Sequence[dict[str, Any]], strategies: list[str],
-                     cells: dict[tuple[str, str], Cell], why: list[str]) -> list[str]:
-    """The yardstick section of a table: per client, then per strategy how many pairs beat it beyond noise."""
+                     cells: dict[tuple[str, str], Cell], why: list[str],
+                     untrained: dict[tuple[str, str], Cell] | None = None) -> list[str]:
+    """The yardstick section of a table: per client, then per strategy how many pairs beat it beyond noise; with
+    ``untrained`` scores (``table_untrained``), the same against the untrained backbone."""
     lines = ["**Yardstick** (no model, `tools.yardstick` on each client's test split rebuilt from the run's stored "
              "config): a client's yardstick is the better of always giving the answer most common in its "
              "training split (majority) and, for multiple choice, the expected accuracy of a uniform guess.", ""]
     if not cells:
-        return [*lines, f"The yardstick could not be computed: {_reasons(why) if why else 'no complete run'}.", ""]
+        return [*lines, f"The yardstick could not be computed: {_reasons(why) if why else 'no complete run'}.", "",
+                *_render_untrained(runs, strategies, untrained or {})]
     clients = sorted({c for _, c in cells}, key=lambda c: (len(c), c))
     seeds = sorted({s for s, _ in cells})
     lines += ["| client | task | metric | test n | majority answer | uniform guess | yardstick |",
@@ -158,4 +193,24 @@ def render_yardstick(runs: Sequence[dict[str, Any]], strategies: list[str],
         name = f"**{s}**" if s == "fedamole" else s
         tail = f"; SE unknown for {unknown} of them (not counted as above)" if unknown else ""
         lines.append(f"- {name}: {above} of {total} (client, seed) pairs{tail}")
+    return [*lines, "", *_render_untrained(runs, strategies, untrained or {})]
+
+
+def _render_untrained(runs: Sequence[dict[str, Any]], strategies: list[str],
+                      cells: dict[tuple[str, str], Cell]) -> list[str]:
+    if not cells:
+        return []
+    seeds = sorted({s for s, _ in cells})
+    per_client = yardstick_by_client(cells, "untrained")
+    clients = sorted(per_client, key=lambda c: (len(c), c))
+    lines = [f"**Untrained model** (`tools.untrained`: the frozen backbone with no adapter, on the same test examples "
+             f"and evaluation settings; seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}): mean over clients "
+             f"**{fmt(mean(list(per_client.values())))}** "
+             f"({'; '.join(f'client {c} {fmt(per_client[c])}' for c in clients)}).", "",
+             "Clients above the untrained model by more than two standard errors of the difference "
+             "(√(SE² + SE_untrained²), which overstates a paired difference's):", ""]
+    for s in strategies:
+        above, total = above_untrained(runs, s, cells)
+        if total:
+            lines.append(f"- {f'**{s}**' if s == 'fedamole' else s}: {above} of {total} (client, seed) pairs")
     return [*lines, ""]
