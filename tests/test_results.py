@@ -207,8 +207,10 @@ def test_runner_smoke_writes_run_dirs_and_skips_completed_runs(tmp_path: Path, c
         record = json.loads((run_dir / "experiment.json").read_text())
         assert record["status"] == "completed" and record["budget"] == "smoke" and record["command"] == "pytest sweep"
         assert record["peak_memory"]["peak_total_mb"] > 0 and record["calls"][0]["rounds_after"] == 1
+    records = {p: p.read_bytes() for p in runs.rglob("experiment.json")}
     second = experiment.run_sweep(jobs)
     assert [r.status for r in second] == ["skipped", "skipped"]
+    assert {p: p.read_bytes() for p in runs.rglob("experiment.json")} == records  # skipping rewrites nothing
     assert "skipped, complete (1/1 rounds)" in capsys.readouterr().out
     assert experiment.summary(first + second) == experiment.EXIT_OK
 

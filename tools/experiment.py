@@ -194,11 +194,13 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
             return _fail(tag, run_dir, record,
                          _other_config(f"the archive {archive}", diff, "experiment.archive_dir", fed.name))
     if done >= planned:
+        # A finished record is left as it is, so skipping a run never rewrites its archived copy.
+        if (record.get("status"), record.get("rounds_done")) != ("completed", done):
+            record.update(status="completed", rounds_done=done)
+            _write_record(run_dir, record)
         if archive is not None:
             archive_run(run_dir, archive)
         print(f"{tag} {fed.name}: skipped, complete ({done}/{planned} rounds) in {run_dir}", flush=True)
-        record.update(status="completed", rounds_done=done)
-        _write_record(run_dir, record)
         return _finish(JobResult(fed.name, "skipped", run_dir))
     while done < planned:
         per_round, overhead = estimate(record, metrics_rounds(run_dir) if done else [], _ROUND_ESTIMATE,
