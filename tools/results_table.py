@@ -190,7 +190,7 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
     if rows:
         lines += render_yardstick(runs, list(rows), cells, why, untrained)
     per_client = yardstick_by_client(cells)
-    per_client_untrained = yardstick_by_client(untrained, "untrained")
+    per_client_untrained = yardstick_by_client(untrained, "score")
     lines += diagnostics(runs, list(rows), per_client, per_client_untrained)
     ys = mean([v["yardstick"] for v in cells.values()])
     us = mean(list(per_client_untrained.values()))

@@ -90,7 +90,7 @@ def table_untrained(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Cel
     for run in runs:
         if run["status"] == "completed":
             for client, record in run.get("_untrained", {}).items():
-                cells.setdefault((str(run["seed"]), client), {**record, "untrained": record.get("score")})
+                cells.setdefault((str(run["seed"]), client), record)
     return cells
 
 
@@ -201,7 +201,7 @@ def _render_untrained(runs: Sequence[dict[str, Any]], strategies: list[str],
     if not cells:
         return []
     seeds = sorted({s for s, _ in cells})
-    per_client = yardstick_by_client(cells, "untrained")
+    per_client = yardstick_by_client(cells, "score")
     clients = sorted(per_client, key=lambda c: (len(c), c))
     lines = [f"**Untrained model** (`tools.untrained`: the frozen backbone with no adapter, on the same test examples "
              f"and evaluation settings; seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}): mean over clients "
