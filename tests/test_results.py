@@ -145,6 +145,9 @@ def test_per_client_and_per_round_tables_and_notes(tmp_path: Path) -> None:
     assert "## What was found\n\nWritten by hand." in md
     # fedamole - local per (seed 0, client): 0.5 - 0.4, 0.7 - 0.6 -> +0.1 each (seed 1 has no local run).
     assert "Paired by seed and client (2 pairs), fedamole − local = +0.1000 ± 0.0000" in md
+    # Seeds differ (local ran seed 0 only): the gain is also given on the shared seed, 0.6 against 0.5.
+    assert ("FedAMoLE ran seeds 0, 1, local seeds 0, and each seed draws its own splits; on the shared seed (0) "
+            "FedAMoLE scores 0.6000 against 0.5000 (+20.0%).") in md
     assert "Written by hand" not in write_results(runs, tmp_path / "docs2", notes=tmp_path / "none.md")[0][
         "md"].read_text()
 
@@ -159,6 +162,7 @@ def test_fedamole_that_does_not_win_is_said_so(tmp_path: Path) -> None:
     assert best == "local" and gain == pytest.approx((0.45 - 0.55) / 0.55)
     assert "FedAMoLE does not win here" in sentence and "-18.2%" in sentence
     assert "within one standard deviation" not in sentence  # 0.1 apart, std 0.0707
+    assert "shared seed" not in sentence  # both ran seeds 0 and 1
 
     runs2 = tmp_path / "runs2"
     make_run(runs2, "fedamole", 0, [[0.5, 0.5]])

@@ -54,6 +54,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         finals = finite(r["final_score"] for r in rs)
         out[strategy] = {
             "strategy": strategy, "n_seeds": len(rs), "seeds": sorted(str(r["seed"]) for r in rs),
+            "final_by_seed": {str(r["seed"]): r["final_score"] for r in rs},
             "score_mean": mean(finals),
             "score_std": statistics.stdev(finals) if len(finals) >= 2 else math.nan,
             "best_score_mean": mean(finite(r["best_score"] for r in rs)),
@@ -92,7 +93,27 @@ def relative_gain(rows: dict[str, dict[str, Any]]) -> tuple[float | None, str | 
             head += " The difference is within one standard deviation over seeds."
     else:
         head += " (Fewer than two seeds on a side: no spread over seeds to compare the difference with.)"
-    return gain, best, head
+    return gain, best, head + _shared_seeds(ours, base[best], best)
+
+
+def _in_order(seeds: Iterable[str]) -> list[str]:
+    """Seed strings in numeric order (2 before 10)."""
+    return sorted(seeds, key=lambda x: (len(x), x))
+
+
+def _shared_seeds(ours: dict[str, Any], base: dict[str, Any], best: str) -> str:
+    """When the two ran different seeds (each seed draws its own splits), the same comparison on shared seeds."""
+    mine, theirs = ours.get("final_by_seed", {}), base.get("final_by_seed", {})
+    if set(mine) == set(theirs):
+        return ""
+    shared = _in_order(set(mine) & set(theirs))
+    seeds = f"FedAMoLE ran seeds {', '.join(_in_order(mine))}, {best} seeds {', '.join(_in_order(theirs))}"
+    f, b = mean(finite(mine[k] for k in shared)), mean(finite(theirs[k] for k in shared))
+    if not shared or not (math.isfinite(f) and math.isfinite(b)):
+        return f" {seeds}, none shared: the two means come from different splits."
+    gain = f" ({(f - b) / b:+.1%})" if b > 0 else ""
+    return (f" {seeds}, and each seed draws its own splits; on the shared seed{'s' if len(shared) > 1 else ''} "
+            f"({', '.join(shared)}) FedAMoLE scores {f:.4f} against {b:.4f}{gain}.")
 
 
 def group_runs(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
