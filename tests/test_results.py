@@ -137,6 +137,7 @@ def test_per_client_and_per_round_tables_and_notes(tmp_path: Path) -> None:
     # Client 0 (task t0): fedamole's last rounds 0.5 and 0.7 -> 0.6; local 0.4. Client 1: (0.7 + 0.9) / 2, 0.6.
     # The yardstick column is a dash: these fake runs' stored scenario lists no tasks (the data cannot be rebuilt).
     assert "| client | task | yardstick | fedamole | local |" in md
+    assert "Per client, last round (mean over each strategy's seeds, which differ: fedamole 0, 1; local 0; " in md
     assert "| 0 | t0 | – | 0.6000 | 0.4000 |" in md and "| 1 | t1 | – | 0.8000 | 0.6000 |" in md
     assert "The yardstick could not be computed: seed 0, client 0: ValueError: client 0 has no task" in md
     assert "; and 1 more." in md  # four (seed, client) reasons, three shown

@@ -279,7 +279,8 @@ def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str],
         return []
     clients = sorted({c for r in done for c in r["_last_clients"]}, key=lambda c: (len(c), c))
     refs = {"yardstick": yardstick or {}, **({"untrained": untrained} if untrained else {})}
-    lines = ["Per client, last round (mean over seeds):", "",
+    over = _over_seeds(done, strategies)
+    lines = [f"Per client, last round ({over}):", "",
              "| client | task | " + " | ".join([*refs, *strategies]) + " |",
              "|---|---|" + "---|" * (len(refs) + len(strategies))]
     for c in clients:
@@ -289,12 +290,21 @@ def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str],
         lines.append(f"| {c} | {', '.join(tasks)} | " + " | ".join([*(fmt(v.get(c)) for v in refs.values()), *cells])
                      + " |")
     rounds = sorted({n for r in done for n in r["_round_scores"]})
-    lines += ["", "Mean score by round (mean over seeds):", "",
+    lines += ["", f"Mean score by round ({over}):", "",
               "| round | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
     for n in rounds:
         cells = [fmt(mean(finite(r["_round_scores"].get(n) for r in done if r["strategy"] == s))) for s in strategies]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _over_seeds(done: Sequence[dict[str, Any]], strategies: list[str]) -> str:
+    """"mean over seeds", naming each strategy's seeds when they differ (each seed draws its own splits)."""
+    seeds = {s: _in_order({str(r["seed"]) for r in done if r["strategy"] == s}) for s in strategies}
+    if len({tuple(v) for v in seeds.values()}) <= 1:
+        return "mean over seeds"
+    named = "; ".join(f"{s} {', '.join(v)}" for s, v in seeds.items())
+    return f"mean over each strategy's seeds, which differ: {named}; each seed draws its own splits"
 
 
 PREAMBLE = """# Results
