@@ -35,3 +35,8 @@ def fmt(x: Any, spec: str = ".4f", empty: str = "–") -> str:
     except (TypeError, ValueError):
         return empty
     return format(v, spec) if math.isfinite(v) else empty
+
+
+def in_order(ids: Iterable[str]) -> list[str]:
+    """Client or seed ids (numeric strings) in numeric order: 2 before 10."""
+    return sorted(ids, key=lambda x: (len(x), x))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from amole.atomic import atomic_path
-from tools.results_numbers import finite, fmt, mean
+from tools.results_numbers import finite, fmt, in_order, mean
 from tools.results_plot import plot_file_name, plot_rounds
 from tools.results_yardstick import (
     above_counts,
@@ -53,7 +53,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             continue
         finals = finite(r["final_score"] for r in rs)
         out[strategy] = {
-            "strategy": strategy, "n_seeds": len(rs), "seeds": sorted(str(r["seed"]) for r in rs),
+            "strategy": strategy, "n_seeds": len(rs),
             "final_by_seed": {str(r["seed"]): r["final_score"] for r in rs},
             "score_mean": mean(finals),
             "score_std": statistics.stdev(finals) if len(finals) >= 2 else math.nan,
@@ -96,18 +96,13 @@ def relative_gain(rows: dict[str, dict[str, Any]]) -> tuple[float | None, str | 
     return gain, best, head + _shared_seeds(ours, base[best], best)
 
 
-def _in_order(seeds: Iterable[str]) -> list[str]:
-    """Seed strings in numeric order (2 before 10)."""
-    return sorted(seeds, key=lambda x: (len(x), x))
-
-
 def _shared_seeds(ours: dict[str, Any], base: dict[str, Any], best: str) -> str:
     """When the two ran different seeds (each seed draws its own splits), the same comparison on shared seeds."""
     mine, theirs = ours.get("final_by_seed", {}), base.get("final_by_seed", {})
     if set(mine) == set(theirs):
         return ""
-    shared = _in_order(set(mine) & set(theirs))
-    seeds = f"FedAMoLE ran seeds {', '.join(_in_order(mine))}, {best} seeds {', '.join(_in_order(theirs))}"
+    shared = in_order(set(mine) & set(theirs))
+    seeds = f"FedAMoLE ran seeds {', '.join(in_order(mine))}, {best} seeds {', '.join(in_order(theirs))}"
     f, b = mean(finite(mine[k] for k in shared)), mean(finite(theirs[k] for k in shared))
     if not shared or not (math.isfinite(f) and math.isfinite(b)):
         return f" {seeds}, none shared: the two means come from different splits."
@@ -277,7 +272,7 @@ def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str],
     done = [r for r in runs if r["status"] == "completed"]
     if not done or not strategies:
         return []
-    clients = sorted({c for r in done for c in r["_last_clients"]}, key=lambda c: (len(c), c))
+    clients = in_order({c for r in done for c in r["_last_clients"]})
     refs = {"yardstick": yardstick or {}, **({"untrained": untrained} if untrained else {})}
     over = _over_seeds(done, strategies)
     lines = [f"Per client, last round ({over}):", "",
@@ -300,7 +295,7 @@ def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str],
 
 def _over_seeds(done: Sequence[dict[str, Any]], strategies: list[str]) -> str:
     """"mean over seeds", naming each strategy's seeds when they differ (each seed draws its own splits)."""
-    seeds = {s: _in_order({str(r["seed"]) for r in done if r["strategy"] == s}) for s in strategies}
+    seeds = {s: in_order({str(r["seed"]) for r in done if r["strategy"] == s}) for s in strategies}
     if len({tuple(v) for v in seeds.values()}) <= 1:
         return "mean over seeds"
     named = "; ".join(f"{s} {', '.join(v)}" for s, v in seeds.items())

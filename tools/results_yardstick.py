@@ -21,7 +21,7 @@ from typing import Any
 
 from amole.config import ScenarioConfig, Settings, from_dict
 from amole.data.scenario import client_splits, task_name
-from tools.results_numbers import finite, fmt, mean
+from tools.results_numbers import finite, fmt, in_order, mean
 from tools.yardstick import majority_score
 
 __all__ = ["above_counts", "above_untrained", "client_se", "render_yardstick", "run_yardsticks", "table_untrained",
@@ -168,7 +168,7 @@ def render_yardstick(runs: Sequence[dict[str, Any]], strategies: list[str],
     if not cells:
         return [*lines, f"The yardstick could not be computed: {_reasons(why) if why else 'no complete run'}.", "",
                 *_render_untrained(runs, strategies, untrained or {})]
-    clients = sorted({c for _, c in cells}, key=lambda c: (len(c), c))
+    clients = in_order({c for _, c in cells})
     seeds = sorted({s for s, _ in cells})
     lines += ["| client | task | metric | test n | majority answer | uniform guess | yardstick |",
               "|---|---|---|---|---|---|---|"]
@@ -202,7 +202,7 @@ def _render_untrained(runs: Sequence[dict[str, Any]], strategies: list[str],
         return []
     seeds = sorted({s for s, _ in cells})
     per_client = yardstick_by_client(cells, "score")
-    clients = sorted(per_client, key=lambda c: (len(c), c))
+    clients = in_order(per_client)
     lines = [f"**Untrained model** (`tools.untrained`: the frozen backbone with no adapter, on the same test examples "
              f"and evaluation settings; seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}): mean over clients "
              f"**{fmt(mean(list(per_client.values())))}** "
