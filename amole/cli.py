@@ -222,8 +222,9 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Any], max_len:
     else:
         for start in range(0, len(examples), step):
             chunk = examples[start : start + step]
-            for ex, (text, f1) in zip(chunk, rouge_predictions(model, tokenizer, chunk, max_len, cfg), strict=True):
-                preds.append({"prompt": ex.prompt, "target": ex.target, "prediction": text, "rougeL": f1})
+            for ex, p in zip(chunk, rouge_predictions(model, tokenizer, chunk, max_len, cfg), strict=True):
+                preds.append({"prompt": ex.prompt, "target": ex.target, "prediction": p.text, "rougeL": p.rouge_l,
+                              "tokens": p.tokens})
             bar.update(len(chunk))
         bar.close()
         score, metric = sum(p["rougeL"] for p in preds) / len(preds), metric_name(cfg.rouge)

@@ -67,8 +67,10 @@ class RoundResult:
 
 def score_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The metrics of an evaluation a reply carries: the score, its standard error over the test examples and
-    how many examples were scored (so a results table can say whether a difference exceeds the noise)."""
-    return {"score": float(result["score"]), "score_se": float(result["score_se"]), "test_n": float(result["n"])}
+    how many examples were scored (so a results table can say whether a difference exceeds the noise), and for
+    generation the mean answer length in tokens."""
+    return {"score": float(result["score"]), "score_se": float(result["score_se"]), "test_n": float(result["n"]),
+            **({"gen_tokens": float(result["gen_tokens"])} if "gen_tokens" in result else {})}
 
 
 def embedding_batches(tokenizer, splits: ClientSplits, settings: Settings) -> list[dict[str, Tensor]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -21,8 +22,8 @@ from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
 from amole.rouge_l import metric_name, rouge_l_f
 
-__all__ = ["answer_loss", "choice_accuracy", "choice_hits", "choice_losses", "evaluate", "generate", "pick",
-           "rouge_l", "rouge_predictions", "sequence_losses", "standard_error"]
+__all__ = ["Prediction", "answer_lengths", "answer_loss", "choice_accuracy", "choice_hits", "choice_losses",
+           "evaluate", "generate", "pick", "rouge_l", "rouge_predictions", "sequence_losses", "standard_error"]
 DECODINGS = ("greedy", "generation_config")
 
 
@@ -76,13 +77,9 @@ def standard_error(values: Sequence[float]) -> float:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
-             decoding: str = "greedy") -> list[str]:
-    """Continuations of a batch of prompts (left-padded so every row ends where generation starts).
-
-    ``greedy``: argmax decoding, stopping at the tokenizer's EOS. ``generation_config``: the official code's
-    ``generate(max_new_tokens, num_beams=1)``, so the model's ``generation_config`` decides (it may sample).
-    """
+def _generate_ids(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
+                  decoding: str) -> torch.Tensor:
+    """The new token ids of a batch of prompts, left-padded so every row ends where generation starts."""
     if decoding not in DECODINGS:
         raise ValueError(f"unknown eval.decoding {decoding!r}; expected one of {DECODINGS}")
     pad = pad_id_of(tokenizer)
@@ -97,43 +94,77 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, 
         input_ids=input_ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, pad_token_id=pad,
         **how,
     )
-    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return out[:, width:].cpu()
+
+
+def answer_lengths(new_ids: torch.Tensor, eos_id: int | None) -> list[int]:
+    """Per row, the tokens generated before the first EOS (all of them when the row never stopped): what a
+    generation costs, since a batch decodes until its longest row stops."""
+    n = new_ids.shape[1]
+    if eos_id is None:
+        return [n] * new_ids.shape[0]
+    return [int(row.index(eos_id)) if eos_id in row else n for row in new_ids.tolist()]
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
+             decoding: str = "greedy") -> list[str]:
+    """Continuations of a batch of prompts.
+
+    ``greedy``: argmax decoding, stopping at the tokenizer's EOS. ``generation_config``: the official code's
+    ``generate(max_new_tokens, num_beams=1)``, so the model's ``generation_config`` decides (it may sample).
+    """
+    new = _generate_ids(model, tokenizer, prompts, max_len, max_new_tokens, decoding)
+    return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+class Prediction(NamedTuple):
+    text: str
+    rouge_l: float
+    tokens: int  # generated before EOS
 
 
 @torch.no_grad()
 def rouge_predictions(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int,
-                      cfg: EvalConfig) -> list[tuple[str, float]]:
-    """Every example's generation and its Rouge-L F1 (implementation ``cfg.rouge``) against the reference."""
+                      cfg: EvalConfig) -> list[Prediction]:
+    """Every example's generation, its Rouge-L F1 (implementation ``cfg.rouge``) against the reference and its
+    length in tokens."""
     score = rouge_l_f(cfg.rouge)
-    out: list[tuple[str, float]] = []
+    out: list[Prediction] = []
     for start in range(0, len(examples), cfg.batch_size):
         chunk = examples[start : start + cfg.batch_size]
-        outs = generate(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens, cfg.decoding)
-        out += [(o.strip(), score(ex.target, o.strip())) for ex, o in zip(chunk, outs, strict=True)]
+        new = _generate_ids(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens, cfg.decoding)
+        texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        lengths = answer_lengths(new, tokenizer.eos_token_id)
+        out += [Prediction(t, score(ex.target, t), n) for ex, t, n in zip(chunk, texts, lengths, strict=True)]
     return out
 
 
 @torch.no_grad()
 def rouge_l(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> float:
     """Mean Rouge-L F1 (implementation ``cfg.rouge``) of generations against the references."""
-    return sum(f for _, f in rouge_predictions(model, tokenizer, examples, max_len, cfg)) / max(len(examples), 1)
+    return sum(p.rouge_l for p in rouge_predictions(model, tokenizer, examples, max_len, cfg)) / max(len(examples), 1)
 
 
 def evaluate(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int, cfg: EvalConfig) -> dict:
     """The client's score on ``examples`` (accuracy for multiple-choice tasks, Rouge-L for generative ones), its
-    standard error over the examples (``score_se``) and the number of examples scored (``n``)."""
+    standard error over the examples (``score_se``), the number of examples scored (``n``) and, for generation,
+    the mean answer length in tokens (``gen_tokens``: longer answers cost evaluation time and move Rouge-L)."""
     if not examples:
         raise ValueError("no evaluation examples")
     was_training = model.training
     model.eval()
+    extra: dict[str, float] = {}
     try:
         if all(ex.is_choice for ex in examples):
             values: list[float] = list(choice_hits(model, tokenizer, examples, max_len, cfg.batch_size))
             metric = "accuracy"
         else:
-            values = [f for _, f in rouge_predictions(model, tokenizer, examples, max_len, cfg)]
+            preds = rouge_predictions(model, tokenizer, examples, max_len, cfg)
+            values = [p.rouge_l for p in preds]
+            extra["gen_tokens"] = statistics.fmean(p.tokens for p in preds)
             metric = metric_name(cfg.rouge)
     finally:
         model.train(was_training)
     return {"score": sum(values) / len(values), "score_se": standard_error(values), "metric": metric,
-            "n": len(examples)}
+            "n": len(examples), **extra}

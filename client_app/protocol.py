@@ -44,13 +44,14 @@ SETTINGS, ROUND, CLIENT_ID, RUN_ID, TASK, METRIC = "settings", "round", "client-
 # seconds from the ClientApp's start to the round's first step (imports, model load: what a warm worker saves),
 # startup_s, the part of it before the ClientApp's handler ran (Flower's own process start), and that part's
 # CPU seconds (what it takes without contention for the CPU); train_s, eval_s, stats_s and FDLoRA's fusion_s, where
-# ``seconds`` went. score_se (standard error of the score over the test examples) and test_n (how many were scored)
-# are optional so that replies of older clients still count.
+# ``seconds`` went. score_se (standard error of the score over the test examples), test_n (how many were scored)
+# and gen_tokens (generation only: the mean answer length in tokens) are optional so that replies of older clients
+# still count.
 TRAIN_METRICS = ("score", "train_loss", "experts_mean", "num_examples", "seconds")
-OPTIONAL_METRICS = ("score_se", "test_n", "fusion_w_private", "fusion_w_global", "overhead_s", "startup_s",
-                    "startup_cpu_s", "train_s", "eval_s", "stats_s", "fusion_s")
+OPTIONAL_METRICS = ("score_se", "test_n", "gen_tokens", "fusion_w_private", "fusion_w_global", "overhead_s",
+                    "startup_s", "startup_cpu_s", "train_s", "eval_s", "stats_s", "fusion_s")
 # What an evaluate reply adds to the score when its client sent them.
-SPREAD_METRICS = ("score_se", "test_n")
+SPREAD_METRICS = ("score_se", "test_n", "gen_tokens")
 # The two kinds of round request a client runs (identify is answered without the model).
 TRAIN, EVALUATE, PROBE = "train", "evaluate", "probe"
 # A joining client is probed for its routing statistics: a named query action (message type "query.probe").

@@ -219,6 +219,8 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
         stored = json.loads((tmp_path / name / "metrics.json").read_text())["rounds"][0]["clients"]
         assert all(c["test_n"] >= 2 and math.isfinite(c["score_se"]) and c["score_se"] >= 0
                    for c in stored.values()), (name, stored)
+        # A generated answer's score comes with its mean length in tokens (under fedit, the aggregate's own).
+        assert all(("gen_tokens" in c) == (c["metric"] != "accuracy") for c in stored.values()), (name, stored)
     counts = {c: sum(len(ids) for ids in results["homogeneous"].assignment.held(c).values())
               for c in results["homogeneous"].clients}
     assert len(set(counts.values())) == 1  # every client holds the same number of experts

@@ -9,7 +9,8 @@ import torch
 from amole.bank import create_bank, payload
 from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
-from amole.evaluate import choice_accuracy, evaluate, rouge_l, sequence_losses, standard_error
+from amole.evaluate import (answer_lengths, choice_accuracy, evaluate, rouge_l, rouge_predictions, sequence_losses,
+                            standard_error)
 from amole.model import import_adapters, inject
 from amole.routing_stats import collect_statistics, expert_stat_key, router_stat_key
 from amole.train import round_lr, train_steps
@@ -69,6 +70,21 @@ def test_rouge_l_of_a_trained_copy_task_is_high(tiny, adapter_cfg) -> None:
     result = evaluate(model, tok, data[:2], 32, EvalConfig(max_new_tokens=12))
     assert result["metric"] == "rougeL" and result["n"] == 2
     assert result["score_se"] == 0.0  # both examples the same and both copied: no spread
+    # the answer length: the tokens before EOS, the same for every example here, well under the 12 allowed
+    lengths = [p.tokens for p in rouge_predictions(model, tok, data[:2], 32, EvalConfig(max_new_tokens=12))]
+    assert result["gen_tokens"] == lengths[0] == lengths[1] and 0 < lengths[0] < 12
+
+
+def test_answer_lengths_stop_at_the_first_eos() -> None:
+    new = torch.tensor([[5, 6, 2, 2], [5, 2, 7, 2], [5, 6, 7, 8]])  # EOS 2; HF pads finished rows with pad (= EOS)
+    assert answer_lengths(new, eos_id=2) == [2, 1, 4]  # the last row never stopped: every token counts
+    assert answer_lengths(new, eos_id=None) == [4, 4, 4]
+
+
+def test_multiple_choice_scores_carry_no_answer_length(tiny) -> None:
+    model, tok = tiny
+    ex = Example("Q: say aaaa\nA:", "x", choices=("x", "y"), label=0)
+    assert "gen_tokens" not in evaluate(model, tok, [ex], 64, EvalConfig())
 
 
 def test_standard_error_is_the_sample_std_over_root_n() -> None:

@@ -70,8 +70,8 @@ NOT_BUDGET = {
 RUN_COLUMNS = ["scenario", "budget", "protocol", "strategy", "seed", "status", "rounds_done", "rounds_planned",
                "final_score",
                "best_score", "best_round", "kb_up_per_client_round", "kb_down_per_client_round",
-               "seconds_per_round", "client_s", "train_s", "eval_s", "peak_total_mb", "peak_client_mb", "peak_gpu_mb",
-               "cpu_s", "model", "num_clients",
+               "seconds_per_round", "client_s", "train_s", "eval_s", "gen_tokens", "peak_total_mb", "peak_client_mb",
+               "peak_gpu_mb", "cpu_s", "model", "num_clients",
                "steps", "batch_size", "max_seq_len", "error", "run_dir", "command", "job_command"]
 
 
@@ -130,10 +130,11 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "kb_up_per_client_round": mean(finite(c.get("bytes_up") for c in per_client)) / 1e3,
         "kb_down_per_client_round": mean(finite(c.get("bytes_down") for c in per_client)) / 1e3,
         "seconds_per_round": mean(finite(r.get("seconds") for r in rounds)),
-        # per client·round: its whole reply, and the training and evaluation inside it (runs before these were
-        # recorded: NaN)
+        # per client·round: its whole reply, the training and evaluation inside it, and the mean generated answer
+        # length in tokens (multiple choice, and runs before these were recorded: NaN)
         **{key: mean(finite(c.get(src) for c in per_client))
-           for key, src in (("client_s", "seconds"), ("train_s", "train_s"), ("eval_s", "eval_s"))},
+           for key, src in (("client_s", "seconds"), ("train_s", "train_s"), ("eval_s", "eval_s"),
+                            ("gen_tokens", "gen_tokens"))},
         "peak_total_mb": peak.get("peak_total_mb", math.nan),
         "peak_client_mb": peak.get("peak_client_mb", math.nan),
         "peak_gpu_mb": peak.get("peak_gpu_mb", math.nan),
