@@ -9,8 +9,15 @@ import torch
 from amole.bank import create_bank, payload
 from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
-from amole.evaluate import (answer_lengths, choice_accuracy, evaluate, rouge_l, rouge_predictions, sequence_losses,
-                            standard_error)
+from amole.evaluate import (
+    answer_lengths,
+    choice_accuracy,
+    evaluate,
+    rouge_l,
+    rouge_predictions,
+    sequence_losses,
+    standard_error,
+)
 from amole.model import import_adapters, inject
 from amole.routing_stats import collect_statistics, expert_stat_key, router_stat_key
 from amole.train import round_lr, train_steps
