@@ -114,6 +114,7 @@ def test_untrained_scores_join_the_tables_of_the_runs_they_match(tmp_path: Path,
         docs[seed] = untrained.score_clients(settings, ["0", "1"], path)
         assert path.name.startswith(f"untrained_synthetic-s{seed}-") and path.is_file()
         assert [docs[seed]["clients"][c]["test_n"] for c in "01"] == [8, 8]
+        assert not any("gen_tokens" in docs[seed]["clients"][c] for c in "01")  # multiple choice: no answer length
     # A rerun finds both clients scored and loads no model.
     monkeypatch.setattr("amole.loader.load_base_model", lambda *a, **k: pytest.fail("rescored a client"))
     assert untrained.score_clients(settings, ["0", "1"], path)["clients"] == docs[1]["clients"]

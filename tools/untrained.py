@@ -76,7 +76,8 @@ def score_clients(settings: Settings, clients: Iterable[str], path: Path) -> dic
         result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
         doc["clients"][c] = {"task": splits.task, "metric": result["metric"], "score": result["score"],
                              "score_se": result["score_se"], "test_n": result["n"],
-                             "seconds": time.perf_counter() - start}
+                             "seconds": time.perf_counter() - start,
+                             **({"gen_tokens": result["gen_tokens"]} if "gen_tokens" in result else {})}
         write_text(path, json.dumps(doc, indent=1, default=str) + "\n")
         print(f"client {c} ({splits.task}): {result['metric']} {result['score']:.4f} ± {result['score_se']:.4f} "
               f"on {result['n']} test examples, {doc['clients'][c]['seconds']:.0f} s", flush=True)
