@@ -2,18 +2,20 @@
 
 1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE and peft LoRA (full-logit and answer-position
    loss), the AMoLE/LoRA ratio and peak GPU memory (``bench_step.measure``);
-2. one round of ``budget=gpu`` with 10 clients at reduced local steps, through the in-process Flower simulation
-   the experiment runner uses (``tools.simulation.simulate``): wall time, the clients' scores, peak memory.
+2. one round of ``budget=gpu`` with 10 clients at reduced local steps: by default in this process through
+   ``tools.direct_grid`` (the clients one after another on the one GPU, sharing the backbone, no Ray), or with
+   ``--ray`` through the Flower simulation the experiment runner uses (``tools.simulation.simulate``): wall time,
+   each client's train / evaluation seconds and score, peak GPU memory.
 
 Offline: a GPU machine has no internet, so it must bring
-* a Python environment with this project installed (``make install``; torch with CUDA);
+* this project's Python dependencies (``make install`` there; or wheels, as docs/gpu-check.md does it);
 * the converted SmolLM2 folder: ``make model`` writes it to ``~/.cache/amole/models/smollm2-135m`` (about 520 MB,
-  fp32 safetensors + tokenizer); copy that folder to the GPU machine and pass ``--model-dir``, or put it at
-  ``shared/models/smollm2-135m`` (the default when present), or set ``AMOLE_CACHE`` to a copied cache root;
+  fp32 safetensors + tokenizer); copy it there and pass ``--model-dir``, or put it at ``shared/models/
+  smollm2-135m`` (the default when present); where less may travel, ``gpu_bundle.py`` carries it in parts;
 * the BIG-bench task files for the round (10 JSON files, ~3 MB): ``--bigbench-dir`` (default
   ``shared/data/bigbench`` when present); without them the round runs on the in-memory synthetic tasks.
 
-    python tests/benchmarks/gpu_check.py [--model-dir DIR] [--bigbench-dir DIR] [--steps 20]
+    python tests/benchmarks/gpu_check.py [--model-dir DIR] [--bigbench-dir DIR] [--steps 20] [--ray]
     python tests/benchmarks/gpu_check.py --cpu-smoke     # tiny model on the CPU, seconds: checks the script runs
 """
 
@@ -32,10 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step, beside t
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: amole, server_app
 
 import bench_step  # noqa: E402
-from server_app.experiment import compose_job, experiment_options, settings_from_cfg  # noqa: E402
 
 from amole.gguf import cache_root  # noqa: E402
-from tools.simulation import simulate  # noqa: E402
 
 SYNTHETIC_TASKS = "[reverse,upper,copy,sort,first_letter,vowel_parity,reverse,upper,copy,sort]"
 
@@ -68,20 +68,36 @@ def round_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def one_round(args: argparse.Namespace) -> dict:
+    # Imported here, not above: the bench needs neither Flower nor Hydra, so it runs where they are missing.
+    from amole.compose import settings_from_cfg
+    from client_app.app import app as client_app
+    from server_app.federation import run
+    from tools.direct_grid import DirectGrid
+    from tools.experiment import compose_job, experiment_options
+
     cfg, _ = compose_job(round_overrides(args))
     settings, opts = settings_from_cfg(cfg), experiment_options(cfg)
     if args.cpu_smoke:
         opts.update(client_num_cpus=1, client_num_gpus=0.0)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="amole-gpu-check-") as tmp:
-        state, error, resources, wall = simulate(settings, Path(tmp), None, opts, Path(tmp) / "round.log")
-        if error:
-            print((Path(tmp) / "round.log").read_text()[-4000:], flush=True)
-            raise RuntimeError(f"the round failed:\n{error}")
+        start = time.perf_counter()
+        if args.ray:
+            from tools.simulation import simulate
+
+            state, error, resources, _ = simulate(settings, Path(tmp), None, opts, Path(tmp) / "round.log")
+            if error:
+                print((Path(tmp) / "round.log").read_text()[-4000:], flush=True)
+                raise RuntimeError(f"the round failed:\n{error}")
+        else:
+            state = run(DirectGrid(client_app, settings.federation.num_clients), settings, runs_dir=Path(tmp))
+            resources = {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)} \
+                if torch.cuda.is_available() else {}
+        wall = time.perf_counter() - start
     last = state.metrics["rounds"][-1]
-    client_s = [m.get("seconds", 0.0) for m in last["clients"].values()]
-    return {"wall_s": wall, "rounds": state.round, "resources": resources,
-            "scores": {c: round(m["score"], 3) for c, m in last["clients"].items()},
-            "client_s_max": max(client_s, default=0.0), "clients": len(last["clients"]), "steps": settings.train.steps}
+    return {"wall_s": wall, "rounds": state.round, "resources": resources, "clients": last["clients"],
+            "steps": settings.train.steps, "grid": "Ray simulation" if args.ray else "in-process, one client at a time"}
 
 
 def main() -> None:
@@ -92,6 +108,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="local steps of the round (budget=gpu has 200)")
     p.add_argument("--test-cap", type=int, default=50, help="test and embedding examples per client")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--ray", action="store_true", help="run the round in Flower's Ray simulation (needs ray)")
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--skip-round", action="store_true")
     p.add_argument("override", nargs="*", help="more Hydra overrides for the round")
@@ -116,12 +133,15 @@ def main() -> None:
     if not args.skip_round:
         print("== one round, 10 clients", flush=True)
         r = one_round(args)
-        res = r["resources"]
-        lines.append(f"round: {r['clients']} clients x {r['steps']} steps: simulation {r['wall_s']:.1f} s (with Ray "
-                     f"start-up), slowest client round {r['client_s_max']:.1f} s, peak GPU "
-                     f"{res.get('peak_gpu_mb', 'n/a')} MB, peak client RSS {res.get('peak_client_mb', 0):.0f} MB, "
-                     f"total PSS {res.get('peak_total_mb', 0):.0f} MB")
-        lines.append(f"round scores: {r['scores']}")
+        res, clients = r["resources"], r["clients"]
+        lines.append(f"round ({r['grid']}): {len(clients)} clients x {r['steps']} steps in {r['wall_s']:.1f} s, "
+                     f"peak GPU {res.get('peak_gpu_mb', 'n/a')} MB")
+        lines.append("client  task  score  train s  eval s  seconds  answer tokens")
+        for c, m in clients.items():
+            lines.append(f"{c}  {m.get('task', '?')}  {m['score']:.3f}  {m.get('train_s', float('nan')):.1f}  "
+                         f"{m.get('eval_s', float('nan')):.1f}  {m.get('seconds', float('nan')):.1f}  "
+                         f"{m.get('gen_tokens', float('nan')):.1f}")
+        lines.append(f"round mean score {sum(m['score'] for m in clients.values()) / len(clients):.3f}")
     print("== gpu-check summary" + (" (CPU smoke run: no GPU figures)" if args.cpu_smoke else ""))
     for line in lines:
         print(line)
