@@ -31,15 +31,16 @@ def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
     if not layers:
         return {}  # no routed experts anywhere: RSEA has nothing to score
     was_training = model.training
+    device = next(model.parameters()).device  # the batches are built on the CPU
     model.eval()
     for layer in layers.values():
         layer.reset_stats()
         layer.collect_stats = True
     try:
         for batch in batches:
-            with token_mask(model, batch["attention_mask"]):
-                kept_logits(model, torch.zeros_like(batch["attention_mask"], dtype=torch.bool),  # no LM head
-                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            with token_mask(model, mask):
+                kept_logits(model, torch.zeros_like(mask, dtype=torch.bool), input_ids=ids, attention_mask=mask)
     finally:
         for layer in layers.values():
             layer.collect_stats = False
@@ -48,7 +49,7 @@ def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
     for name, layer in layers.items():
         if layer.stat_tokens == 0:
             raise ValueError("the embedding set produced no tokens: cannot compute routing statistics")
-        out[router_stat_key(name)] = (layer.stat_router / layer.stat_tokens).float()
+        out[router_stat_key(name)] = (layer.stat_router / layer.stat_tokens).float().cpu()
         for j, eid in enumerate(layer.expert_ids):
-            out[expert_stat_key(name, eid)] = (layer.stat_experts[j] / layer.stat_tokens).float()
+            out[expert_stat_key(name, eid)] = (layer.stat_experts[j] / layer.stat_tokens).float().cpu()
     return out

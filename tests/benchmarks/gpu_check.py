@@ -55,7 +55,7 @@ def bench(model: str, cpu_smoke: bool) -> list[dict[str, float]]:
 def round_overrides(args: argparse.Namespace) -> list[str]:
     if args.cpu_smoke:
         return ["model=tiny", "budget=smoke", "scenario=synthetic", f"scenario.tasks={SYNTHETIC_TASKS}",
-                "federation.num_clients=10", "federation.num_rounds=1", "train.steps=2"]
+                "federation.num_clients=10", "federation.num_rounds=1", "train.steps=2", *args.override]
     out = ["budget=gpu", "model=smollm2", f"model.name={args.model_dir}", "federation.num_clients=10",
            "federation.num_rounds=1", f"train.steps={args.steps}", f"scenario.test_cap={args.test_cap}",
            f"scenario.embed_cap={args.test_cap}", f"eval.max_new_tokens={args.max_new_tokens}"]
