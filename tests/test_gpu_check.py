@@ -95,3 +95,12 @@ def test_gpu_check_cpu_smoke_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "round (in-process, one client at a time): 10 clients" in proc.stdout
     assert "gpu-check: done" in proc.stdout
+
+
+def test_op_count_runs_and_amole_issues_more_ops_than_lora() -> None:
+    proc = subprocess.run([sys.executable, "tests/benchmarks/op_count.py"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ops per forward + backward"))
+    amole, lora = [int(w.rstrip(",;")) for w in line.split() if w.rstrip(",;").isdigit()][:2]
+    assert amole > lora > 0
