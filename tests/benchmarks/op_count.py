@@ -1,5 +1,5 @@
-"""How many ops one training step issues, AMoLE against peft LoRA: on a GPU each is about one kernel launch, and at
-SmolLM2's width launches, not arithmetic, set the step time (docs/gpu-check.md).
+"""How many ops one training step issues, AMoLE against peft LoRA: at SmolLM2's width a GPU step is bound by the host
+issuing ops one by one (each a dispatch, most a kernel launch), not by arithmetic (docs/gpu-check.md).
 
 Counts the top-level aten ops (those not called by another aten op) of bench-step's forward, loss and backward
 under torch's profiler, after a warm-up pass. The optimizer is left out: on a GPU torch's Adam updates all
