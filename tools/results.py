@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the no-model yardstick (it rebuilds each client's data from the run's stored config)")
     args = p.parse_args(argv)
     if not any(Path(d).is_dir() for d in args.runs):
-        print(f"no runs folder among {args.runs}: run an experiment sweep first (make experiments-small)",
+        print(f"no runs folder among {args.runs}: run an experiment sweep first (make experiments-medium)",
               file=sys.stderr)
         return 1
     paths, rows = write_results([Path(d) for d in args.runs], Path(args.out), notes=Path(args.notes),

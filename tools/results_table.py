@@ -305,7 +305,7 @@ def _over_seeds(done: Sequence[dict[str, Any]], strategies: list[str]) -> str:
 PREAMBLE = """# Results
 
 Collected by `{command}` from {n} run directories under `{runs}` ({complete} complete). Regenerate with
-`make results` after `make experiments-small` (or any `python -m tools.experiment` sweep).
+`make results` after `make experiments-medium` (or any `python -m tools.experiment` sweep).
 
 - **score**: each client's personalized test score after the last round (accuracy by LM scoring for multiple
   choice, Rouge-L F1 for generation), averaged over the clients, then mean ± sample standard deviation over seeds;
