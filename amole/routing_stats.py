@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from amole.answer import kept_logits
+from amole.loader import model_device
 from amole.model import amole_layers, token_mask
 
 
@@ -31,7 +32,7 @@ def collect_statistics(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
     if not layers:
         return {}  # no routed experts anywhere: RSEA has nothing to score
     was_training = model.training
-    device = next(model.parameters()).device  # the batches are built on the CPU
+    device = model_device(model)  # the batches are built on the CPU
     model.eval()
     for layer in layers.values():
         layer.reset_stats()

@@ -135,7 +135,9 @@ def main() -> None:
         r = one_round(args)
         res, clients = r["resources"], r["clients"]
         lines.append(f"round ({r['grid']}): {len(clients)} clients x {r['steps']} steps in {r['wall_s']:.1f} s, "
-                     f"peak GPU {res.get('peak_gpu_mb', 'n/a')} MB")
+                     f"peak GPU {res.get('peak_gpu_mb', 'n/a')} MB"
+                     + (f", peak client RSS {res['peak_client_mb']:.0f} MB, total PSS "
+                        f"{res.get('peak_total_mb', 0):.0f} MB" if "peak_client_mb" in res else ""))  # Ray only
         lines.append("client  task  score  train s  eval s  seconds  answer tokens")
         for c, m in clients.items():
             lines.append(f"{c}  {m.get('task', '?')}  {m['score']:.3f}  {m.get('train_s', float('nan')):.1f}  "
