@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from amole.data.tokenize import IGNORE_INDEX
+from amole.loader import model_device
 
 # Model classes whose forward ignored or mis-read a boolean ``logits_to_keep``: they get full logits.
 _FULL_LOGITS: set[type] = set()
@@ -42,7 +43,7 @@ def kept_logits(model: nn.Module, keep: Tensor, **inputs) -> tuple[Tensor, objec
 
 def token_losses(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Cross-entropy of every labelled token (float32, shape (N,)) and the row it belongs to (shape (N,))."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     labels = batch["labels"].to(dev)
     keep = answer_positions(labels)
     logits, _ = kept_logits(model, keep, input_ids=batch["input_ids"].to(dev),

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from amole.answer import kept_logits
 from amole.data import Example, encode, pad_id_of
 from amole.data.tokenize import IGNORE_INDEX
+from amole.loader import model_device
 
 ROWS_PER_PROMPT = 4  # choice rows per chunk: this many times the eval batch size (64 rows at batch 16)
 
@@ -61,7 +62,7 @@ def _pad(seqs: Sequence[Sequence[int]], value: int) -> tuple[Tensor, Tensor]:
 
 def _score_chunk(model: nn.Module, chunk: Sequence[_Prefix], pad: int, out: Tensor) -> None:
     """Write the mean answer-token loss of every row of ``chunk`` into ``out``."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     p_ids, p_mask = _pad([p.ids for p in chunk], pad)
     p_len = p_mask.sum(1)
     last = torch.zeros_like(p_mask, dtype=torch.bool)

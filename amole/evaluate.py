@@ -20,15 +20,12 @@ from amole.answer import sequence_losses
 from amole.choices import choice_losses
 from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
+from amole.loader import model_device
 from amole.rouge_l import metric_name, rouge_l_f
 
 __all__ = ["Prediction", "answer_lengths", "answer_loss", "choice_accuracy", "choice_hits", "choice_losses",
            "evaluate", "generate", "pick", "rouge_l", "rouge_predictions", "sequence_losses", "standard_error"]
 DECODINGS = ("greedy", "generation_config")
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -88,7 +85,7 @@ def _generate_ids(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: 
     width = max(len(x) for x in ids)
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-    dev = _device(model)
+    dev = model_device(model)
     how = ({"do_sample": False, "eos_token_id": tokenizer.eos_token_id} if decoding == "greedy" else {"num_beams": 1})
     out = model.generate(
         input_ids=input_ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, pad_token_id=pad,
