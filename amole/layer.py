@@ -125,30 +125,35 @@ class AMoLELinear(nn.Module):
         own_masks = self._own_masks()
         h = x if own_masks else self.dropout(x)
         keys = [k for k in (self.router, self.shared_A) if k is not None]
-        keys.append(self.experts_A.reshape(n * r, self.in_features))
-        z = h @ torch.cat(keys).T  # router, shared and every held expert's code in one matmul
+        if n > 0:
+            keys.append(self.experts_A.reshape(n * r, self.in_features))
+        if not keys:  # neither router, shared expert nor routed experts: the frozen layer alone
+            self.lb_loss = None
+            return y
         n_router = r if self.router is not None else 0
-        t = z[..., :n_router]
-        codes = z[..., n_router:]  # [shared code] + n expert codes, each r wide
         n_shared = r if self.shared_A is not None else 0
+        # Router, shared and every held expert's code in one matmul, split once: split's backward is one cat,
+        # where slicing the pieces out one by one costs a zero-filled copy per piece (op counts: docs/gpu-check.md).
+        t, shared, flat = (h @ _cat(keys, 0).T).split([n_router, n_shared, n * r], dim=-1)
+        e = flat.unflatten(-1, (n, r))
+        if own_masks and n_shared:  # the shared expert's code from its own dropout mask
+            shared = self.dropout(x) @ self.shared_A.T
         mask = self._mask_for(x)
-
-        e = codes[..., n_shared:].unflatten(-1, (n, r))
-        if own_masks and self.shared_A is not None:  # the shared expert's code from its own dropout mask
-            codes = torch.cat([self.dropout(x) @ self.shared_A.T, codes[..., n_shared:]], dim=-1)
         if self.collect_stats and self.router is not None:
             self._accumulate(t, e, mask)
-        Bs = [self.shared_B] if self.shared_B is not None else []
+        codes = [shared] if n_shared else []
+        Bs = [self.shared_B] if n_shared else []
         if n > 0:
             gates = self._route(e, t, mask)
-            gated = self._gated_own_masks(x, gates) if own_masks else (e * gates.unsqueeze(-1)).flatten(-2)
-            codes = torch.cat([codes[..., :n_shared], gated], dim=-1)
+            codes.append(self._gated_own_masks(x, gates) if own_masks else (e * gates.unsqueeze(-1)).flatten(-2))
             Bs.append(self.experts_B.permute(1, 0, 2).reshape(self.out_features, n * r))
         else:
             self.lb_loss = None
         if not Bs:
             return y
-        delta = codes @ torch.cat(Bs, dim=1).T
+        delta = _cat(codes, -1) @ _cat(Bs, 1).T
+        if delta.dtype == y.dtype:
+            return torch.add(y, delta, alpha=self.scaling)
         return y + (delta * self.scaling).to(y.dtype)
 
     def _own_masks(self) -> bool:
@@ -178,31 +183,35 @@ class AMoLELinear(nn.Module):
         return m.to(device=x.device, dtype=torch.bool)
 
     def _route(self, e: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
-        """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere."""
+        """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere.
+
+        The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
+        the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
+        """
         n = e.shape[-2]
         logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(self.r)
         probs = torch.softmax(logits.float(), dim=-1)
-        k = min(self.top_k, n)
-        top_p, top_i = probs.topk(k, dim=-1)
-        gates = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
-        if self.training:
-            self.lb_loss = self._load_balance(probs, top_i, mask)
-        else:
-            self.lb_loss = None
+        top_i = probs.topk(min(self.top_k, n), dim=-1).indices
+        slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
+        kept = probs * slots
+        gates = kept / kept.sum(-1, keepdim=True)
+        self.lb_loss = self._load_balance(probs, slots, mask) if self.training else None
         return gates.to(e.dtype)
 
-    def _load_balance(self, probs: Tensor, top_i: Tensor, mask: Tensor | None) -> Tensor:
-        """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward."""
-        n, k = probs.shape[-1], top_i.shape[-1]
-        slots = torch.zeros_like(probs).scatter(-1, top_i, 1.0)
+    def _load_balance(self, probs: Tensor, slots: Tensor, mask: Tensor | None) -> Tensor:
+        """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward (``slots``: 0/1 top-k).
+
+        Padding is weighted out rather than indexed out: boolean indexing would make a GPU wait for the host.
+        """
+        n = probs.shape[-1]
         probs, slots = probs.reshape(-1, n), slots.reshape(-1, n)
-        if mask is not None:
-            keep = mask.reshape(-1)
-            probs, slots = probs[keep], slots[keep]
-        tokens = max(probs.shape[0], 1)
-        P = probs.sum(0) / tokens
-        f = slots.sum(0) / (tokens * k)
-        return n * (P * f).sum()
+        k = min(self.top_k, n)
+        if mask is None:
+            tokens = max(probs.shape[0], 1)
+            return torch.dot(probs.sum(0), slots.sum(0)) * (n / (tokens * tokens * k))
+        w = mask.reshape(-1).to(probs.dtype)
+        tokens = w.sum().clamp_min(1)
+        return torch.dot(w @ probs, w @ slots) * n / (tokens * tokens * k)
 
     @torch.no_grad()
     def _accumulate(self, t: Tensor, e: Tensor, mask: Tensor | None) -> None:
@@ -220,3 +229,8 @@ class AMoLELinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, r={self.r}, top_k={self.top_k}, "
             f"shared={self.shared_A is not None}, experts={self.expert_ids}"
         )
+
+
+def _cat(tensors: list[Tensor], dim: int) -> Tensor:
+    """torch.cat that skips the copy when there is one piece."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)

@@ -112,6 +112,17 @@ def test_load_balance_term_matches_formula_and_ignores_padding() -> None:
     assert layer.lb_loss.requires_grad
 
 
+def test_masked_training_step_never_makes_the_device_wait_for_the_host() -> None:
+    """Padding is weighted out of the load-balance term, not indexed out: boolean indexing (nonzero) or reading a
+    value back would stall a GPU once per module per step."""
+    layer = make_layer(4).train()
+    layer.token_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        (layer(torch.randn(2, 6, D_IN)).square().sum() + layer.lb_loss).backward()
+    names = {e.name for e in prof.events()}
+    assert not names & {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"}
+
+
 def test_statistics_are_token_weighted_means() -> None:
     layer = make_layer(3)
     layer.eval()
