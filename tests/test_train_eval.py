@@ -6,6 +6,7 @@ import random
 
 import torch
 
+from amole import train
 from amole.bank import create_bank, payload
 from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
@@ -18,7 +19,7 @@ from amole.evaluate import (
     sequence_losses,
     standard_error,
 )
-from amole.model import import_adapters, inject
+from amole.model import export_adapters, import_adapters, inject
 from amole.routing_stats import collect_statistics, expert_stat_key, router_stat_key
 from amole.train import round_lr, train_steps
 
@@ -41,6 +42,26 @@ def test_local_round_lowers_the_loss_and_decays_lr(tiny, adapter_cfg) -> None:
     assert first["lr"] == 3e-3
     assert abs(later["lr"] - 3e-3 * 0.99**2) < 1e-12 and later["lr"] == round_lr(cfg, 3)
     assert first["train_lb_loss"] > 0
+
+
+def test_fused_optimizer_makes_the_per_tensor_loops_update(tiny, adapter_cfg, monkeypatch) -> None:
+    """Fused Adam and foreach clipping (one kernel over all adapter tensors) change the speed, not the update."""
+    model, tok, _ = setup(tiny, adapter_cfg)
+    start = export_adapters(model)
+    data = synthetic_task("reverse", n=16, seed=0)
+    cfg = TrainConfig(lr=3e-3, steps=4, batch_size=4, max_seq_len=64, max_grad_norm=0.05)
+    used, adam = [], torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *a, **kw: used.append(kw.get("fused")) or adam(*a, **kw))
+    ends = []
+    for devices in (train.FUSED_DEVICES, ()):
+        monkeypatch.setattr(train, "FUSED_DEVICES", devices)
+        import_adapters(model, start)
+        train_steps(model, batches(tok, data, 4, 64, random.Random(0)), cfg, server_round=1)
+        ends.append(export_adapters(model))
+    assert used == [True, None]
+    assert any(not torch.equal(start[k], ends[0][k]) for k in start)
+    for k in start:
+        torch.testing.assert_close(ends[0][k], ends[1][k], rtol=1e-5, atol=1e-7)
 
 
 def test_statistics_cover_held_experts_only(tiny, adapter_cfg) -> None:
