@@ -73,7 +73,10 @@ def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
     # FedAMoLE: last-round means 0.6 and 0.8 -> 0.7 ± 0.1414; best baseline fedit_ft 0.5 -> gain +40 %.
     make_run(runs, "fedamole", 0, [[0.1, 0.3], [0.5, 0.7]])
     make_run(runs, "fedamole", 1, [[0.9, 0.9], [0.7, 0.9]])
-    make_run(runs, "fedit_ft", 0, [[0.4, 0.4], [0.5, 0.5]])
+    lost = make_run(runs, "fedit_ft", 0, [[0.4, 0.4], [0.5, 0.5]])
+    metrics = json.loads((lost / "metrics.json").read_text())
+    metrics["rounds"][1]["rejected"] = {"1": "client error: actor died"}  # one reply lost in round 2
+    (lost / "metrics.json").write_text(json.dumps(metrics))
     make_run(runs, "fedit", 0, [[0.3, 0.3], [0.2, float("nan")]])  # a NaN client score is left out
     make_run(runs, "local", 0, [[0.45, 0.45]], planned=3)  # incomplete: listed, not in the table
     make_run(runs, "local", 1, [[0.1, 0.1]], planned=2, status="failed")
@@ -91,6 +94,7 @@ def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
     assert ours["seconds_per_round"] == pytest.approx(15.0)
     assert (ours["client_s"], ours["train_s"], ours["eval_s"]) == pytest.approx((1.0, 0.6, 0.3))
     assert by[("fedit", 0)]["final_score"] == pytest.approx(0.2)
+    assert by[("fedit_ft", 0)]["lost_client_rounds"] == 1 and ours["lost_client_rounds"] == 0
     assert by[("local", 0)]["status"] == "incomplete" and by[("local", 1)]["status"] == "failed"
 
     table = summarize(rows)
@@ -112,6 +116,8 @@ def test_mean_std_gain_and_csv(tmp_path: Path) -> None:
     assert "python -m tools.experiment -m budget=cpu_small strategy=..." in md
     assert "smollm2-135m (4bit, float32)" in md and "2 clients" in md and "10 local steps × batch 4" in md
     assert "`bigbench_tasks-local-s0` incomplete (1/3 rounds)" in md
+    assert "Client·rounds lost (a reply rejected or missing; the run went on without it): " \
+           "`bigbench_tasks-fedit_ft-s0` 1." in md
     assert "`bigbench_tasks-local-s1` failed (1/2 rounds): RuntimeError: boom" in md
     with open(paths["csv"]) as f:
         summary = list(csv.DictReader(f))

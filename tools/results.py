@@ -70,7 +70,8 @@ NOT_BUDGET = {
 RUN_COLUMNS = ["scenario", "budget", "protocol", "strategy", "seed", "status", "rounds_done", "rounds_planned",
                "final_score",
                "best_score", "best_round", "kb_up_per_client_round", "kb_down_per_client_round",
-               "seconds_per_round", "client_s", "train_s", "eval_s", "gen_tokens", "peak_total_mb", "peak_client_mb",
+               "seconds_per_round", "client_s", "train_s", "eval_s", "gen_tokens", "lost_client_rounds",
+               "peak_total_mb", "peak_client_mb",
                "peak_gpu_mb", "cpu_s", "model", "num_clients",
                "steps", "batch_size", "max_seq_len", "error", "run_dir", "command", "job_command"]
 
@@ -135,6 +136,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         **{key: mean(finite(c.get(src) for c in per_client))
            for key, src in (("client_s", "seconds"), ("train_s", "train_s"), ("eval_s", "eval_s"),
                             ("gen_tokens", "gen_tokens"))},
+        # a client's reply the server rejected or never got: the run went on without it (a protocol deviation)
+        "lost_client_rounds": sum(len(r.get("rejected") or {}) + len(r.get("absent") or []) for r in rounds),
         "peak_total_mb": peak.get("peak_total_mb", math.nan),
         "peak_client_mb": peak.get("peak_client_mb", math.nan),
         "peak_gpu_mb": peak.get("peak_gpu_mb", math.nan),

@@ -161,6 +161,15 @@ def host_line(runs: Sequence[dict[str, Any]]) -> str:
     return "; ".join(hosts) if hosts else "not recorded"
 
 
+def lost_line(runs: Sequence[dict[str, Any]]) -> str:
+    """Which runs in the table went on without some client's reply (rejected or missing) in some round."""
+    lost = [r for r in runs if r.get("lost_client_rounds")]
+    if not lost:
+        return "Client·rounds lost (a reply rejected or missing): none; every client took part in every round."
+    return "Client·rounds lost (a reply rejected or missing; the run went on without it): " + ", ".join(
+        f"`{Path(r['run_dir']).name}` {r['lost_client_rounds']}" for r in lost) + "."
+
+
 def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, taken: set[str] | None = None,
                  yardstick: bool = True) -> tuple[str, list[dict[str, Any]]]:
     """A table's markdown and its summary rows (for results.csv); with ``out_dir``, its plot is written there
@@ -198,7 +207,7 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
             if gpu:
                 cells.append(fmt(row["peak_gpu_mb"], ",.0f"))
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", sentence, ""]
+        lines += ["", sentence, "", lost_line([r for r in runs if r["status"] == "completed"]), ""]
     else:
         lines += ["No complete run in this group.", ""]
     cells, why = table_yardsticks(runs) if yardstick and rows else ({}, ["skipped (--no-yardstick)"])
