@@ -24,6 +24,7 @@ from amole.data import (
     collate,
     default_cache_dir,
     encode,
+    fetch,
     load_task,
     pip_runner,
     split_client,
@@ -243,3 +244,37 @@ def test_pip_command_picks_a_pip_that_can_download(tmp_path: Path, monkeypatch: 
     wheel = tmp_path / f"pip-{pip_runner.FALLBACK_PIP}-py3-none-any.whl"
     wheel.write_bytes(b"")  # already cached: no download
     assert pip_runner.pip_command(tmp_path) == [sys.executable, str(wheel / "pip")]
+
+
+def test_index_without_the_sdist_falls_back_to_github(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyPI dropped bigbench 1.0.0: the task files then come from BIG-bench's GitHub layout, one file each."""
+    monkeypatch.setenv("AMOLE_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "repo"
+    (repo / "toy").mkdir(parents=True)
+    (repo / "toy" / "task.json").write_text(json.dumps(TASK))
+
+    def no_sdist(cache_dir: Path) -> Path:
+        raise fetch.DataSourceError("pip download bigbench==1.0.0 failed (exit 1)")
+
+    monkeypatch.setattr(fetch, "download_sdist", no_sdist)
+    monkeypatch.setattr(fetch, "GITHUB_TASK_URL", repo.as_uri() + "/{task}/task.json")
+    assert len(load_task("toy")) == 4 and (default_cache_dir() / "toy.json").is_file()
+    with pytest.raises(fetch.DataSourceError, match=r"'nope'.*exit 1.*scenario.local_dir.*bigbench_demo"):
+        load_task("nope")
+    assert not list(default_cache_dir().glob("*.part"))
+
+
+def test_demo_scenario_reads_the_bundled_tasks_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`make demo`'s scenario needs no download: its four tasks ship in the package."""
+    from amole.compose import compose
+    from amole.data.scenario import client_splits
+
+    monkeypatch.setenv("AMOLE_CACHE", str(tmp_path))  # an empty cache: nothing may come from it
+    monkeypatch.setattr(fetch, "download_sdist", lambda _: pytest.fail("the demo scenario tried to download"))
+    settings = compose(["budget=demo", "scenario=bigbench_demo"])
+    for client in range(settings.federation.num_clients):
+        splits = client_splits(settings.scenario, str(client), settings.federation.seed)
+        assert splits.task == settings.scenario.tasks[client]
+        assert len(splits.test) == settings.scenario.test_cap and len(splits.train) > 300
+    with pytest.raises(UnknownTaskError, match=r"'navigate'.*hyperbaton"):
+        load_task("navigate", "bundled")

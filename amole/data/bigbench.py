@@ -1,4 +1,4 @@
-"""Turn BIG-bench ``task.json`` files into :class:`Example` lists, from a local folder or the cache."""
+"""Turn BIG-bench ``task.json`` files into :class:`Example` lists, from a local folder, the bundle or the cache."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ from amole.data.prompt import (
 
 # A source is a folder of task files, None (download cache) or any callable name -> examples (e.g. synthetic).
 TaskSource = str | os.PathLike[str] | Callable[[str], list[Example]] | None
+# `local_dir: bundled`: the demo's task subsets that ship in the package (tools/bundle_tasks.py), so the demo
+# needs no download.
+BUNDLED = "bundled"
+BUNDLED_DIR = Path(__file__).parent / "bundled" / "bigbench"
 
 
 def _fail(origin: str, what: str) -> TaskFormatError:
@@ -116,7 +120,7 @@ def load_tasks(
     names = list(dict.fromkeys(tasks))
     if callable(source):
         return {t: source(t) for t in names}
-    local = Path(source) if source is not None else None
+    local = None if source is None else BUNDLED_DIR if str(source) == BUNDLED else Path(source).expanduser()
     paths = fetch_tasks(names, cache_dir) if local is None else {t: local_task_path(local, t) for t in names}
     return {t: read_task_file(paths[t], **kwargs) for t in names}
 

@@ -1,5 +1,8 @@
 """Fetch BIG-bench task files the way a user would: ``pip download`` the public sdist, extract what is needed.
 
+PyPI no longer serves ``bigbench==1.0.0`` (in 2026-12 it lists only 0.0.1, which holds no tasks): where the
+index lacks it, each missing ``task.json`` is read from google/BIG-bench on GitHub, the sdist's own source.
+
 BIG-bench is not a pip-installable data set in practice (its install pulls TensorFlow etc.), but its sdist on
 PyPI carries every ``task.json``; downloading it with ``--no-deps`` works through any configured index and
 needs no Hugging Face hub (see :mod:`amole.data.pip_runner` for the pip version caveat). Only the requested
@@ -14,14 +17,17 @@ import os
 import subprocess
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from amole.data.errors import UnknownTaskError
+from amole.data.errors import DataSourceError, UnknownTaskError
 from amole.data.pip_runner import pip_command
 
 BIGBENCH_REQUIREMENT = "bigbench==1.0.0"
 _TASKS_DIR = "benchmark_tasks"
+GITHUB_TASK_URL = "https://raw.githubusercontent.com/google/BIG-bench/main/bigbench/benchmark_tasks/{task}/task.json"
 
 
 def default_cache_dir() -> Path:
@@ -52,10 +58,7 @@ def download_sdist(cache_dir: Path) -> Path:
     proc = subprocess.run(cmd, check=False)
     found = sorted(sdist_dir.glob("bigbench-*.tar.gz"))
     if proc.returncode != 0 or not found:
-        raise RuntimeError(
-            f"'{' '.join(cmd)}' failed (exit {proc.returncode}); check pip's index configuration, or pass a "
-            "local folder of BIG-bench task files (<dir>/<task>.json or <dir>/<task>/task.json) as the source"
-        )
+        raise DataSourceError(f"'{' '.join(cmd)}' failed (exit {proc.returncode})")
     return found[-1]
 
 
@@ -116,5 +119,37 @@ def fetch_tasks(tasks: Iterable[str], cache_dir: str | os.PathLike[str] | None =
         fcntl.flock(lock, fcntl.LOCK_EX)
         missing = [t for t, p in paths.items() if not p.is_file()]
         if missing:
-            paths.update(extract_tasks(download_sdist(cache), missing, cache))
+            try:
+                sdist = download_sdist(cache)
+            except DataSourceError as err:
+                paths.update(download_from_github(missing, cache, str(err)))
+            else:
+                paths.update(extract_tasks(sdist, missing, cache))
     return paths
+
+
+def download_from_github(tasks: Iterable[str], cache_dir: Path, why: str) -> dict[str, Path]:
+    """Each ``task.json`` from GitHub into the cache, for an index without the sdist; ``why`` says what failed."""
+    _log(f"{why}; reading the task files from GitHub instead")
+    out: dict[str, Path] = {}
+    for task in tasks:
+        url = GITHUB_TASK_URL.format(task=task)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                raise UnknownTaskError(f"unknown BIG-bench task {task!r}: {url} does not exist") from err
+            raise DataSourceError(f"BIG-bench task {task!r}: {url} answered {err.code}") from err
+        except (urllib.error.URLError, OSError) as err:
+            raise DataSourceError(
+                f"BIG-bench task {task!r} is not in the cache ({cache_dir}) and could not be downloaded: {why}; "
+                f"{url}: {err}. Pass scenario.local_dir=<folder of <task>.json or <task>/task.json files>, or use "
+                "scenario=bigbench_demo (four tasks shipped in the package)"
+            ) from err
+        dest = cached_task_path(cache_dir, task)
+        tmp = dest.with_suffix(".json.part")
+        tmp.write_bytes(body)
+        tmp.replace(dest)
+        out[task] = dest
+    return out

@@ -81,7 +81,7 @@ def inject_or_get(model, settings) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", nargs="+", default=["0", "1", "2", "3"])
-    p.add_argument("-o", "--overrides", nargs="*", default=["budget=demo"])
+    p.add_argument("-o", "--overrides", nargs="*", default=["budget=demo", "scenario=bigbench_demo"])
     p.add_argument("--held", type=int, default=4, help="routed experts held per module")
     p.add_argument("--ops", type=int, default=0, help="print torch.profiler's top-N operators")
     p.add_argument("--device", default=None)
