@@ -11,9 +11,10 @@ table); a table's rows are the strategies, each with the mean ± sample standard
 the last round's mean personalized score (the mean over clients of each client's own test score). Only complete
 runs enter a table; incomplete and failed ones are listed under it.
 
-FedAMoLE's relative gain is ``(fedamole - best) / best`` with ``best`` the highest mean score among the baselines
-present (``BASELINES``); when it is not positive the table says in words that FedAMoLE does not win. When the
-two ran different seeds (each seed draws its own splits), the same comparison on their shared seeds follows.
+FedAMoLE's relative gain is ``(fedamole - best) / best``, both means taken over the seeds the two ran (each seed
+draws its own splits), with ``best`` the baseline (``BASELINES``) FedAMoLE gains least over on those seeds; when it
+is not positive the table says in words that FedAMoLE does not win. Where the seeds differ, the means over all of
+each one's seeds follow.
 
 Each table also gives the (seed, client)-paired difference of FedAMoLE and the best baseline with its standard
 error, the no-model yardstick of each client and how many (client, seed) pairs each strategy beats it by more
