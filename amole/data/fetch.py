@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from amole import atomic
 from amole.data.errors import DataSourceError, UnknownTaskError
 from amole.data.pip_runner import pip_command
 
@@ -86,11 +87,7 @@ def extract_tasks(sdist: Path, tasks: Iterable[str], cache_dir: Path) -> dict[st
                 continue
             fobj = tf.extractfile(member)
             assert fobj is not None
-            dest = cached_task_path(cache_dir, task)
-            tmp = dest.with_suffix(".json.part")
-            tmp.write_bytes(fobj.read())
-            tmp.replace(dest)  # atomic: a crash never leaves a half-written task behind
-            out[task] = dest
+            out[task] = atomic.write_bytes(cached_task_path(cache_dir, task), fobj.read())
     missing = sorted(wanted - set(out))
     if missing:
         raise UnknownTaskError(unknown_task_message(missing, available, f"the {BIGBENCH_REQUIREMENT} sdist"))
@@ -147,9 +144,5 @@ def download_from_github(tasks: Iterable[str], cache_dir: Path, why: str) -> dic
                 f"{url}: {err}. Pass scenario.local_dir=<folder of <task>.json or <task>/task.json files>, or use "
                 "scenario=bigbench_demo (four tasks shipped in the package)"
             ) from err
-        dest = cached_task_path(cache_dir, task)
-        tmp = dest.with_suffix(".json.part")
-        tmp.write_bytes(body)
-        tmp.replace(dest)
-        out[task] = dest
+        out[task] = atomic.write_bytes(cached_task_path(cache_dir, task), body)
     return out
