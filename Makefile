@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo model bench-assign bench-step gpu-check clean deploy-test certs experiments-small \
-	results compose-test wheelhouse experiments-medium
+	results compose-test wheelhouse experiments-medium experiments-medium-3k
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -107,6 +107,15 @@ experiments-medium: model
 	$(MEDIUM) strategy=fedamole,fedit_ft,local $(MEDIUM_DOLLY) seed=1,2
 	$(MEDIUM) strategy=fedit,fdlora,fedsa_lora,static,random scenario=bigbench_cpu seed=0
 	$(MEDIUM) strategy=fedit,fdlora,fedsa_lora,static,random $(MEDIUM_DOLLY) seed=0
+
+# Where the bigbench 1.0.0 sdist and GitHub are out of reach: the same BIG-bench comparison (seed 0, every strategy)
+# on task copies cut to their first 3000 examples, e.g. BIGBENCH_DIR=../shared/data/bigbench (~8 h on 2 cores).
+BIGBENCH_DIR ?=
+experiments-medium-3k: model
+	@test -n "$(BIGBENCH_DIR)" || { echo "set BIGBENCH_DIR=<folder of BIG-bench task files>"; exit 2; }
+	$(UNTRAINED) scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=0
+	$(MEDIUM) strategy=fedamole,fedsa_lora,fedit,static,random,fdlora,local,fedit_ft scenario=bigbench_cpu_3k \
+		scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=0
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
 results: $(STAMP)

@@ -110,6 +110,7 @@ class ScenarioConfig:
     hub_split: str = "train"  # split(s) of hub_id, e.g. "validation+test"
     cache_dir: str | None = None
     examples_per_task: int | None = None  # cap applied before splitting (synthetic: examples generated)
+    first_examples: int | None = None  # partition task: keep each task's first N examples (a cut local copy)
     eval_frac: float = 0.1
     test_frac: float = 0.1
     embed_frac: float = 0.05

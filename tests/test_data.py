@@ -278,3 +278,33 @@ def test_demo_scenario_reads_the_bundled_tasks_offline(monkeypatch: pytest.Monke
         assert len(splits.test) == settings.scenario.test_cap and len(splits.train) > 300
     with pytest.raises(UnknownTaskError, match=r"'navigate'.*hyperbaton"):
         load_task("navigate", "bundled")
+
+
+def test_first_examples_draws_the_cut_copys_splits(tmp_path: Path) -> None:
+    """A run on whole task files with ``first_examples: N`` and a run on copies cut to their first N examples (the
+    ../shared BIG-bench copies) see the same data, split the same way."""
+    from dataclasses import replace
+
+    from amole.compose import compose
+    from amole.config import ScenarioConfig
+    from amole.data.scenario import client_splits
+
+    examples = [{"input": f"question {i}?", "target_scores": {f"a{i}": 1, f"b{i}": 0, f"c{i}": 0}} for i in range(90)]
+    for folder, n in (("whole", 90), ("cut", 60)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "toy.json").write_text(json.dumps({**TASK, "examples": examples[:n]}))
+    whole = ScenarioConfig(name="s", tasks=("toy",), local_dir=str(tmp_path / "whole"), first_examples=60)
+    cut = replace(whole, local_dir=str(tmp_path / "cut"))
+    a, b = client_splits(whole, "0", seed=3), client_splits(cut, "0", seed=3)
+    for part in ("train", "embed", "eval", "test"):
+        assert getattr(a, part) == getattr(b, part)
+    seen = {ex.prompt for part in (a.train, a.embed, a.eval, a.test) for ex in part}
+    assert len(seen) == 60 and not any(f"question {i}?" in p for p in seen for i in range(60, 90))
+    assert client_splits(replace(whole, first_examples=None), "0", seed=3).test != a.test
+
+    preset = compose(["scenario=bigbench_cpu_3k"]).scenario
+    assert preset.first_examples == 3000 and preset.tasks == compose(["scenario=bigbench_cpu"]).scenario.tasks
+    with pytest.raises(ValueError, match="first_examples cuts task files.*examples_per_task"):
+        client_splits(compose(["scenario=dolly_dir1", "++scenario.first_examples=10"]).scenario, "0", seed=0)
+    with pytest.raises(ValueError, match="first_examples must be a positive integer"):
+        client_splits(replace(whole, first_examples=0), "0", seed=0)

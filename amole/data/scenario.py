@@ -52,6 +52,19 @@ def task_name(scenario: ScenarioConfig, client: str, task: str | None = None, da
     return task or client_task(scenario, client)
 
 
+def check_first_examples(scenario: ScenarioConfig) -> None:
+    """``first_examples`` cuts the scenario's task files (so a run on a copy that keeps only each file's head and a
+    run on the whole files draw the same splits); a pooled scenario has no task files to cut."""
+    n = scenario.first_examples
+    if n is None:
+        return
+    if scenario.partition != "task":
+        raise ValueError(f"scenario {scenario.name!r}: first_examples cuts task files, but a {scenario.partition!r} "
+                         f"scenario splits one pool; cap each client's part with examples_per_task instead")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"scenario {scenario.name!r}: first_examples must be a positive integer or null, got {n!r}")
+
+
 def load_examples(scenario: ScenarioConfig, task: str, seed: int) -> list[Example]:
     if scenario.source == "synthetic":
         return synthetic_source(n=scenario.examples_per_task or 200, seed=seed)(task)
@@ -71,13 +84,14 @@ def client_splits(
     """Train / embed / eval / test for ``client``; ``data_path`` (the site's own files or a BIG-bench task.json,
     :mod:`amole.data.own`) or ``task`` override the scenario."""
     check_scenario_protocol(scenario)
+    check_first_examples(scenario)
     task = task_name(scenario, client, task, data_path)
     if data_path is not None:
         examples = load_own_examples(data_path)
     elif scenario.partition == "dirichlet":
         examples = dirichlet_examples(scenario, client, seed)
     else:
-        examples = load_examples(scenario, task, seed)
+        examples = load_examples(scenario, task, seed)[: scenario.first_examples]
     if scenario.examples_per_task is not None and len(examples) > scenario.examples_per_task:
         examples = random.Random(f"{seed}/{task}").sample(examples, scenario.examples_per_task)
     caps = {"eval_cap": scenario.eval_cap, "test_cap": scenario.test_cap, "embed_cap": scenario.embed_cap,
