@@ -144,3 +144,17 @@ def test_untrained_scores_join_the_tables_of_the_runs_they_match(tmp_path: Path,
     # A file holds one key's scores: scoring other settings into it is refused, nothing is overwritten.
     with pytest.raises(ValueError, match="other settings"):
         untrained.score_clients(compose(["model=tiny", "scenario=synthetic", "budget=smoke"]), ["0"], path)
+
+
+def test_committed_untrained_references_keep_their_keys() -> None:
+    """A setting added later must not orphan the untrained scores already committed: each file's key is still the
+    one its stored config gives (else results silently drops the untrained column)."""
+    import json
+
+    import tools.untrained as untrained
+
+    files = sorted((Path(__file__).parents[1] / "docs" / "runs").rglob(f"{untrained.FILE_PREFIX}*.json"))
+    assert files, "no committed untrained reference to check"
+    for path in files:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        assert untrained.reference_key(doc["config"]) == doc["key"], path.name
