@@ -204,6 +204,12 @@ def test_tables_split_by_scenario_and_budget(tmp_path: Path) -> None:
         assert (tmp_path / "docs" / png).is_file() and f"]({png})" in md, png
     assert "budget `?`" in md and "no command recorded" in md
     assert len(rows) == 5
+    # A run stored before a setting existed groups with runs that leave it null; a set value splits the table.
+    from tools.results import budget_fingerprint
+
+    cfg, key = rows[0]["_config"], rows[0]["_fingerprint"]
+    assert budget_fingerprint({**cfg, "scenario": {**cfg["scenario"], "first_examples": None}}) == key
+    assert budget_fingerprint({**cfg, "scenario": {**cfg["scenario"], "first_examples": 9}}) != key
 
 
 def test_cli_without_runs(tmp_path: Path, capsys) -> None:

@@ -86,8 +86,11 @@ def round_score(rnd: dict) -> float:
 
 
 def budget_fingerprint(config: dict[str, Any]) -> str:
-    """The config without the keys a strategy, a seed or a machine may change (see NOT_BUDGET), as JSON."""
-    kept = {section: {k: v for k, v in values.items() if k not in NOT_BUDGET.get(section, set())}
+    """The config without the keys a strategy, a seed or a machine may change (see NOT_BUDGET), as JSON.
+
+    A key set to null counts as absent, as when runs resume (tools.chunking.config_mismatch): runs stored before a
+    setting existed group with runs that leave it unset."""
+    kept = {section: {k: v for k, v in values.items() if k not in NOT_BUDGET.get(section, set()) and v is not None}
             for section, values in config.items() if isinstance(values, dict)}
     return json.dumps(kept, sort_keys=True, default=str)
 
