@@ -158,3 +158,4 @@ def test_committed_untrained_references_keep_their_keys() -> None:
     for path in files:
         doc = json.loads(path.read_text(encoding="utf-8"))
         assert untrained.reference_key(doc["config"]) == doc["key"], path.name
+        assert path.stem.endswith(f"-{doc['key']}"), path.name

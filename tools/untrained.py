@@ -34,16 +34,15 @@ FILE_PREFIX = "untrained_"
 # What decides an untrained score: the backbone, the data and splits, the evaluation, the window and the seed.
 # Where files are on a machine does not.
 _MACHINE_KEYS = {"model": {"cache_dir"}, "scenario": {"local_path", "local_dir", "cache_dir"}}
-# Settings added after reference files were written: left out of the key while they hold their no-op value, so
-# adding a setting does not orphan every file scored before it existed.
-_LATER_KEYS = {"scenario": {"first_examples": None}}
 
 
 def reference_key(config: dict[str, Any]) -> str:
-    """A short hash of the settings that decide the untrained score, from a run's stored config (a Settings dict)."""
+    """A short hash of the settings that decide the untrained score, from a run's stored config (a Settings dict).
+
+    A key set to null counts as absent (as in ``tools.results`` and ``tools.chunking``): a setting added later with
+    a null default leaves every key, and so every committed reference file, as it was."""
     settings = Settings.from_dict(config).to_dict()
-    kept = {s: {k: v for k, v in settings[s].items() if k not in _MACHINE_KEYS.get(s, set())
-                and not (k in _LATER_KEYS.get(s, {}) and v == _LATER_KEYS[s][k])}
+    kept = {s: {k: v for k, v in settings[s].items() if k not in _MACHINE_KEYS.get(s, set()) and v is not None}
             for s in ("model", "scenario", "eval")}
     kept["max_seq_len"] = settings["train"]["max_seq_len"]
     kept["seed"] = settings["federation"]["seed"]
