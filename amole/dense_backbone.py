@@ -8,6 +8,10 @@ quantized ones (NF4 / int8 rounding kept), so the model is the one the quantized
 summation order differs from the fused kernel (about 1e-6 relative).
 
 Not on CUDA: there the quantized kernels are fast and the memory saving is the reason to quantize.
+
+``model.compute_dtype`` (bitsandbytes' ``compute_dtype``, applied here the way its layers apply it) may hold the
+dequantized weights in bfloat16: the matmuls then run in bf16 and everything else (norms, attention, the loss,
+the adapters) stays in the model's dtype. Only worth it on CPUs with bf16 matmul units (AMX, AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -32,20 +36,33 @@ def _dense_weight(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def dequantize_frozen(model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
+class CastLinear(nn.Linear):
+    """A frozen linear whose weight is held in a lower precision than the model: it multiplies in the weight's
+    dtype and returns the input's, as a bitsandbytes layer with a ``compute_dtype`` does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
+def dequantize_frozen(model: nn.Module, dtype: torch.dtype = torch.float32, compute: torch.dtype | None = None) -> int:
     """Replace every bitsandbytes linear of ``model`` by a frozen ``nn.Linear`` holding its dequantized weight
-    (in ``dtype``), in place; return how many were replaced. Call before adapters are injected."""
+    (in ``dtype``), in place; return how many were replaced. Call before adapters are injected.
+
+    With a ``compute`` dtype other than ``dtype`` the weight is held in ``compute`` and the layer casts around
+    its matmul (:class:`CastLinear`)."""
+    compute = compute or dtype
+    linear = nn.Linear if compute == dtype else CastLinear
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             weight = _dense_weight(child)
             if weight is None:
                 continue
-            dense = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                              device=weight.device, dtype=dtype)
-            dense.weight = nn.Parameter(weight.to(dtype).contiguous(), requires_grad=False)
+            dense = linear(child.in_features, child.out_features, bias=child.bias is not None,
+                           device=weight.device, dtype=compute)
+            dense.weight = nn.Parameter(weight.to(compute).contiguous(), requires_grad=False)
             if child.bias is not None:
-                dense.bias = nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
+                dense.bias = nn.Parameter(child.bias.data.to(compute), requires_grad=False)
             dense.train(child.training)
             setattr(parent, name, dense)
             replaced += 1

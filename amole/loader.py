@@ -127,15 +127,28 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
         raise ValueError(f"unknown model.dtype {cfg.dtype!r}; expected one of {sorted(DTYPES)}") from None
 
 
-def bnb_config(quantization: str, device: str) -> BitsAndBytesConfig | None:
-    """bitsandbytes settings: NF4 + double quant (fp32 compute on CPU, bf16 on CUDA) or LLM.int8()."""
+def compute_dtype(cfg: ModelConfig) -> torch.dtype | None:
+    """``model.compute_dtype``: what a quantized backbone's frozen linears multiply in (None: the usual rule)."""
+    if cfg.compute_dtype is None:
+        return None
+    if cfg.compute_dtype not in DTYPES:
+        raise ValueError(f"unknown model.compute_dtype {cfg.compute_dtype!r}; expected null or one of {sorted(DTYPES)}")
+    if cfg.quantization == "none":
+        raise ValueError("model.compute_dtype is the matmul dtype of a quantized backbone's frozen linears; with "
+                         "model.quantization=none set model.dtype instead (or leave compute_dtype null)")
+    return DTYPES[cfg.compute_dtype]
+
+
+def bnb_config(quantization: str, device: str, compute: torch.dtype | None = None) -> BitsAndBytesConfig | None:
+    """bitsandbytes settings: NF4 + double quant (``compute``, by default fp32 on CPU and bf16 on CUDA) or
+    LLM.int8()."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown model.quantization {quantization!r}; expected one of {QUANTIZATIONS}")
     if quantization == "none":
         return None
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    compute = compute or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -207,8 +220,11 @@ def load_base_model(
     ``Linear4bit`` / ``Linear8bitLt`` modules; non-quantized weights use ``cfg.dtype``.
     """
     device = device or default_device()
-    dtype = _dtype(cfg)
-    quant = bnb_config(cfg.quantization, device)
+    dtype, compute = _dtype(cfg), compute_dtype(cfg)
+    # A CPU backbone held dequantized applies the compute dtype itself: bitsandbytes' one does not matter there,
+    # so both share one quantized-cache entry.
+    dense = cfg.quantization != "none" and cfg.dense_on_cpu and torch.device(device).type == "cpu"
+    quant = bnb_config(cfg.quantization, device, None if dense else compute)
     src = _resolve(cfg)
     if src.kind == "tiny":
         tokenizer: PreTrainedTokenizerBase = byte_tokenizer()
@@ -240,8 +256,8 @@ def load_base_model(
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if quant is not None and cfg.dense_on_cpu and torch.device(device).type == "cpu":
-        dequantize_frozen(model, dtype)
+    if dense:
+        dequantize_frozen(model, dtype, compute)
     return freeze(model), tokenizer
 
 

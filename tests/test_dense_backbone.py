@@ -1,4 +1,5 @@
-"""The dequantized CPU backbone is the quantized model: same logits and gradients, plain nn.Linear layers."""
+"""The dequantized CPU backbone is the quantized model: same logits and gradients, plain nn.Linear layers (or
+bf16 matmuls where model.compute_dtype asks for them)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import torch
 from torch import nn
 
 from amole.config import AdapterConfig, ModelConfig
-from amole.dense_backbone import dequantize_frozen
-from amole.loader import load_base_model
+from amole.dense_backbone import CastLinear, dequantize_frozen
+from amole.loader import bnb_config, load_base_model
 from amole.model import inject, trainable_parameters
 
 
@@ -60,3 +61,49 @@ def test_only_quantized_layers_are_replaced_and_stay_frozen() -> None:
     assert not any(p.requires_grad for p in model.parameters())
     unquantized, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="none"), device="cpu")
     assert dequantize_frozen(unquantized) == 0
+
+
+def test_bf16_compute_casts_around_the_matmuls_only() -> None:
+    """model.compute_dtype=bfloat16: bf16 weights and matmuls, fp32 everywhere else (bitsandbytes' rule); the
+    logits and the adapters' gradients stay those of the fp32 model to bf16 rounding."""
+    outs = {}
+    for compute in (None, "bfloat16"):
+        model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype=compute),
+                                   device="cpu")
+        linears = [m for m in model.modules() if isinstance(m, CastLinear)]
+        assert (len(linears) > 0) == (compute is not None)
+        assert all(m.weight.dtype == torch.bfloat16 for m in linears)
+        assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n or "embed" in n)
+        torch.manual_seed(0)
+        inject(model, AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=0))
+        params = [p for p in trainable_parameters(model) if p.numel()]
+        with torch.no_grad():
+            for p in params:
+                p.normal_(std=0.1)
+        model.train()
+        out = model(**_batch())
+        assert out.logits.dtype == torch.float32
+        outs[compute] = (out.logits.detach(), torch.autograd.grad(out.loss, params))
+    (a, ga), (b, gb) = outs[None], outs["bfloat16"]
+    assert not torch.equal(a, b)  # the matmuls did run in bf16
+    assert torch.allclose(a, b, atol=5e-2, rtol=5e-2), (a - b).abs().max()
+    cos = [torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0) for x, y in zip(ga, gb, strict=True)]
+    assert min(cos) > 0.99, min(cos)
+
+
+def test_compute_dtype_is_checked() -> None:
+    with pytest.raises(ValueError, match="model.quantization=none"):
+        load_base_model(ModelConfig(name="tiny-llama", quantization="none", compute_dtype="bfloat16"), device="cpu")
+    with pytest.raises(ValueError, match="unknown model.compute_dtype 'bf16'"):
+        load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype="bf16"), device="cpu")
+    assert bnb_config("4bit", "cpu", torch.bfloat16).bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_a_bf16_compute_run_is_named_apart() -> None:
+    """An experiment run with another compute dtype is another run: it must not resume or skip the fp32 one."""
+    from amole.compose import compose
+    from tools.experiment import run_name
+
+    base = ["budget=demo", "scenario=bigbench_demo", "seed=0"]
+    assert run_name(compose(base)) == "bigbench_demo-fedamole-s0"
+    assert run_name(compose([*base, "model.compute_dtype=bfloat16"])) == "bigbench_demo-fedamole-s0-bfloat16"

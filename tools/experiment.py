@@ -101,8 +101,10 @@ def compose_job(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, str]]:
 
 
 def run_name(settings: Settings) -> str:
+    """scenario-strategy-seed, plus what else changes the numbers: a protocol, a backbone compute dtype."""
     protocol = "" if settings.protocol.name == "default" else f"-{settings.protocol.name}"
-    return f"{settings.scenario.name}-{settings.federation.strategy}-s{settings.federation.seed}{protocol}"
+    compute = "" if settings.model.compute_dtype is None else f"-{settings.model.compute_dtype}"
+    return f"{settings.scenario.name}-{settings.federation.strategy}-s{settings.federation.seed}{protocol}{compute}"
 
 
 def experiment_options(cfg: DictConfig) -> dict[str, Any]:
