@@ -7,8 +7,9 @@ issue 14) and ``answer`` (the LM head at answer positions only, ``amole.answer.l
 Steps are interleaved (AMoLE full, AMoLE answer, LoRA full, LoRA answer, ...) so drift in machine load hits all
 alike; figures are medians. On the CPU a quantized backbone is held dequantized (``model.dense_on_cpu``, the
 default); the same AMoLE model on bitsandbytes' own kernels is stepped too, so the line "vs kernels + full logits"
-is today's training step against the code before issue 14, side by side. Runs on the CPU and, where CUDA is
-available, on the GPU.
+is today's training step against the code before issue 14, side by side; so is the same AMoLE with bf16 backbone
+matmuls (``model.compute_dtype=bfloat16``, from the same adapter weights: its speed-up and loss difference). Runs
+on the CPU and, where CUDA is available, on the GPU.
 
     python tests/benchmarks/bench_step.py [--steps 6] [--quantization none 4bit] [--answer-tokens 8]
 Last line: ``step: amole_over_lora=<x>`` (the largest ratio of answer-mode step times measured, i.e. the least
@@ -113,8 +114,19 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
     if device == "cpu" and quantization != "none":  # the same AMoLE on bitsandbytes' own kernels, for comparison
         k_model, k_params = amole_model(replace(mcfg, dense_on_cpu=False), acfg, held=8, device=device)
         models.append(("amole_kernel", k_model, k_params))
+        # and with bf16 matmuls in the frozen backbone (model.compute_dtype), from the same adapter weights
+        b_model, b_params = amole_model(replace(mcfg, compute_dtype="bfloat16"), acfg, held=8, device=device)
+        with torch.no_grad():
+            for b, a in zip(b_params, a_params, strict=True):
+                b.copy_(a)
+        models.append(("amole_bf16", b_model, b_params))
     batch = make_batch(batch_size, seq_len, answer_tokens, min(49000, a_model.config.vocab_size), device)
     gaps = {"amole": loss_gap(a_model, batch), "lora": loss_gap(l_model, batch)}
+    if len(models) > 3:
+        with torch.no_grad():
+            a_model.eval(), b_model.eval()
+            fp32, bf16 = lm_loss(a_model, batch).item(), lm_loss(b_model, batch).item()
+            a_model.train(), b_model.train()
     steppers = {(m, mode): step_fn(model, params, batch, mode) for m, model, params in models for mode in MODES}
     for _ in range(warmup):
         for step in steppers.values():
@@ -152,6 +164,14 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         print(f"  AMoLE on bitsandbytes' 4/8-bit kernels: full {tokens / k_full:8.0f} tok/s | answer "
               f"{tokens / k_answer:8.0f} tok/s | dense backbone + answer positions vs kernels + full logits (the "
               f"code before issue 14): {k_full / med['amole', 'answer']:.2f}x", flush=True)
+    if ("amole_bf16", "answer") in med:
+        out["amole_bf16_answer_tok_s"] = tokens / med["amole_bf16", "answer"]
+        out["bf16_speedup"] = med["amole", "answer"] / med["amole_bf16", "answer"]
+        out["bf16_loss_rel_diff"] = abs(bf16 - fp32) / fp32
+        units = "has" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "lacks"
+        print(f"  AMoLE, bf16 backbone matmuls (model.compute_dtype=bfloat16; this CPU {units} bf16 units): answer "
+              f"{out['amole_bf16_answer_tok_s']:8.0f} tok/s, {out['bf16_speedup']:.2f}x the fp32 backbone | loss "
+              f"{bf16:.4f} vs {fp32:.4f} (relative difference {out['bf16_loss_rel_diff']:.1e})", flush=True)
     print(f"  amole/lora step ratio {out['ratio']:.3f} (full logits {out['ratio_full']:.3f})"
           + (f" | peak GPU memory {out['peak_mem_gib']:.2f} GiB" if device == "cuda" else ""), flush=True)
     del a_model, l_model, models
