@@ -159,3 +159,18 @@ def test_committed_untrained_references_keep_their_keys() -> None:
         doc = json.loads(path.read_text(encoding="utf-8"))
         assert untrained.reference_key(doc["config"]) == doc["key"], path.name
         assert path.stem.endswith(f"-{doc['key']}"), path.name
+
+
+def test_a_bf16_compute_run_gets_its_own_table_that_says_so(tmp_path: Path) -> None:
+    """Runs with bf16 backbone matmuls are not pooled with fp32 ones, and their table's budget line names it."""
+    from tests.test_results import CONFIG
+
+    runs = tmp_path / "runs"
+    make_run(runs / "a", "fedamole", 0, [[0.5, 0.5]])
+    bf16 = {**CONFIG, "model": {**CONFIG["model"], "compute_dtype": "bfloat16"}}
+    run = make_run(runs / "b", "fedamole", 0, [[0.6, 0.6]], config=bf16)
+    run.rename(run.with_name(run.name + "-bfloat16"))  # as tools.experiment names it
+    paths, _ = write_results(runs, tmp_path / "docs")
+    md = paths["md"].read_text()
+    assert md.count("## bigbench_tasks — budget `cpu_small`") == 2
+    assert md.count("bfloat16 matmuls)") == 1

@@ -149,7 +149,8 @@ def budget_line(runs: Sequence[dict[str, Any]]) -> str:
     m, t, s, e = cfg.get("model", {}), cfg.get("train", {}), cfg.get("scenario", {}), cfg.get("eval", {})
     ours = next((r["_config"] for r in runs if r["strategy"] == "fedamole"), None)
     parts = [f"budget preset `{r0['budget']}`",
-             f"model {m.get('name', r0['model'])} ({m.get('quantization', '?')}, {m.get('dtype', '?')})",
+             f"model {m.get('name', r0['model'])} ({m.get('quantization', '?')}, {m.get('dtype', '?')}"
+             + (f", {m['compute_dtype']} matmuls" if m.get("compute_dtype") else "") + ")",
              _plural(r0["num_clients"], "client"), _plural(r0["rounds_planned"], "round"),
              f"{t.get('steps')} local steps × batch {t.get('batch_size')}, max_seq_len {t.get('max_seq_len')}, "
              f"lr {t.get('lr')}",
