@@ -36,19 +36,25 @@ def test_dense_backbone_gives_the_quantized_logits(quantization: str) -> None:
     assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max()
 
 
+def _adapted(model: nn.Module) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The logits and the adapters' gradients of ``model`` with the same seeded LoRA injected."""
+    torch.manual_seed(0)
+    inject(model, AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=0))
+    params = [p for p in trainable_parameters(model) if p.numel()]
+    with torch.no_grad():
+        for p in params:
+            p.normal_(std=0.1)
+    model.train()
+    out = model(**_batch())
+    return out.logits.detach(), torch.autograd.grad(out.loss, params)
+
+
 def test_dense_backbone_trains_like_the_quantized_one() -> None:
     grads = []
     for dense in (False, True):
         model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", dense_on_cpu=dense),
                                    device="cpu")
-        torch.manual_seed(0)
-        inject(model, AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=0))
-        params = [p for p in trainable_parameters(model) if p.numel()]
-        with torch.no_grad():
-            for p in params:
-                p.normal_(std=0.1)
-        model.train()
-        grads.append(torch.autograd.grad(model(**_batch()).loss, params))
+        grads.append(_adapted(model)[1])
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
@@ -74,16 +80,8 @@ def test_bf16_compute_casts_around_the_matmuls_only() -> None:
         assert (len(linears) > 0) == (compute is not None)
         assert all(m.weight.dtype == torch.bfloat16 for m in linears)
         assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n or "embed" in n)
-        torch.manual_seed(0)
-        inject(model, AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=0))
-        params = [p for p in trainable_parameters(model) if p.numel()]
-        with torch.no_grad():
-            for p in params:
-                p.normal_(std=0.1)
-        model.train()
-        out = model(**_batch())
-        assert out.logits.dtype == torch.float32
-        outs[compute] = (out.logits.detach(), torch.autograd.grad(out.loss, params))
+        outs[compute] = _adapted(model)
+        assert outs[compute][0].dtype == torch.float32
     (a, ga), (b, gb) = outs[None], outs["bfloat16"]
     assert not torch.equal(a, b)  # the matmuls did run in bf16
     assert torch.allclose(a, b, atol=5e-2, rtol=5e-2), (a - b).abs().max()
