@@ -172,5 +172,6 @@ def test_a_bf16_compute_run_gets_its_own_table_that_says_so(tmp_path: Path) -> N
     run.rename(run.with_name(run.name + "-bfloat16"))  # as tools.experiment names it
     paths, _ = write_results(runs, tmp_path / "docs")
     md = paths["md"].read_text()
-    assert md.count("## bigbench_tasks — budget `cpu_small`") == 2
+    assert md.count("## bigbench_tasks — budget `cpu_small`, protocol `default`") == 2
+    assert md.count("## bigbench_tasks — budget `cpu_small`, protocol `default`, bfloat16 backbone matmuls") == 1
     assert md.count("bfloat16 matmuls)") == 1

@@ -198,7 +198,9 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
         sentence += " " + paired_sentence(runs, "fedamole", best)
     metrics = sorted({m for r in runs for m in str(r.get("metric", "")).split("/") if m})
     rouge = "".join(f"; Rouge-L: `{m}`" for m in metrics if m.startswith("rougeL"))
-    lines = [f"## {r0['scenario']} — budget `{r0['budget']}`, protocol `{r0.get('protocol', 'default')}`{rouge}", "",
+    compute = r0["_config"].get("model", {}).get("compute_dtype")
+    protocol = f"protocol `{r0.get('protocol', 'default')}`" + (f", {compute} backbone matmuls" if compute else "")
+    lines = [f"## {r0['scenario']} — budget `{r0['budget']}`, {protocol}{rouge}", "",
              f"Budget: {budget_line(runs)}", "", f"Machine: {host_line(runs)}.", ""]
     commands = sorted({r["command"] for r in runs if r["command"]})
     lines.append("Produced by:" if commands else "Produced by: (no command recorded: runs not made by "
