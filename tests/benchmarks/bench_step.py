@@ -122,7 +122,7 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         models.append(("amole_bf16", b_model, b_params))
     batch = make_batch(batch_size, seq_len, answer_tokens, min(49000, a_model.config.vocab_size), device)
     gaps = {"amole": loss_gap(a_model, batch), "lora": loss_gap(l_model, batch)}
-    if len(models) > 3:
+    if any(name == "amole_bf16" for name, _, _ in models):
         with torch.no_grad():
             a_model.eval(), b_model.eval()
             fp32, bf16 = lm_loss(a_model, batch).item(), lm_loss(b_model, batch).item()
