@@ -395,3 +395,25 @@ def test_archive_keeps_finished_runs_and_a_fresh_clone_skips_them(tmp_path: Path
 
     rows = collect([tmp_path / "a", archive])
     assert len(rows) == 1 and rows[0]["rounds_done"] == 3
+
+
+def test_a_null_setting_counts_as_absent_in_every_comparison() -> None:
+    """A setting added later with a null default (as model.compute_dtype was) changes no resume check, no table
+    grouping and no untrained-reference key; a real value or a changed one does, and ignored keys never do."""
+    from tools.chunking import config_mismatch
+    from tools.results import budget_fingerprint
+    from tools.untrained import reference_key
+
+    old = json.loads(json.dumps(CONFIG))
+    new = json.loads(json.dumps(CONFIG))
+    new["model"]["compute_dtype"] = None
+    new["scenario"]["local_path"] = "/elsewhere/data.jsonl"  # where the data lies is a machine's, never compared
+    bf16 = json.loads(json.dumps(new))
+    bf16["model"]["compute_dtype"] = "bfloat16"
+    assert config_mismatch(old, new) == []
+    assert budget_fingerprint(old) == budget_fingerprint(new) != budget_fingerprint(bf16)
+    assert reference_key(old) == reference_key(new) != reference_key(bf16)
+    assert config_mismatch(old, bf16) == ["model.compute_dtype: None in the run, 'bfloat16' now"]
+    tupled = json.loads(json.dumps(CONFIG))
+    tupled["adapter"]["target_modules"], old["adapter"]["target_modules"] = ("q", "v"), ["q", "v"]
+    assert config_mismatch(old, tupled) == []  # a stored config holds lists where a live one may hold tuples

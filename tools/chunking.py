@@ -21,6 +21,7 @@ from typing import Any
 
 from amole.config import Settings
 from server_app import checkpoint
+from tools.config_keys import significant
 
 EXPERIMENT_FILE = "experiment.json"
 # Keys a resumed run takes from the command rather than from its checkpoint: where things are on this machine,
@@ -38,19 +39,11 @@ OPERATIONAL = {
 
 def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Keys whose value differs between a checkpoint's settings and the command's, operational keys aside."""
-    diff = []
-    for section in sorted(set(saved) | set(wanted)):
-        a, b = saved.get(section) or {}, wanted.get(section) or {}
-        for key in sorted(set(a) | set(b)):
-            if key in OPERATIONAL.get(section, ()):
-                continue
-            if _norm(a.get(key)) != _norm(b.get(key)):
-                diff.append(f"{section}.{key}: {a.get(key)!r} in the run, {b.get(key)!r} now")
-    return diff
-
-
-def _norm(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple | list) else value
+    a, b = significant(saved, OPERATIONAL), significant(wanted, OPERATIONAL)
+    return [f"{section}.{key}: {a.get(section, {}).get(key)!r} in the run, {b.get(section, {}).get(key)!r} now"
+            for section in sorted(set(a) | set(b))
+            for key in sorted(set(a.get(section, {})) | set(b.get(section, {})))
+            if a.get(section, {}).get(key) != b.get(section, {}).get(key)]
 
 
 def retarget_checkpoint(run_dir: Path, settings: Settings, num_rounds: int) -> None:

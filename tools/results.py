@@ -38,6 +38,7 @@ from typing import Any
 from amole.atomic import write_text
 from server_app.run_report import METRICS_FILE, load_metrics
 from tools.chunking import EXPERIMENT_FILE  # written by tools.experiment beside the run's own files
+from tools.config_keys import significant
 from tools.results_numbers import finite, mean
 from tools.results_table import (
     BASELINES,
@@ -88,11 +89,9 @@ def round_score(rnd: dict) -> float:
 def budget_fingerprint(config: dict[str, Any]) -> str:
     """The config without the keys a strategy, a seed or a machine may change (see NOT_BUDGET), as JSON.
 
-    A key set to null counts as absent, as when runs resume (tools.chunking.config_mismatch): runs stored before a
-    setting existed group with runs that leave it unset."""
-    kept = {section: {k: v for k, v in values.items() if k not in NOT_BUDGET.get(section, set()) and v is not None}
-            for section, values in config.items() if isinstance(values, dict)}
-    return json.dumps(kept, sort_keys=True, default=str)
+    A key set to null counts as absent (tools.config_keys): runs stored before a setting existed group with runs
+    that leave it unset."""
+    return json.dumps(significant(config, NOT_BUDGET), sort_keys=True, default=str)
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:

@@ -62,9 +62,8 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "kb_down_per_client_round": mean(finite(r["kb_down_per_client_round"] for r in rs)),
             "seconds_per_round": mean(finite(r["seconds_per_round"] for r in rs)),
             **{k: mean(finite(r[k] for r in rs)) for k in ("client_s", "train_s", "eval_s")},
-            "peak_total_mb": max(finite(r["peak_total_mb"] for r in rs), default=math.nan),
-            "peak_client_mb": max(finite(r["peak_client_mb"] for r in rs), default=math.nan),
-            "peak_gpu_mb": max(finite(r["peak_gpu_mb"] for r in rs), default=math.nan),
+            **{k: max(finite(r[k] for r in rs), default=math.nan)
+               for k in ("peak_total_mb", "peak_client_mb", "peak_gpu_mb")},
         }
     return out
 

@@ -27,6 +27,7 @@ from typing import Any
 from amole.atomic import write_text
 from amole.compose import compose
 from amole.config import Settings
+from tools.config_keys import significant
 
 __all__ = ["FILE_PREFIX", "load_references", "reference_key", "score_clients"]
 
@@ -39,11 +40,10 @@ _MACHINE_KEYS = {"model": {"cache_dir"}, "scenario": {"local_path", "local_dir",
 def reference_key(config: dict[str, Any]) -> str:
     """A short hash of the settings that decide the untrained score, from a run's stored config (a Settings dict).
 
-    A key set to null counts as absent (as in ``tools.results`` and ``tools.chunking``): a setting added later with
-    a null default leaves every key, and so every committed reference file, as it was."""
+    A key set to null counts as absent (tools.config_keys): a setting added later with a null default leaves every
+    key, and so every committed reference file, as it was."""
     settings = Settings.from_dict(config).to_dict()
-    kept = {s: {k: v for k, v in settings[s].items() if k not in _MACHINE_KEYS.get(s, set()) and v is not None}
-            for s in ("model", "scenario", "eval")}
+    kept: dict[str, Any] = significant(settings, _MACHINE_KEYS, ("model", "scenario", "eval"))
     kept["max_seq_len"] = settings["train"]["max_seq_len"]
     kept["seed"] = settings["federation"]["seed"]
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
