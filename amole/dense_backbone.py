@@ -16,8 +16,22 @@ the adapters) stays in the model's dtype. Only worth it on CPUs with bf16 matmul
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def cpu_has_units(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` in hardware (AMX or AVX512-BF16 for bf16, AMX-FP16 for fp16); fp32
+    always. Without them torch emulates the low precision and its matmuls run slower than fp32's."""
+    if dtype == torch.bfloat16:
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if dtype == torch.float16:
+        return torch.cpu._is_amx_fp16_supported()
+    return True
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor | None:
@@ -52,6 +66,10 @@ def dequantize_frozen(model: nn.Module, dtype: torch.dtype = torch.float32, comp
     its matmul (:class:`CastLinear`)."""
     compute = compute or dtype
     linear = nn.Linear if compute == dtype else CastLinear
+    if compute != dtype and not cpu_has_units(compute):
+        log.warning("model.compute_dtype=%s on a CPU without %s matmul units: torch emulates them, so the "
+                    "backbone will likely run slower than with the default (null, %s)", str(compute)[6:],
+                    str(compute)[6:], str(dtype)[6:])
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -97,6 +97,21 @@ def test_compute_dtype_is_checked() -> None:
     assert bnb_config("4bit", "cpu", torch.bfloat16).bnb_4bit_compute_dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("has_units", [False, True])
+def test_bf16_compute_on_a_cpu_without_bf16_units_warns(has_units: bool, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Emulated bf16 is slower than fp32: asking for it there says so (and still works)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_units)
+    with caplog.at_level("WARNING", logger="amole.dense_backbone"):
+        model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype="bfloat16"),
+                                   device="cpu")
+    warned = [r.getMessage() for r in caplog.records if r.name == "amole.dense_backbone"]
+    assert bool(warned) != has_units
+    assert not warned or "without bfloat16 matmul units" in warned[0] and "slower" in warned[0]
+    assert any(isinstance(m, CastLinear) for m in model.modules())
+
+
 def test_a_bf16_compute_run_is_named_apart() -> None:
     """An experiment run with another compute dtype is another run: it must not resume or skip the fp32 one."""
     from amole.compose import compose

@@ -30,6 +30,7 @@ from peft import LoraConfig, get_peft_model
 from amole.answer import lm_loss
 from amole.bank import create_bank, payload
 from amole.config import AdapterConfig, ModelConfig
+from amole.dense_backbone import cpu_has_units
 from amole.loader import load_base_model
 from amole.model import import_adapters, inject, load_balance_loss, token_mask, trainable_parameters
 
@@ -168,7 +169,7 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         out["amole_bf16_answer_tok_s"] = tokens / med["amole_bf16", "answer"]
         out["bf16_speedup"] = med["amole", "answer"] / med["amole_bf16", "answer"]
         out["bf16_loss_rel_diff"] = abs(bf16 - fp32) / fp32
-        units = "has" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "lacks"
+        units = "has" if cpu_has_units(torch.bfloat16) else "lacks"
         print(f"  AMoLE, bf16 backbone matmuls (model.compute_dtype=bfloat16; this CPU {units} bf16 units): answer "
               f"{out['amole_bf16_answer_tok_s']:8.0f} tok/s, {out['bf16_speedup']:.2f}x the fp32 backbone | loss "
               f"{bf16:.4f} vs {fp32:.4f} (relative difference {out['bf16_loss_rel_diff']:.1e})", flush=True)
