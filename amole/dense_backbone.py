@@ -67,9 +67,9 @@ def dequantize_frozen(model: nn.Module, dtype: torch.dtype = torch.float32, comp
     compute = compute or dtype
     linear = nn.Linear if compute == dtype else CastLinear
     if compute != dtype and not cpu_has_units(compute):
+        low, default = (str(d).removeprefix("torch.") for d in (compute, dtype))
         log.warning("model.compute_dtype=%s on a CPU without %s matmul units: torch emulates them, so the "
-                    "backbone will likely run slower than with the default (null, %s)", str(compute)[6:],
-                    str(compute)[6:], str(dtype)[6:])
+                    "backbone will likely run slower than with the default (null, %s)", low, low, default)
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

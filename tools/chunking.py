@@ -40,10 +40,12 @@ OPERATIONAL = {
 def config_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Keys whose value differs between a checkpoint's settings and the command's, operational keys aside."""
     a, b = significant(saved, OPERATIONAL), significant(wanted, OPERATIONAL)
-    return [f"{section}.{key}: {a.get(section, {}).get(key)!r} in the run, {b.get(section, {}).get(key)!r} now"
-            for section in sorted(set(a) | set(b))
-            for key in sorted(set(a.get(section, {})) | set(b.get(section, {})))
-            if a.get(section, {}).get(key) != b.get(section, {}).get(key)]
+    diff = []
+    for section in sorted(set(a) | set(b)):
+        was, now = a.get(section, {}), b.get(section, {})
+        diff += [f"{section}.{key}: {was.get(key)!r} in the run, {now.get(key)!r} now"
+                 for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+    return diff
 
 
 def retarget_checkpoint(run_dir: Path, settings: Settings, num_rounds: int) -> None:
