@@ -16,12 +16,8 @@ the adapters) stays in the model's dtype. Only worth it on CPUs with bf16 matmul
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 def cpu_has_units(dtype: torch.dtype) -> bool:
@@ -66,10 +62,6 @@ def dequantize_frozen(model: nn.Module, dtype: torch.dtype = torch.float32, comp
     its matmul (:class:`CastLinear`)."""
     compute = compute or dtype
     linear = nn.Linear if compute == dtype else CastLinear
-    if compute != dtype and not cpu_has_units(compute):
-        low, default = (str(d).removeprefix("torch.") for d in (compute, dtype))
-        log.warning("model.compute_dtype=%s on a CPU without %s matmul units: torch emulates them, so the "
-                    "backbone will likely run slower than with the default (null, %s)", low, low, default)
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

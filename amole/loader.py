@@ -40,11 +40,13 @@ from transformers import (
 )
 
 from amole.config import ModelConfig
-from amole.dense_backbone import dequantize_frozen
+from amole.dense_backbone import cpu_has_units, dequantize_frozen
 from amole.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
 from amole.model import target_linears
 from amole.quantized_cache import load_quantized
 from amole.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
+
+log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES: dict[str, torch.dtype] = {
@@ -221,6 +223,11 @@ def load_base_model(
     """
     device = device or default_device()
     dtype, compute = _dtype(cfg), compute_dtype(cfg)
+    if torch.device(device).type == "cpu" and not cpu_has_units(compute or dtype):
+        key, value = ("compute_dtype", compute) if compute else ("dtype", dtype)
+        name = str(value).removeprefix("torch.")
+        log.warning("model.%s=%s on a CPU without %s matmul units: torch emulates them, so the backbone will "
+                    "likely run slower than in float32", key, name, name)
     # A CPU backbone held dequantized applies the compute dtype itself: bitsandbytes' one does not matter there,
     # so both share one quantized-cache entry.
     dense = cfg.quantization != "none" and cfg.dense_on_cpu and torch.device(device).type == "cpu"

@@ -100,15 +100,20 @@ def test_compute_dtype_is_checked() -> None:
 @pytest.mark.parametrize("has_units", [False, True])
 def test_bf16_compute_on_a_cpu_without_bf16_units_warns(has_units: bool, monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    """Emulated bf16 is slower than fp32: asking for it there says so (and still works)."""
+    """Emulated bf16 is slower than fp32: asking for it there (as the compute dtype or the model's) says so, naming
+    the key, and still works; fp32 never warns."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_units)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_units)
-    with caplog.at_level("WARNING", logger="amole.dense_backbone"):
+    with caplog.at_level("WARNING", logger="amole.loader"):
         model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype="bfloat16"),
                                    device="cpu")
-    warned = [r.getMessage() for r in caplog.records if r.name == "amole.dense_backbone"]
-    assert bool(warned) != has_units
+        load_base_model(ModelConfig(name="tiny-llama", quantization="none", dtype="bfloat16"), device="cpu")
+        load_base_model(ModelConfig(name="tiny-llama", quantization="4bit"), device="cpu")  # fp32: never warns
+    warned = [r.getMessage() for r in caplog.records if r.name == "amole.loader"]
+    assert len(warned) == (0 if has_units else 2)
     assert not warned or "without bfloat16 matmul units" in warned[0] and "slower" in warned[0]
+    assert not warned or warned[0].startswith("model.compute_dtype=bfloat16") and warned[1].startswith(
+        "model.dtype=bfloat16")  # the key the user set is the one named
     assert any(isinstance(m, CastLinear) for m in model.modules())
 
 
