@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo model bench-assign bench-step gpu-check clean deploy-test certs experiments-small \
-	results compose-test wheelhouse experiments-medium experiments-medium-3k
+	results compose-test wheelhouse experiments-medium experiments-medium-3k experiments-rsea
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -116,6 +116,21 @@ experiments-medium-3k: model
 	$(UNTRAINED) scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=0
 	$(MEDIUM) strategy=fedamole,fedsa_lora,fedit,static,random,fdlora,local,fedit_ft scenario=bigbench_cpu_3k \
 		scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=0
+
+# Issue 33: does re-assigning experts (RSEA) help? fedamole against its static and random ablations at seeds 1 and 2
+# on bigbench_cpu_3k and dolly_dir1 (seed 0 of each is in docs/runs/medium/), then the most heterogeneous Dolly split
+# (alpha=0.1) with fedamole, local and fedit_ft at seed 0. fp32 like the seed-0 runs they pair with. ~6 h on 2 cores;
+# resumable like experiments-medium. Needs BIGBENCH_DIR and DOLLY_PATH (local copies).
+experiments-rsea: model
+	@test -n "$(BIGBENCH_DIR)" -a -n "$(DOLLY_PATH)" || { echo "set BIGBENCH_DIR=<BIG-bench task files> and DOLLY_PATH=<dolly jsonl>"; exit 2; }
+	$(UNTRAINED) scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=1
+	$(MEDIUM) strategy=fedamole,static,random scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=1
+	$(MEDIUM) strategy=static,random $(MEDIUM_DOLLY) seed=1
+	$(UNTRAINED) scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=2
+	$(MEDIUM) strategy=fedamole,static,random scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=2
+	$(MEDIUM) strategy=static,random $(MEDIUM_DOLLY) seed=2
+	$(UNTRAINED) $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
+	$(MEDIUM) strategy=fedamole,local,fedit_ft $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
 results: $(STAMP)
