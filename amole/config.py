@@ -36,7 +36,7 @@ class AssignConfig:
     clients_per_expert: int = 2  # K: each expert picks exactly K clients
     min_experts: int = 2
     max_experts: int = 8
-    mode: str = "rsea"  # rsea | static | random | homogeneous: set by the strategy (amole.strategies), not in conf/
+    mode: str = "rsea"  # rsea | static | random | homogeneous: set by the strategy
     dp_eta: float | None = None  # Gamma rate of the DP noise on embedding statistics; None = off
     dp_clip: float = 1.0  # public norm bound every statistic is clipped to before noise (sets the DP epsilon)
 
@@ -132,7 +132,7 @@ class FederationConfig:
     num_rounds: int = 30
     num_clients: int = 10
     seed: int = 0
-    strategy: str = "fedamole"  # the method, an object of amole.strategies (fedamole, fedit, local, ...)
+    strategy: str = "fedamole"  # the method, an object of amole.strategies.registry (fedamole, fedit, local, ...)
     weighted: bool = False  # weight aggregation by example counts (the paper: unweighted)
     reply_timeout: float = 3600.0  # seconds to wait for a round's replies; late clients are left out
     query_timeout: float = 60.0  # seconds a new node has to say who it is
@@ -196,7 +196,7 @@ def from_dict(cls: type, values: dict[str, Any] | None) -> Any:
     return cls(**values)
 
 
-# Keys that became properties of the strategy object (amole.strategies) or were renamed; a checkpoint written
+# Keys that became properties of the strategy object (amole.strategies.registry) or were renamed; a checkpoint written
 # before keeps loading.
 _RETIRED = {"federation": ("evaluate", "communicate"), "fusion": ("private_adapter",)}
 _RENAMED = {("federation", "client_state_dir"): "site_dir"}

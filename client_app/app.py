@@ -1,5 +1,5 @@
-"""ClientApp: a thin Flower shell. Each handler reads the request (client_app.protocol), has the run's strategy
-(amole.strategies) do the client's part of the round on this node's private data, and returns the reply.
+"""ClientApp: a thin Flower shell. Each handler reads the request (client_app.messages), has the run's strategy
+(amole.strategies.registry) do the client's part of the round on this node's private data, and returns the reply.
 
 identify (QUERY) tells the server who this node is (its client id and task) without loading data; train runs
 one round on the adapters the message carries; evaluate scores them as they are (FedIT's protocol); probe
@@ -16,9 +16,9 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client_app import protocol
+from client_app import messages as protocol
+from client_app.messages import ClientResult, Request
 from client_app.node import Clock, client_identity, client_task, uses_worker
-from client_app.protocol import ClientResult, Request
 
 app = ClientApp()
 

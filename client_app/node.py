@@ -58,7 +58,7 @@ def uses_worker(fed: FederationConfig, node_config: Mapping[str, Any]) -> bool:
 
 def site_folder(fed: FederationConfig, node_config: Mapping[str, Any]) -> Path:
     """This client's site folder: the node's ``site-dir``, else ``federation.site_dir``, else the default."""
-    from amole import site
+    from amole.site import folder as site
 
     return site.site_folder(node_config.get("site-dir") or fed.site_dir, client_identity(node_config))
 

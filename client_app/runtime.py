@@ -1,6 +1,6 @@
 """The torch side of a client: the base model is loaded and injected once per process and reused every
 round, each request becomes a ClientJob (model, this client's splits, its site folder), and ``run_request``
-runs the strategy's part of the round and returns plain values (client_app.protocol.ClientResult).
+runs the strategy's part of the round and returns plain values (client_app.messages.ClientResult).
 
 It runs in the process that holds the model: a Ray actor in simulation, the site's resident worker in
 deployment (client_app/worker.py), or the ClientApp itself with ``federation.client_worker=off``. One process
@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from amole.client_round import ClientJob, score_metrics
+from amole.backbones.loader import load_base_model
+from amole.client.round import ClientJob, score_metrics
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
-from amole.loader import load_base_model
-from amole.model import inject
-from amole.strategies import strategy_named
+from amole.moe.model import inject
+from amole.strategies.registry import strategy_named
+from client_app.messages import EVALUATE, PROBE, TRAIN, ClientResult, Request
 from client_app.node import Clock, client_identity, data_choice, site_folder
-from client_app.protocol import EVALUATE, PROBE, TRAIN, ClientResult, Request
 
 log = logging.getLogger("amole.client")
 

@@ -26,8 +26,8 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from amole.atomic import write_text
-from client_app.protocol import EVALUATE, PROBE, Request
+from amole.util.atomic import write_text
+from client_app.messages import EVALUATE, PROBE, Request
 
 log = logging.getLogger("amole.worker")
 
@@ -46,7 +46,7 @@ def _on_term(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler 
 
 def last_request(kind: str, request: Request) -> bool:
     """Whether the run has nothing more for this client after ``request``."""
-    from amole.strategies import strategy_named
+    from amole.strategies.registry import strategy_named
 
     fed = request.settings.federation
     if request.server_round < fed.num_rounds or kind == PROBE:  # a probe comes before its round's training

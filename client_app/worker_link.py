@@ -29,8 +29,8 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
+from client_app.messages import ClientResult, Request
 from client_app.node import Clock, site_folder
-from client_app.protocol import ClientResult, Request
 
 START_TIMEOUT_S = 60.0  # from start to listening; the worker imports torch and loads the model later
 _SUN_PATH_MAX = 100  # a Unix socket path must fit in 108 bytes (sun_path)

@@ -340,7 +340,7 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
 def check_site_models(tmp: Path) -> int:
     """Each site's folder must hold its personalized model after the run (only there: the server has none):
     load it as a site would (amole.load_personalized) and generate a few tokens."""
-    from amole.personal import load_personalized
+    from amole.site.personal import load_personalized
 
     ok = 0
     for site in (tmp / f"site-{n}" for n in range(1, NODES + 1)):  # the registered sites, not the intruder

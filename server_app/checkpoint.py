@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from amole.atomic import atomic_path
-from amole.planner import Assignment
+from amole.server.planner import Assignment
+from amole.util.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 

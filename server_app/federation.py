@@ -1,7 +1,7 @@
 """The round loop (spec §2-3) over the clients that are present: plan the round's architectures, send each
 client its payload, check and aggregate the replies per expert, keep the routing statistics for the next plan,
-checkpoint and report. What is sent, averaged and planned is asked of the run's strategy (amole.strategies);
-every message is built and read by client_app.protocol.
+checkpoint and report. What is sent, averaged and planned is asked of the run's strategy (amole.strategies.registry);
+every message is built and read by client_app.messages.
 
 Faults do not stop a run: a client that misses the reply timeout, fails, or sends a reply that fails the
 checks sits the round out (its experts keep their values, the next plan is made over those present), and a
@@ -21,20 +21,20 @@ import numpy as np
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from amole.bank import create_bank, modules_of
+from amole.backbones.loader import adapter_target_shapes
+from amole.client.routing_stats import router_stat_key
 from amole.config import Settings
-from amole.loader import adapter_target_shapes
-from amole.planner import adapted_constraints, plan
-from amole.privacy import Guarantee
-from amole.protocol import protocol_report
-from amole.routing_codes import embedding_matrices
-from amole.routing_stats import router_stat_key
-from amole.site import safe_name
-from amole.strategies import strategy_named
-from client_app import protocol
+from amole.evaluation.fidelity import protocol_report
+from amole.moe.bank import create_bank, modules_of
+from amole.server.planner import adapted_constraints, plan
+from amole.server.privacy import Guarantee
+from amole.server.routing_codes import embedding_matrices
+from amole.site.folder import safe_name
+from amole.strategies.registry import strategy_named
+from client_app import messages as protocol
 from server_app import checkpoint
 from server_app.checkpoint import ServerState
-from server_app.registry import ClientRegistry, client_order
+from server_app.client_ids import ClientRegistry, client_order
 from server_app.replies import collect, collect_probes, collect_scores, sent_to
 from server_app.run_report import RunReport, copy_client_models, round_summary
 
@@ -219,7 +219,7 @@ def update_codes(state: ServerState, stats: list[dict], clients: list[str], modu
 
 
 def privacy_entry(settings: Settings, stats: dict[str, dict]) -> dict[str, Any]:
-    """What the DP mechanism guaranteed this round: epsilon per vector and per client (amole.privacy)."""
+    """What the DP mechanism guaranteed this round: epsilon per vector and per client (amole.server.privacy)."""
     eta, clip = float(settings.assign.dp_eta), float(settings.assign.dp_clip)
     per_client = {c: Guarantee(eta, clip, len(s)).to_dict() for c, s in stats.items()}
     return {"eta": eta, "clip": clip, "epsilon_per_vector": Guarantee(eta, clip, 1).epsilon_per_vector,

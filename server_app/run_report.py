@@ -32,11 +32,11 @@ from typing import Any
 
 from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no global state, nothing to close
 
-from amole.atomic import atomic_path, write_text
-from amole.personal import copy_model
-from amole.privacy import EXPLANATION
-from amole.site import model_folder, site_folder
-from server_app.registry import client_order, natural_key
+from amole.server.privacy import EXPLANATION
+from amole.site.folder import model_folder, site_folder
+from amole.site.personal import copy_model
+from amole.util.atomic import atomic_path, write_text
+from server_app.client_ids import client_order, natural_key
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"

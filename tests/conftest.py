@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from amole.backbones.loader import load_base_model
 from amole.config import AdapterConfig, ModelConfig
-from amole.loader import load_base_model
 
 TINY = ModelConfig(name="tiny-llama")
 

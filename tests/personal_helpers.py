@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from amole.bank import create_bank, payload
+from amole.backbones.loader import load_base_model
 from amole.config import AdapterConfig, EvalConfig, ModelConfig
-from amole.loader import load_base_model
-from amole.model import import_adapters, inject
-from amole.personal import KeptInfo, save_personalized
+from amole.moe.bank import create_bank, payload
+from amole.moe.model import import_adapters, inject
+from amole.site.personal import KeptInfo, save_personalized
 
 ADAPTER = AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=6, top_k=2)
 IDS = torch.tensor([[257, 72, 105, 33, 10, 65, 58, 32], [257, 35, 35, 35, 32, 73, 110, 115]])

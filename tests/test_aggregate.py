@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amole import keys
-from amole.aggregate import aggregate
-from amole.routing_codes import embedding_matrices
-from amole.routing_stats import expert_stat_key, router_stat_key
+from amole.client.routing_stats import expert_stat_key, router_stat_key
+from amole.moe import keys
+from amole.server.aggregate import aggregate
+from amole.server.routing_codes import embedding_matrices
 
 M = "model.layers.0.self_attn.q_proj"
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from amole.answer import lm_loss, sequence_losses
-from amole.bank import create_bank, payload
-from amole.choices import choice_losses
+from amole.client.losses import lm_loss, sequence_losses
 from amole.data import Example, collate, encode
 from amole.data.tokenize import IGNORE_INDEX
-from amole.evaluate import choice_accuracy
-from amole.model import import_adapters, inject, load_balance_loss, token_mask
+from amole.evaluation.choices import choice_losses
+from amole.evaluation.evaluate import choice_accuracy
+from amole.moe.bank import create_bank, payload
+from amole.moe.model import import_adapters, inject, load_balance_loss, token_mask
 
 EXAMPLES = [
     Example("Q: what colour is the sky?\nA:", "blue", choices=("blue", "green and long", "x"), label=0),
@@ -111,7 +111,7 @@ def test_models_without_logit_slicing_fall_back_to_full_logits(adapted) -> None:
 def test_prompts_with_many_choices_are_scored_in_smaller_chunks(adapted, monkeypatch) -> None:
     """At most ROWS_PER_PROMPT * batch_size choice rows share one pass (each copies its prompt's KV cache): the
     scores stay those of one big chunk, and every chunk respects the bound unless one prompt alone exceeds it."""
-    import amole.choices as choices
+    import amole.evaluation.choices as choices
 
     model, tok = adapted
     model.eval()

@@ -10,8 +10,8 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.special import softmax
 
-from amole import assign
-from amole.assign import (
+from amole.server import assign
+from amole.server.assign import (
     AssignmentError,
     check_assignment,
     check_feasible,

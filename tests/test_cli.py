@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import amole
-from amole.cli import format_prompt, main
 from amole.config import EvalConfig
 from amole.data import DEFAULT_TEMPLATE
 from amole.data.own import read_own_data
-from amole.evaluate import evaluate
-from amole.personal import META_FILE, read_meta
+from amole.evaluation.evaluate import evaluate
+from amole.site.cli import format_prompt, main
+from amole.site.personal import META_FILE, read_meta
 from tests.personal_helpers import kept_folder, logits
 
 ROOT = Path(__file__).parents[1]
@@ -129,9 +129,9 @@ def test_bad_input_is_named_exits_nonzero_and_writes_nothing(kept: Path, tmp_pat
 
 def test_check_data_and_the_console_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["amole"] == "amole.cli:main"
+    assert scripts["amole"] == "amole.site.cli:main"
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(20)])
-    done = subprocess.run([sys.executable, "-m", "amole.cli", "check-data", "--data", str(data)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "amole.site.cli", "check-data", "--data", str(data)], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     report = json.loads(done.stdout)
     assert report["usable"] == 20 and report["splits"]["train"] == 15

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from amole.bank import create_bank, payload
-from amole.client_round import ClientJob, train_and_score
+from amole.backbones.loader import load_base_model
+from amole.client.round import ClientJob, train_and_score
 from amole.compose import compose
 from amole.data.scenario import client_splits
-from amole.loader import load_base_model
-from amole.model import inject
+from amole.moe.bank import create_bank, payload
+from amole.moe.model import inject
 
 
 def run_client(overrides: list[str], site: Path):
@@ -37,7 +37,7 @@ def test_upload_is_what_was_sent_trained(tmp_path: Path) -> None:
     phases = [result.metrics[k] for k in ("train_s", "eval_s", "stats_s")]
     assert all(p > 0 for p in phases) and sum(phases) <= result.metrics["seconds"]
     # The site keeps the model it was scored with, with its score and round.
-    from amole.personal import read_meta
+    from amole.site.personal import read_meta
 
     meta = read_meta(tmp_path / "model" / "run" / "latest")
     assert (meta["round"], meta["score"], meta["client"]) == (1, result.metrics["score"], "1")
@@ -46,7 +46,7 @@ def test_upload_is_what_was_sent_trained(tmp_path: Path) -> None:
 def test_amole_evaluate_on_the_test_split_reproduces_the_reported_score(tmp_path: Path, capsys) -> None:
     import json
 
-    from amole.cli import main
+    from amole.site.cli import main
 
     _, _, result = run_client([], tmp_path)
     out = tmp_path / "preds.jsonl"

@@ -261,7 +261,7 @@ def test_index_without_the_sdist_falls_back_to_github(tmp_path: Path, monkeypatc
     assert len(load_task("toy")) == 4 and (default_cache_dir() / "toy.json").is_file()
     with pytest.raises(fetch.DataSourceError, match=r"'nope'.*exit 1.*scenario.local_dir.*bigbench_demo"):
         load_task("nope")
-    assert not list(default_cache_dir().glob("*.tmp"))  # amole.atomic's temporary names
+    assert not list(default_cache_dir().glob("*.tmp"))  # amole.util.atomic's temporary names
 
 
 def test_demo_scenario_reads_the_bundled_tasks_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from amole.backbones.dense_backbone import CastLinear, dequantize_frozen
+from amole.backbones.loader import bnb_config, load_base_model
 from amole.config import AdapterConfig, ModelConfig
-from amole.dense_backbone import CastLinear, dequantize_frozen
-from amole.loader import bnb_config, load_base_model
-from amole.model import inject, trainable_parameters
+from amole.moe.model import inject, trainable_parameters
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -104,12 +104,12 @@ def test_bf16_compute_on_a_cpu_without_bf16_units_warns(has_units: bool, monkeyp
     the key, and still works; fp32 never warns."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_units)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_units)
-    with caplog.at_level("WARNING", logger="amole.loader"):
+    with caplog.at_level("WARNING", logger="amole.backbones.loader"):
         model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype="bfloat16"),
                                    device="cpu")
         load_base_model(ModelConfig(name="tiny-llama", quantization="none", dtype="bfloat16"), device="cpu")
         load_base_model(ModelConfig(name="tiny-llama", quantization="4bit"), device="cpu")  # fp32: never warns
-    warned = [r.getMessage() for r in caplog.records if r.name == "amole.loader"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "amole.backbones.loader"]
     assert len(warned) == (0 if has_units else 2)
     assert not warned or "without bfloat16 matmul units" in warned[0] and "slower" in warned[0]
     assert not warned or warned[0].startswith("model.compute_dtype=bfloat16") and warned[1].startswith(

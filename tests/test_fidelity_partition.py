@@ -14,7 +14,7 @@ import pytest
 from amole.config import ScenarioConfig
 from amole.data.dirichlet import dirichlet_indices_paper
 from amole.data.example import Example
-from amole.data.protocol import split_fractions
+from amole.data.procedures import split_fractions
 from amole.data.splits import paper_ratios, split_client_paper
 
 

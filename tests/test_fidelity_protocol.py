@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from amole import train as train_module
-from amole.bank import create_bank, payload
+from amole.client import train as train_module
+from amole.client.train import train_steps
 from amole.compose import compose
 from amole.config import AdapterConfig, EvalConfig, ScenarioConfig, Settings, TrainConfig
 from amole.data import Example, batches, synthetic_task
 from amole.data.dirichlet import dirichlet_indices_paper
 from amole.data.pools import dirichlet_parts, load_pool
-from amole.data.protocol import protocol_notes
+from amole.data.procedures import protocol_notes
 from amole.data.scenario import client_splits
-from amole.evaluate import evaluate, generate
-from amole.model import export_adapters, import_adapters, inject
-from amole.seeds import stable_seed
-from amole.train import train_steps
+from amole.evaluation.evaluate import evaluate, generate
+from amole.moe.bank import create_bank, payload
+from amole.moe.model import export_adapters, import_adapters, inject
+from amole.util.seeds import stable_seed
 
 PAPER = {
     "protocol.name": "paper", "model.quantization": "none", "model.dtype": "bfloat16",
@@ -158,7 +158,7 @@ def test_paper_training_path_end_to_end(tiny, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_protocol_report_names_overrides_and_data_notes(tmp_path: Path) -> None:
-    from amole.protocol import protocol_report
+    from amole.evaluation.fidelity import protocol_report
 
     path = snli_file(tmp_path, n=300)
     settings = compose(["scenario=snli_dir0.1", "protocol=paper", f"scenario.local_path={path}",

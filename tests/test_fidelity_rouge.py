@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rouge import Rouge
 
-from amole.rouge_l import metric_name, rouge_l_f
+from amole.evaluation.rouge_l import metric_name, rouge_l_f
 
 # (reference, generation): case, punctuation, '.'-split sentences, word order, repeats, digits.
 PAIRS = [

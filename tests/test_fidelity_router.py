@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from amole.config import AdapterConfig
-from amole.layer import AMoLELinear
+from amole.moe.layer import AMoLELinear
 
 D_IN, D_OUT, R, N = 12, 10, 4, 5
 

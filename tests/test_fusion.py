@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amole.bank import create_bank, payload
-from amole.client_round import ClientJob, train_dual_and_score
+from amole.backbones.loader import load_base_model
+from amole.client.round import ClientJob, train_dual_and_score
 from amole.compose import compose
 from amole.config import FusionConfig
 from amole.data.scenario import client_splits
-from amole.fusion import merge, tune_weights
-from amole.loader import load_base_model
-from amole.model import export_adapters, inject
+from amole.moe.bank import create_bank, payload
+from amole.moe.model import export_adapters, inject
+from amole.strategies.fusion import merge, tune_weights
 
 
 def test_merge_is_the_weighted_sum_of_every_tensor() -> None:

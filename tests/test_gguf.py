@@ -14,10 +14,10 @@ import pytest
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from amole.backbones.gguf import cache_root, convert_gguf
+from amole.backbones.loader import adapter_target_shapes, is_quantized, load_base_model
+from amole.backbones.tiny import byte_tokenizer
 from amole.config import ModelConfig
-from amole.gguf import cache_root, convert_gguf
-from amole.loader import adapter_target_shapes, is_quantized, load_base_model
-from amole.tiny import byte_tokenizer
 from tests.helpers import TINY, text_ids
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from amole.config import AdapterConfig
-from amole.layer import AMoLELinear
+from amole.moe.layer import AMoLELinear
 
 D_IN, D_OUT, R = 12, 10, 4
 

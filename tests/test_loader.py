@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from amole import loader
+from amole.backbones import loader
+from amole.backbones.loader import adapter_target_shapes, is_quantized, linear_shapes, load_base_model
+from amole.backbones.tiny import byte_tokenizer
 from amole.config import ModelConfig
-from amole.loader import adapter_target_shapes, is_quantized, linear_shapes, load_base_model
-from amole.tiny import byte_tokenizer
 from tests.helpers import TEXT, TINY, text_ids, tiny_cfg
 
 # --------------------------------------------------------------------------------------------------

@@ -6,12 +6,12 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from amole import keys
-from amole.bank import create_bank, payload
+from amole.backbones.loader import adapter_target_shapes, load_base_model
 from amole.config import AdapterConfig, ModelConfig
-from amole.layer import AMoLELinear
-from amole.loader import adapter_target_shapes, load_base_model
-from amole.model import export_adapters, import_adapters, inject, trainable_parameters
+from amole.moe import keys
+from amole.moe.bank import create_bank, payload
+from amole.moe.layer import AMoLELinear
+from amole.moe.model import export_adapters, import_adapters, inject, trainable_parameters
 
 HELD = {0: [1, 4], 1: [0, 2, 5]}  # layer index -> held expert ids (q_proj); v_proj holds none
 

@@ -111,7 +111,7 @@ def test_data_path_splits_follow_the_scenario_rules(tmp_path: Path) -> None:
     scenario = ScenarioConfig()
     splits = client_splits(scenario, "3", seed=7, data_path=str(f))
     assert task_name(scenario, "3", data_path=str(f)) == "echo" == splits.task
-    from amole.seeds import stable_seed
+    from amole.util.seeds import stable_seed
 
     expected = split_client(read_own_data(f).examples, seed=stable_seed("split", 7, "3"), task="echo")
     assert splits == expected

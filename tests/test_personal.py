@@ -12,9 +12,9 @@ import torch
 
 import amole
 from amole.config import AdapterConfig, ModelConfig
-from amole.model import amole_layers
-from amole.model_card import export_personalized
-from amole.personal import (
+from amole.moe.model import amole_layers
+from amole.site.model_card import export_personalized
+from amole.site.personal import (
     ADAPTERS_FILE,
     META_FILE,
     PersonalModelError,
@@ -73,7 +73,7 @@ def test_keep_round_keeps_latest_and_the_best_scoring_round(tmp_path: Path) -> N
     keep_round(site, model, info(round=3, score=0.6))
     assert (read_meta(site / "latest")["round"], read_meta(site / "best")["round"]) == (3, 3)
     assert read_meta(site)["folder"] == str(site / "best")  # a site folder resolves to its best model
-    from amole.site import model_folder, site_folder
+    from amole.site.folder import model_folder, site_folder
 
     assert model_folder(site_folder(tmp_path, "0"), "run-1") == tmp_path / "0" / "model" / "run-1"
     with pytest.raises(ValueError, match="cannot name a folder"):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from amole.assign import AssignmentError, check_assignment, client_scores, solve_many
 from amole.config import AssignConfig
-from amole.planner import Assignment, adapted_constraints, plan
+from amole.server.assign import AssignmentError, check_assignment, client_scores, solve_many
+from amole.server.planner import Assignment, adapted_constraints, plan
 
 MODULES = ["m.q", "m.v"]
 N, R = 30, 8
@@ -130,8 +130,8 @@ def test_static_gives_a_late_joiner_an_architecture_and_keeps_it() -> None:
 
 
 def test_an_expert_nobody_held_keeps_its_last_known_code() -> None:
-    from amole.routing_codes import embedding_matrices
-    from amole.routing_stats import expert_stat_key, router_stat_key
+    from amole.client.routing_stats import expert_stat_key, router_stat_key
+    from amole.server.routing_codes import embedding_matrices
 
     m, r = MODULES[0], 2
     previous = np.array([[9.0, 9.0], [5.0, -5.0], [7.0, 7.0]])

@@ -1,4 +1,4 @@
-"""Packed tensors (client_app.protocol.pack): what a message carries arrives bit for bit, in the sender's order,
+"""Packed tensors (client_app.messages.pack): what a message carries arrives bit for bit, in the sender's order,
 as one Flower Array; a record that is not a valid pack is a BadReply that says what is wrong."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from client_app import protocol
-from client_app.protocol import BadReply, pack, unpack, unpack_torch
+from client_app import messages as protocol
+from client_app.messages import BadReply, pack, unpack, unpack_torch
 
 
 def raw(t: torch.Tensor) -> bytes:

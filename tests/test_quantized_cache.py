@@ -1,5 +1,5 @@
-"""The quantized-backbone cache (amole.quantized_cache): a cached load gives exactly the model a quantize-on-load
-gives, without quantizing; a stale, mismatched or damaged entry is detected and rebuilt.
+"""The quantized-backbone cache (amole.backbones.quantized_cache): a cached load gives exactly the model a
+quantize-on-load gives, without quantizing; a stale, mismatched or damaged entry is detected and rebuilt.
 
 Offline and fast: the tiny random Llama saved as a local model folder (the path SmolLM2 takes after its GGUF
 conversion), every cache under tmp_path.
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from amole import loader, quantized_cache
+from amole.backbones import loader, quantized_cache
+from amole.backbones.quantized_cache import MANIFEST, entry_dir, read_manifest
+from amole.backbones.tiny import build_tiny_llama, byte_tokenizer
 from amole.config import ModelConfig
-from amole.quantized_cache import MANIFEST, entry_dir, read_manifest
-from amole.tiny import build_tiny_llama, byte_tokenizer
 from tests.helpers import text_ids
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from amole.backbones.loader import load_base_model
 from amole.config import AdapterConfig, ModelConfig
-from amole.loader import load_base_model
-from amole.model import inject, trainable_parameters
+from amole.moe.model import inject, trainable_parameters
 
 
 def test_gradients_after_an_eval_forward_equal_those_before() -> None:

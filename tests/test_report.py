@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from server_app.registry import client_order
+from server_app.client_ids import client_order
 from server_app.run_report import RunReport, load_metrics, plotted_modules, short_module_name
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -136,7 +136,7 @@ def test_empty_run_and_names(tmp_path: Path) -> None:
 
 
 def test_report_states_the_privacy_guarantee_per_round(tmp_path: Path) -> None:
-    from amole.privacy import Guarantee
+    from amole.server.privacy import Guarantee
 
     metrics = _metrics(2)
     (tmp_path / "off").mkdir()

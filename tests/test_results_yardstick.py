@@ -116,7 +116,7 @@ def test_untrained_scores_join_the_tables_of_the_runs_they_match(tmp_path: Path,
         assert [docs[seed]["clients"][c]["test_n"] for c in "01"] == [8, 8]
         assert not any("gen_tokens" in docs[seed]["clients"][c] for c in "01")  # multiple choice: no answer length
     # A rerun finds both clients scored and loads no model.
-    monkeypatch.setattr("amole.loader.load_base_model", lambda *a, **k: pytest.fail("rescored a client"))
+    monkeypatch.setattr("amole.backbones.loader.load_base_model", lambda *a, **k: pytest.fail("rescored a client"))
     assert untrained.score_clients(settings, ["0", "1"], path)["clients"] == docs[1]["clients"]
     # The runs' stored configs (any strategy) give the same key as the settings composed here.
     rows = collect(runs)

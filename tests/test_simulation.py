@@ -13,11 +13,11 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from amole import keys
-from amole.assign import AssignmentError
 from amole.compose import compose
+from amole.moe import keys
+from amole.server.assign import AssignmentError
 from client_app.app import app as client_app
-from client_app.protocol import pack, unpack_torch
+from client_app.messages import pack, unpack_torch
 from server_app import checkpoint
 from server_app.federation import run
 
@@ -323,10 +323,10 @@ def test_fedsa_lora_averages_a_and_keeps_b_at_the_client(tmp_path: Path) -> None
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_new_site_joins_in_round_2_with_experts_chosen_from_its_statistics(tmp_path: Path) -> None:
     """Client 2 was not in round 1; it is probed in round 2 and RSEA assigns it experts from its codes."""
-    from amole.planner import plan
-    from amole.routing_codes import embedding_matrices
-    from amole.routing_stats import router_stat_key
-    from client_app import protocol
+    from amole.client.routing_stats import router_stat_key
+    from amole.server.planner import plan
+    from amole.server.routing_codes import embedding_matrices
+    from client_app import messages as protocol
 
     log: list = []
 

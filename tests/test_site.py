@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from amole.site import PrivateAdapters, site_folder
+from amole.site.folder import PrivateAdapters, site_folder
 
 
 def test_load_before_finds_the_newest_older_round_and_old_rounds_are_pruned(tmp_path: Path) -> None:

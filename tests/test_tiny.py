@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from amole.loader import is_quantized, load_base_model, model_device
-from amole.tiny import BYTE_VOCAB_SIZE, byte_tokenizer
+from amole.backbones.loader import is_quantized, load_base_model, model_device
+from amole.backbones.tiny import BYTE_VOCAB_SIZE, byte_tokenizer
 from tests.helpers import TEXT, TINY, text_ids, tiny_cfg
 
 # --------------------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ import random
 
 import torch
 
-from amole import train
-from amole.bank import create_bank, payload
+from amole.client import train
+from amole.client.routing_stats import collect_statistics, expert_stat_key, router_stat_key
+from amole.client.train import round_lr, train_steps
 from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
-from amole.evaluate import (
+from amole.evaluation.evaluate import (
     answer_lengths,
     choice_accuracy,
     evaluate,
@@ -19,9 +20,8 @@ from amole.evaluate import (
     sequence_losses,
     standard_error,
 )
-from amole.model import export_adapters, import_adapters, inject
-from amole.routing_stats import collect_statistics, expert_stat_key, router_stat_key
-from amole.train import round_lr, train_steps
+from amole.moe.bank import create_bank, payload
+from amole.moe.model import export_adapters, import_adapters, inject
 
 
 def setup(tiny, adapter_cfg, held=(0, 2, 3)):

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amole.bank import create_bank, payload
+from amole.backbones.loader import adapter_target_shapes
 from amole.compose import compose
-from amole.loader import adapter_target_shapes
-from amole.site import site_folder as core_site_folder
-from client_app import protocol
+from amole.moe.bank import create_bank, payload
+from amole.site.folder import site_folder as core_site_folder
+from client_app import messages as protocol
 from client_app.node import Clock, site_folder, uses_worker
 from client_app.runtime import run_request
 from client_app.worker_link import WorkerError, connect, run_in_worker, worker_place
@@ -153,7 +153,7 @@ def test_site_folder_mode_and_clock_without_torch(tmp_path: Path, monkeypatch: p
 def test_the_clientapp_imports_no_torch() -> None:
     """What a deployed ClientApp (a fresh process per message) imports before handing the round over."""
     code = ("import sys, client_app.app, client_app.worker_link; "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'amole.client_round') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'amole.client.round') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"

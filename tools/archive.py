@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from amole.atomic import atomic_path
+from amole.util.atomic import atomic_path
 from server_app.run_report import METRICS_FILE, load_metrics
 from tools.chunking import EXPERIMENT_FILE, config_mismatch
 

@@ -8,7 +8,7 @@ is deterministic given the checkpoint, so the chunks end where one uninterrupted
 (estimated from the run's round times and the start-up overhead seen so far; a run with no estimate yet starts
 with one round), leaves the rest ``incomplete`` and exits with code 3: run the same command again to go on.
 Every strategy splits: what local-only and FDLoRA clients keep to themselves is on disk, keyed by the run id the
-checkpoint holds (``amole.site``), so a resumed chunk finds it.
+checkpoint holds (``amole.site.folder``), so a resumed chunk finds it.
 """
 
 from __future__ import annotations

@@ -47,9 +47,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from amole.atomic import write_text
 from amole.compose import CONF_DIR, GROUPS, settings_from_cfg
 from amole.config import Settings
+from amole.util.atomic import write_text
 from server_app.logs import setup_logging
 from tools.archive import archive_run, archived_rounds
 from tools.chunking import (

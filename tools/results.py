@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from amole.atomic import write_text
+from amole.util.atomic import write_text
 from server_app.run_report import METRICS_FILE, load_metrics
 from tools.chunking import EXPERIMENT_FILE  # written by tools.experiment beside the run's own files
 from tools.config_keys import significant

@@ -13,7 +13,7 @@ from typing import Any
 
 from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no global state, nothing to close
 
-from amole.atomic import atomic_path
+from amole.util.atomic import atomic_path
 from tools.results_numbers import finite, mean
 
 __all__ = ["plot_file_name", "plot_rounds"]

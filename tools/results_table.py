@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from amole.atomic import atomic_path
+from amole.util.atomic import atomic_path
 from tools.results_numbers import finite, fmt, in_order, mean
 from tools.results_plot import plot_file_name, plot_rounds
 from tools.results_yardstick import (

@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from amole import bank
-from amole.client_round import ClientJob, _train
+from amole.backbones.loader import load_base_model
+from amole.client.round import ClientJob, _train
 from amole.compose import compose
 from amole.data.scenario import client_splits
-from amole.evaluate import evaluate
-from amole.loader import load_base_model
-from amole.model import export_adapters, import_adapters, inject
+from amole.evaluation.evaluate import evaluate
+from amole.moe import bank
+from amole.moe.model import export_adapters, import_adapters, inject
 from tools.yardstick import majority_score
 
 

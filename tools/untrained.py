@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from amole.atomic import write_text
 from amole.compose import compose
 from amole.config import Settings
+from amole.util.atomic import write_text
 from tools.config_keys import significant
 
 __all__ = ["FILE_PREFIX", "load_references", "reference_key", "score_clients"]
@@ -58,9 +58,9 @@ def reference_path(out_dir: Path, settings: Settings) -> Path:
 def score_clients(settings: Settings, clients: Iterable[str], path: Path) -> dict[str, Any]:
     """Score the backbone on each client's test split, writing ``path`` after each client; clients already in the
     file are kept as they are."""
+    from amole.backbones.loader import load_base_model
     from amole.data.scenario import client_splits  # heavy imports only when scoring
-    from amole.evaluate import evaluate
-    from amole.loader import load_base_model
+    from amole.evaluation.evaluate import evaluate
 
     config = settings.to_dict()
     doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

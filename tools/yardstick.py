@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from amole.compose import compose
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits
-from amole.rouge_l import metric_name, rouge_l_f
+from amole.evaluation.rouge_l import metric_name, rouge_l_f
 
 
 def majority_score(splits: ClientSplits, rouge: str = "rouge_score") -> tuple[float, float | None, str]:

@@ -22,9 +22,9 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from amole import atomic
 from amole.data.errors import DataSourceError, UnknownTaskError
 from amole.data.pip_runner import pip_command
+from amole.util import atomic
 
 BIGBENCH_REQUIREMENT = "bigbench==1.0.0"
 _TASKS_DIR = "benchmark_tasks"

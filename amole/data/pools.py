@@ -21,7 +21,7 @@ from amole.data.example import Example
 from amole.data.records import files_signature
 from amole.data.snli import PAPER_HUB_SPLIT as SNLI_PAPER_SPLIT
 from amole.data.snli import load_snli
-from amole.seeds import stable_seed
+from amole.util.seeds import stable_seed
 
 POOL_SOURCES: dict[str, Callable[..., list[Example]]] = {"snli": load_snli, "dolly": load_dolly}
 

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from amole.atomic import atomic_path
 from amole.data.errors import DataSourceError, TaskFormatError
-from amole.paths import expand
+from amole.util.atomic import atomic_path
+from amole.util.paths import expand
 
 Row = dict[str, Any]
 Origin = str  # "file:line" (or "hub-id[split]:index") named in parse errors

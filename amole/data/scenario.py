@@ -16,10 +16,10 @@ from amole.data.example import ClientSplits, Example
 from amole.data.natinst import load_natinst_task
 from amole.data.own import load_own_examples
 from amole.data.pools import POOL_SOURCES, client_index, dirichlet_examples
-from amole.data.protocol import check_scenario_protocol, split_fractions
+from amole.data.procedures import check_scenario_protocol, split_fractions
 from amole.data.splits import paper_ratios, split_client, split_client_paper
 from amole.data.synthetic import synthetic_source
-from amole.seeds import stable_seed
+from amole.util.seeds import stable_seed
 
 SOURCES = ("bigbench", "synthetic", "natural_instructions", *POOL_SOURCES)
 PARTITIONS = ("task", "dirichlet")

@@ -1,11 +1,11 @@
-"""Benchmark: RSEA assignment with amole.assign vs the paper's MILP (cvxpy + SCIP).
+"""Benchmark: RSEA assignment with amole.server.assign vs the paper's MILP (cvxpy + SCIP).
 
 All solvers get the SAME score matrices (softmax over clients of random expert/client embeddings, as the
 server computes them) for every module of a round; the wall-clock time of a whole round (all modules) is
 measured after a warm-up, several times, and medians are reported. Objective values must agree per module
 (rel. tol 1e-6) with the MILP optimum: amole's LP is exact (b-matching, totally unimodular).
 
-amole.assign (HiGHS dual simplex through highspy, one cached model per shape) is the headline. For reference,
+amole.server.assign (HiGHS dual simplex through highspy, one cached model per shape) is the headline. For reference,
 the same LP through ``scipy.optimize.linprog(method="highs")``, one call per module. Two MILP variants are
 timed: "fresh" builds a cvxpy problem per module, as the authors' code does (optimize.py,
 ``optimize_expert_dispatch``); "param" compiles one problem with a cvxpy Parameter and re-solves it (the
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: import this checkout's amole
 import highspy  # noqa: E402
 
-from amole.assign import check_feasible, client_scores, solve_many  # noqa: E402
+from amole.server.assign import check_feasible, client_scores, solve_many  # noqa: E402
 
 REL_TOL = 1e-6
 

@@ -1,4 +1,4 @@
-"""Backbone load time with and without the quantized cache (amole.quantized_cache), each in a fresh process as
+"""Backbone load time with and without the quantized cache (amole.backbones.quantized_cache), each in a fresh process as
 a Flower ClientApp loads it, on SmolLM2-135M (converted once by `make model`) unless --model names a folder.
 
 Three processes, one after the other, against an empty cache root in a temporary folder:
@@ -24,7 +24,7 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 import torch
-from amole import loader
+from amole.backbones import loader
 from amole.config import ModelConfig
 model_dir, quantization, cache, mode, out = sys.argv[1:6]
 cfg = ModelConfig(name=model_dir, quantization=quantization, cache_dir=cache)
@@ -49,8 +49,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="a local model folder (default: the converted SmolLM2-135M)")
     args = p.parse_args()
     if args.model is None:
+        from amole.backbones.loader import _gguf_folder, _resolve
         from amole.config import ModelConfig
-        from amole.loader import _gguf_folder, _resolve
 
         cfg = ModelConfig(name="smollm2-135m")
         args.model = str(_gguf_folder(cfg, _resolve(cfg)))

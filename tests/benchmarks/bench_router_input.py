@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from amole.config import AdapterConfig
-from amole.layer import AMoLELinear, init_lora_a
+from amole.moe.layer import AMoLELinear, init_lora_a
 
 
 def layer(router_input: str, d: int, experts: int, device: str) -> AMoLELinear:

@@ -3,7 +3,8 @@
 Both adapters have the same rank and targets on the same SmolLM2-135M backbone, in one process. Each row of the
 batch is labelled on its last ``--answer-tokens`` tokens only (a prompt + short answer, as in training), and
 every model is stepped two ways: ``full`` (logits at every position, ``model(labels=...).loss``: the code before
-issue 14) and ``answer`` (the LM head at answer positions only, ``amole.answer.lm_loss``: what training runs now).
+issue 14) and ``answer`` (the LM head at answer positions only, ``amole.client.losses.lm_loss``: what training runs
+now).
 Steps are interleaved (AMoLE full, AMoLE answer, LoRA full, LoRA answer, ...) so drift in machine load hits all
 alike; figures are medians. On the CPU a quantized backbone is held dequantized (``model.dense_on_cpu``, the
 default); the same AMoLE model on bitsandbytes' own kernels is stepped too, so the line "vs kernels + full logits"
@@ -27,12 +28,12 @@ from dataclasses import replace
 import torch
 from peft import LoraConfig, get_peft_model
 
-from amole.answer import lm_loss
-from amole.bank import create_bank, payload
+from amole.backbones.dense_backbone import cpu_has_units
+from amole.backbones.loader import load_base_model
+from amole.client.losses import lm_loss
 from amole.config import AdapterConfig, ModelConfig
-from amole.dense_backbone import cpu_has_units
-from amole.loader import load_base_model
-from amole.model import import_adapters, inject, load_balance_loss, token_mask, trainable_parameters
+from amole.moe.bank import create_bank, payload
+from amole.moe.model import import_adapters, inject, load_balance_loss, token_mask, trainable_parameters
 
 MODES = ("full", "answer")
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 import bench_step  # noqa: E402
 
-from amole.gguf import cache_root  # noqa: E402
+from amole.backbones.gguf import cache_root  # noqa: E402
 
 SYNTHETIC_TASKS = "[reverse,upper,copy,sort,first_letter,vowel_parity,reverse,upper,copy,sort]"
 

@@ -1,6 +1,6 @@
 """Where one client round's time goes: train / evaluate / statistics / export, with the configured model.
 
-Runs the round's pieces in the order a client does (amole.client_round) for the given clients and prints a
+Runs the round's pieces in the order a client does (amole.client.round) for the given clients and prints a
 table of wall and CPU seconds (CPU time of this process is the steadier figure on a shared machine; run with
 OMP_NUM_THREADS=1 so idle OpenMP threads spinning do not count) and a JSON line.
 It only calls functions that the code before issue 14 had too, so the same script measures an older checkout:
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from amole import bank
-from amole.client_round import ClientJob, _train, embedding_batches
+from amole.backbones.loader import load_base_model
+from amole.client.round import ClientJob, _train, embedding_batches
+from amole.client.routing_stats import collect_statistics
 from amole.compose import compose
 from amole.data.scenario import client_splits
-from amole.evaluate import evaluate
-from amole.loader import load_base_model
-from amole.model import export_adapters, inject
-from amole.routing_stats import collect_statistics
+from amole.evaluation.evaluate import evaluate
+from amole.moe import bank
+from amole.moe.model import export_adapters, inject
 
 PHASES = ("train", "evaluate", "statistics", "export")
 

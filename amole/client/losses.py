@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from amole.backbones.loader import model_device
 from amole.data.tokenize import IGNORE_INDEX
-from amole.loader import model_device
 
 # Model classes whose forward ignored or mis-read a boolean ``logits_to_keep``: they get full logits.
 _FULL_LOGITS: set[type] = set()

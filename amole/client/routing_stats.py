@@ -2,7 +2,7 @@
 expert's mean code over its embedding set.
 
 One no-grad pass accumulates token-weighted means of ``W_tok x`` and ``A_i x`` per module; optional metric-DP
-noise (amole.privacy) is added before anything leaves the client. The server half is amole.routing_codes.
+noise (amole.server.privacy) is added before anything leaves the client. The server half is amole.server.routing_codes.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from amole.answer import kept_logits
-from amole.loader import model_device
-from amole.model import amole_layers, token_mask
+from amole.backbones.loader import model_device
+from amole.client.losses import kept_logits
+from amole.moe.model import amole_layers, token_mask
 
 
 def router_stat_key(module: str) -> str:

@@ -121,7 +121,7 @@ def _read_prompts(path: str) -> list[tuple[dict[str, Any], str]]:
 
 def format_prompt(text: str, meta: dict[str, Any], tokenizer: Any, style: str = "auto") -> tuple[str, bool]:
     """(model-facing text, add the tokenizer's special tokens?) for ``style`` (see PROMPT_HELP)."""
-    from amole.personal import prompt_format
+    from amole.site.personal import prompt_format
 
     if style == "auto":
         style = "chat" if meta.get("chat_template") else "template"
@@ -142,8 +142,8 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, bool
     """Continuations of left-padded prompts (cut from the left to leave room for the new tokens)."""
     import torch
 
+    from amole.backbones.loader import model_device
     from amole.data import pad_id_of
-    from amole.loader import model_device
 
     pad = pad_id_of(tokenizer)
     room = max(max_len - options["max_new_tokens"], 1)
@@ -164,7 +164,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     from amole.data.records import write_jsonl
-    from amole.personal import load_personalized, read_meta
+    from amole.site.personal import load_personalized, read_meta
 
     if args.input and not args.output:
         raise ValueError("--input needs --output (the JSON Lines file to write)")
@@ -200,11 +200,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def score_examples(model: Any, tokenizer: Any, examples: Sequence[Any], max_len: int,
                    cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The federation's score (amole.evaluate) and one prediction row per example."""
+    """The federation's score (amole.evaluation.evaluate) and one prediction row per example."""
     from tqdm import tqdm
 
-    from amole.evaluate import choice_losses, pick, rouge_predictions
-    from amole.rouge_l import metric_name
+    from amole.evaluation.evaluate import choice_losses, pick, rouge_predictions
+    from amole.evaluation.rouge_l import metric_name
 
     preds: list[dict[str, Any]] = []
     step = max(cfg.batch_size, 1)
@@ -246,7 +246,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from amole.config import EvalConfig
     from amole.data.own import read_own_data, report_skipped
     from amole.data.records import write_jsonl
-    from amole.personal import load_personalized, prompt_format, read_meta
+    from amole.site.personal import load_personalized, prompt_format, read_meta
 
     meta = read_meta(args.model)
     if args.split:
@@ -273,7 +273,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from amole.model_card import export_personalized
+    from amole.site.model_card import export_personalized
 
     target = export_personalized(args.model, args.out)
     print(f"exported to {target}; load it with amole.load_personalized({str(target)!r})")

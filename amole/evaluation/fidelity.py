@@ -11,9 +11,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from amole.config import Settings
-from amole.data.protocol import protocol_notes
+from amole.data.procedures import protocol_notes
 
-PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "conf" / "protocol"
+PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "conf" / "protocol"
 
 
 def preset_values(name: str) -> dict[str, Any]:

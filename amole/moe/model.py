@@ -13,9 +13,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from amole import keys
 from amole.config import AdapterConfig
-from amole.layer import AMoLELinear
+from amole.moe import keys
+from amole.moe.layer import AMoLELinear
 
 
 def target_linears(model: nn.Module, target_modules: tuple[str, ...] | list[str]) -> dict[str, nn.Linear]:

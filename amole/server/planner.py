@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from amole.assign import (
+from amole.config import AssignConfig
+from amole.server.assign import (
     AssignmentError,
     check_feasible,
     client_scores,
@@ -21,7 +22,6 @@ from amole.assign import (
     random_assignment,
     solve_many,
 )
-from amole.config import AssignConfig
 
 MODES = ("rsea", "static", "random", "homogeneous")
 

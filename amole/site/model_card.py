@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from amole.personal import ADAPTERS_FILE, CARD_FILE, META_FILE, atomic_folder, load_adapter_tensors, read_meta
+from amole.site.personal import ADAPTERS_FILE, CARD_FILE, META_FILE, atomic_folder, load_adapter_tensors, read_meta
 
 
 def _score(meta: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """A site's own folder: what a client keeps on its disk and never uploads.
 
 Layout: ``<site dir>/<client id>/model/<run id>/{latest,best}/`` is the site's personalized model after each
-round (amole.personal: what it was scored with, loadable by ``amole generate`` / ``load_personalized``);
+round (amole.site.personal: what it was scored with, loadable by ``amole generate`` / ``load_personalized``);
 ``<site dir>/<client id>/private/<run id>/round-<t>.safetensors`` holds the adapters that never leave
 the client (the local-only LoRA, FDLoRA's private LoRA, FedSA-LoRA's B matrices), one file per round. A round
 loads the newest file older than itself, so a client that sat rounds out continues from its last one, and a
@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amole.atomic import atomic_path
-from amole.paths import cache_root, expand
+from amole.util.atomic import atomic_path
+from amole.util.paths import cache_root, expand
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -82,7 +82,7 @@ class AMoLELinear(nn.Module):
         self.expert_ids: list[int] = []
         self.experts_A = nn.Parameter(torch.zeros(0, r, d_in, device=device, dtype=dtype))
         self.experts_B = nn.Parameter(torch.zeros(0, d_out, r, device=device, dtype=dtype))
-        # Per-forward side channels, set by amole.model helpers.
+        # Per-forward side channels, set by amole.moe.model helpers.
         self.token_mask: Tensor | None = None
         self.lb_loss: Tensor | None = None
         self.collect_stats = False

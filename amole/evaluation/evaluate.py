@@ -1,7 +1,7 @@
 """Client-side evaluation (spec §4): LM-scoring accuracy for multiple choice, Rouge-L F1 for generation.
 
 Multiple choice: every candidate is appended to the prompt and the one with the lowest mean token loss wins,
-so the score needs no answer parsing; each prompt is encoded once for all its choices (``amole.choices``).
+so the score needs no answer parsing; each prompt is encoded once for all its choices (``amole.evaluation.choices``).
 Generation: greedy decoding (or, under the paper's protocol, the model's own generation config), Rouge-L F1
 against the reference by the implementation ``eval.rouge`` names.
 """
@@ -16,12 +16,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from amole.answer import sequence_losses
-from amole.choices import choice_losses
+from amole.backbones.loader import model_device
+from amole.client.losses import sequence_losses
 from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
-from amole.loader import model_device
-from amole.rouge_l import metric_name, rouge_l_f
+from amole.evaluation.choices import choice_losses
+from amole.evaluation.rouge_l import metric_name, rouge_l_f
 
 __all__ = ["Prediction", "answer_lengths", "answer_loss", "choice_accuracy", "choice_hits", "choice_losses",
            "evaluate", "generate", "pick", "rouge_l", "rouge_predictions", "sequence_losses", "standard_error"]

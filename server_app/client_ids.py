@@ -14,7 +14,7 @@ from typing import Any
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from client_app import protocol
+from client_app import messages as protocol
 
 log = logging.getLogger("amole.server")
 

@@ -25,9 +25,7 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from amole import bank as banks
-from amole.aggregate import aggregate
-from amole.client_round import (
+from amole.client.round import (
     ClientJob,
     RoundResult,
     initial_adapters,
@@ -37,7 +35,9 @@ from amole.client_round import (
     train_dual_and_score,
 )
 from amole.config import AdapterConfig, Settings
-from amole.keys import parse_key
+from amole.moe import bank as banks
+from amole.moe.keys import parse_key
+from amole.server.aggregate import aggregate
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Scoring a choice reads the model only at its answer tokens, and every choice of 
 same prompt, so the prompt is run once (with a cache) and the choices continue from it, each at its true
 positions. Rows are exactly those ``encode`` builds for prompt + choice; a choice whose encoding cut the
 prompt differently (a long target truncates the prompt) simply gets a prefix of its own. The scores equal
-those of encoding every prompt + choice row on its own (``amole.answer.sequence_losses``), up to float
+those of encoding every prompt + choice row on its own (``amole.client.losses.sequence_losses``), up to float
 rounding: attention never sees padding, RoPE positions are the row's own, and AMoLE routing is per token.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from amole.answer import kept_logits
+from amole.backbones.loader import model_device
+from amole.client.losses import kept_logits
 from amole.data import Example, encode, pad_id_of
 from amole.data.tokenize import IGNORE_INDEX
-from amole.loader import model_device
 
 ROWS_PER_PROMPT = 4  # choice rows per chunk: this many times the eval batch size (64 rows at batch 16)
 

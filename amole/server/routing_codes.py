@@ -1,6 +1,6 @@
 """Routing codes, the server half of RSEA (spec §2): the uploaded statistics become each module's expert
 matrix E (mean code of each expert over the clients that held it) and client matrix T (each client's mean
-router code), which amole.planner scores.
+router code), which amole.server.planner scores.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amole.routing_stats import expert_stat_key, router_stat_key
+from amole.client.routing_stats import expert_stat_key, router_stat_key
 
 
 def embedding_matrices(

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from amole import keys
 from amole.config import AdapterConfig
-from amole.layer import init_lora_a
+from amole.moe import keys
+from amole.moe.layer import init_lora_a
 
 
 def create_bank(shapes: Mapping[str, tuple[int, int]], cfg: AdapterConfig, seed: int) -> dict[str, Tensor]:

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from amole.answer import lm_loss
+from amole.client.losses import lm_loss
 from amole.config import TrainConfig
-from amole.model import load_balance_loss, token_mask, trainable_parameters
+from amole.moe.model import load_balance_loss, token_mask, trainable_parameters
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel and foreach norms
 

@@ -2,7 +2,7 @@
 
 The order is the paper's protocol: local training, then evaluation on the client's own test split right
 after it, then the no-grad statistics pass over the embedding set that feeds the server's RSEA. Which of
-these a strategy runs, and with which adapters, is amole.strategies' business; this module only does them.
+these a strategy runs, and with which adapters, is amole.strategies.registry' business; this module only does them.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from amole import bank
+from amole.client.routing_stats import collect_statistics
+from amole.client.train import train_steps
 from amole.config import Settings
 from amole.data import ClientSplits, batches, collate, encode, pad_id_of
-from amole.evaluate import answer_loss, evaluate
-from amole.fusion import merge, tune_weights
-from amole.model import amole_layers, export_adapters, import_adapters
-from amole.personal import KeptInfo, keep_round
-from amole.privacy import privatize
-from amole.routing_stats import collect_statistics
-from amole.seeds import stable_seed
-from amole.site import PrivateAdapters, model_folder
-from amole.train import train_steps
+from amole.evaluation.evaluate import answer_loss, evaluate
+from amole.moe import bank
+from amole.moe.model import amole_layers, export_adapters, import_adapters
+from amole.server.privacy import privatize
+from amole.site.folder import PrivateAdapters, model_folder
+from amole.site.personal import KeptInfo, keep_round
+from amole.strategies.fusion import merge, tune_weights
+from amole.util.seeds import stable_seed
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ClientJob:
     settings: Settings
     server_round: int
     client: str
-    site: Path  # this client's site folder (amole.site)
+    site: Path  # this client's site folder (amole.site.folder)
     run_id: str
 
     @property

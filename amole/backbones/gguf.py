@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from amole.config import ModelConfig
-from amole.paths import cache_root
+from amole.util.paths import cache_root
 
 log = logging.getLogger(__name__)
 

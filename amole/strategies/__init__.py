@@ -1,0 +1,1 @@
+"""The federated fine-tuning methods (FedAMoLE, its ablations and the baselines) and the registry that names them."""
