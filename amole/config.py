@@ -1,7 +1,8 @@
-"""Typed configuration objects for the AMoLE core.
+"""The configuration schema: the one source of defaults (the paper's, spec §4) and of types.
 
-The Hydra tree under ``conf/`` is the one source of values; these dataclasses only give them types and
-defaults that mirror the spec so the core can also be used (and tested) without Hydra.
+``AmoleConfig`` is registered with Hydra's ConfigStore (amole.compose); the presets under ``conf/`` only
+override it, so a key that is not here is an error, and ``amole config`` prints the composed result. The core
+uses the typed ``Settings`` (every section but the runner's), also without Hydra.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class AssignConfig:
     clients_per_expert: int = 2  # K: each expert picks exactly K clients
     min_experts: int = 2
     max_experts: int = 8
-    mode: str = "rsea"  # rsea | static | random | homogeneous: set by the strategy
+    mode: str = "rsea"  # rsea | static | random | homogeneous: fixed by the strategy (amole.strategies)
     dp_eta: float | None = None  # Gamma rate of the DP noise on embedding statistics; None = off
     dp_clip: float = 1.0  # public norm bound every statistic is clipped to before noise (sets the DP epsilon)
 
@@ -154,6 +155,17 @@ class ProtocolConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """Options of the experiment runner (tools.experiment) only; the Flower apps never read them."""
+
+    rounds_per_call: int | None = None  # run a federation in simulations of at most this many rounds, resuming
+    time_limit_s: float | None = None  # start no chunk that would end later than this after the runner started
+    client_num_cpus: float = 1  # Ray resources per simulated client
+    client_num_gpus: float = 0.0  # > 0 on a GPU (Ray hides the GPU from clients that ask for none)
+    archive_dir: str | None = None  # copy each completed run's metrics/report here; skip runs it holds
+
+
+@dataclass
 class Settings:
     """The whole composed configuration, as typed objects; built once on the server and sent to clients."""
 
@@ -211,3 +223,21 @@ def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
         if old in (values.get(section) or {}):
             values[section][new] = values[section].pop(old)
     return values
+
+
+@dataclass
+class AmoleConfig:
+    """The whole tree Hydra composes: ``seed`` (``federation.seed`` follows it), the Settings sections and the
+    experiment runner's options."""
+
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)

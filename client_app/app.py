@@ -16,7 +16,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client_app import messages as protocol
+from client_app import messages
 from client_app.messages import ClientResult, Request
 from client_app.node import Clock, client_identity, client_task, uses_worker
 
@@ -26,10 +26,10 @@ app = ClientApp()
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Report this node's client id and task, so the server maps nodes to clients by id (no data is loaded)."""
-    request = protocol.read_request(msg.content)
+    request = messages.read_request(msg.content)
     client = client_identity(context.node_config)
     task = client_task(request.settings, client, context.node_config)
-    return Message(content=protocol.identify_reply(client, task), reply_to=msg)
+    return Message(content=messages.identify_reply(client, task), reply_to=msg)
 
 
 def run_round(kind: str, request: Request, context: Context, clock: Clock) -> ClientResult:
@@ -47,26 +47,23 @@ def run_round(kind: str, request: Request, context: Context, clock: Clock) -> Cl
 def train(msg: Message, context: Context) -> Message:
     """One round of the run's strategy on this node's private data."""
     clock = Clock.at_handler(context.node_config)
-    request = protocol.read_request(msg.content)
-    client = client_identity(context.node_config)
-    if request.client != client:  # before a worker is started for it
-        raise ValueError(f"message for client {request.client} reached client {client}")
-    result = run_round(protocol.TRAIN, request, context, clock)
-    return Message(content=protocol.train_reply(request.client, result), reply_to=msg)
+    request = messages.read_request(msg.content)
+    result = run_round(messages.TRAIN, request, context, clock)
+    return Message(content=messages.train_reply(request.client, result), reply_to=msg)
 
 
-@app.query(protocol.PROBE)
+@app.query(messages.PROBE)
 def probe(msg: Message, context: Context) -> Message:
     """A joining site's routing statistics under the shared expert and router the message carries."""
     clock = Clock.at_handler(context.node_config)
-    request = protocol.read_request(msg.content)
-    return Message(content=protocol.probe_reply(run_round(protocol.PROBE, request, context, clock)), reply_to=msg)
+    request = messages.read_request(msg.content)
+    return Message(content=messages.probe_reply(run_round(messages.PROBE, request, context, clock)), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the aggregated adapters the message carries on this node's test split (FedIT's protocol)."""
     clock = Clock.at_handler(context.node_config)
-    request = protocol.read_request(msg.content)
-    result = run_round(protocol.EVALUATE, request, context, clock)
-    return Message(content=protocol.evaluate_reply(result), reply_to=msg)
+    request = messages.read_request(msg.content)
+    result = run_round(messages.EVALUATE, request, context, clock)
+    return Message(content=messages.evaluate_reply(result), reply_to=msg)

@@ -52,7 +52,7 @@ OPTIONAL_METRICS = ("score_se", "test_n", "gen_tokens", "fusion_w_private", "fus
                     "startup_s", "startup_cpu_s", "train_s", "eval_s", "stats_s", "fusion_s")
 # What an evaluate reply adds to the score when its client sent them.
 SPREAD_METRICS = ("score_se", "test_n", "gen_tokens")
-# The two kinds of round request a client runs (identify is answered without the model).
+# The three kinds of round request a client runs with the model (identify is answered without it).
 TRAIN, EVALUATE, PROBE = "train", "evaluate", "probe"
 # A joining client is probed for its routing statistics: a named query action (message type "query.probe").
 PROBE_MESSAGE = f"query.{PROBE}"

@@ -24,7 +24,7 @@ from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
 from amole.moe.model import inject
-from amole.strategies.registry import strategy_named
+from amole.strategies.registry import client_procedure
 from client_app.messages import EVALUATE, PROBE, TRAIN, ClientResult, Request
 from client_app.node import Clock, client_identity, data_choice, site_folder
 
@@ -74,20 +74,20 @@ def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clo
     ``clock``: from the ClientApp's start (its process start in deployment) to the round's own work, i.e.
     everything a warm worker saves (imports, model load, splits)."""
     job = client_job(request, node_config)
-    strategy = strategy_named(request.settings.federation.strategy)
+    procedure = client_procedure(request.settings.federation.strategy)
     payload = {k: torch.from_numpy(v) for k, v in request.adapters.items()}  # as protocol.unpack_torch
     timing = clock.timing()
     log.info("round %d (%s): first step %.2f s after the ClientApp started (%.2f s of it, %.2f CPU s, before its "
              "handler ran)", request.server_round, kind, timing["overhead_s"], timing["startup_s"],
              timing["startup_cpu_s"])
     if kind == EVALUATE:
-        scored = strategy.score(job, payload)
+        scored = procedure.score(job, payload)
         return ClientResult({**score_metrics(scored), "num_examples": len(job.splits.test), **timing})
     if kind == PROBE:
-        return ClientResult({**timing}, stats=_numpy(strategy.probe(job, payload)))
+        return ClientResult({**timing}, stats=_numpy(procedure.probe(job, payload)))
     if kind != TRAIN:
         raise ValueError(f"unknown request kind {kind!r}; known: {TRAIN}, {EVALUATE}, {PROBE}")
-    result = strategy.client_round(job, payload)
+    result = procedure.train(job, payload)
     return ClientResult({**result.metrics, **timing}, _numpy(result.adapters), _numpy(result.stats),
                         dict(result.info))
 

@@ -46,12 +46,12 @@ def _on_term(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler 
 
 def last_request(kind: str, request: Request) -> bool:
     """Whether the run has nothing more for this client after ``request``."""
-    from amole.strategies.registry import strategy_named
+    from amole.strategies.registry import method_named
 
     fed = request.settings.federation
     if request.server_round < fed.num_rounds or kind == PROBE:  # a probe comes before its round's training
         return False
-    return kind == EVALUATE or not strategy_named(fed.strategy).scores_aggregate
+    return kind == EVALUATE or not method_named(fed.strategy).server.scores_aggregate
 
 
 def answer(message: dict[str, Any]) -> tuple[dict[str, Any], bool]:

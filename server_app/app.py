@@ -1,4 +1,4 @@
-"""ServerApp: compose the config once from Flower's run config, then run the FedAMoLE round loop."""
+"""ServerApp: compose the config from Flower's run config, build the run's strategy, start it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from amole.compose import compose, overrides_from_run_config
-from server_app.federation import run
 from server_app.logs import setup_logging
+from server_app.strategy import FedAMoLE
 
 app = ServerApp()
 
@@ -17,4 +17,4 @@ def main(grid: Grid, context: Context) -> None:
     setup_logging()
     settings = compose(overrides_from_run_config(context.run_config))
     resume = str(context.run_config.get("resume", "")).strip() or None
-    run(grid, settings, resume=resume)
+    FedAMoLE(settings, resume=resume).start(grid=grid)

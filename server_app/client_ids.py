@@ -14,7 +14,7 @@ from typing import Any
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from client_app import messages as protocol
+from client_app import messages
 
 log = logging.getLogger("amole.server")
 
@@ -38,7 +38,7 @@ class ClientRegistry:
         return dict(self.nodes)
 
     def _identify(self, node_ids: list[int]) -> None:
-        msgs = [Message(protocol.identify_request(self.settings_json), dst_node_id=n, message_type=MessageType.QUERY)
+        msgs = [Message(messages.identify_request(self.settings_json), dst_node_id=n, message_type=MessageType.QUERY)
                 for n in node_ids]
         answered = set()
         replies = list(self.grid.send_and_receive(msgs, timeout=self.query_timeout))
@@ -52,7 +52,7 @@ class ClientRegistry:
                 log.warning("node %s failed to identify itself: %s", node, reply.error.reason)
                 continue
             try:
-                client = protocol.read_identify_reply(reply.content)
+                client = messages.read_identify_reply(reply.content)
             except (KeyError, TypeError) as err:
                 log.warning("node %s answered who it is without a client id: %s", node, err)
                 continue

@@ -16,8 +16,7 @@ from flwr.app import Message
 from flwr.common.constant import ErrorCode
 from torch import Tensor
 
-from amole.client.routing_stats import expert_stat_key, router_stat_key
-from amole.moe.keys import held_experts, router_key
+from amole.moe.keys import expert_stat_key, held_experts, router_key, router_stat_key
 from client_app.messages import BadReply, TrainReply, read_evaluate_reply, read_probe_reply, read_train_reply
 
 log = logging.getLogger("amole.server")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amole.client.routing_stats import expert_stat_key, router_stat_key
 from amole.moe import keys
+from amole.moe.keys import expert_stat_key, router_stat_key
 from amole.server.aggregate import aggregate
 from amole.server.routing_codes import embedding_matrices
 

@@ -160,14 +160,14 @@ def test_only_compose_spec_keys(name: str) -> None:
             assert all(isinstance(a, str) for a in spec.get(key, [])), (service, key)  # exec form, all strings
         if "build" in spec:
             assert set(spec["build"]) <= {"context", "dockerfile", "args"}
+        if "deploy" in spec:  # every service's, not only the last one's
+            for device in spec["deploy"]["resources"]["reservations"]["devices"]:
+                assert set(device) <= {"driver", "count", "capabilities", "device_ids", "options"}, service
+        for secret in spec.get("secrets", []):
+            assert set(secret) == {"source", "target"}, service
     # Every variable has a default (`${VAR:-default}`), so the files work with an empty environment.
     for var in INTERPOLATION.finditer((DOCKER / name).read_text()):
         assert var.group(2), var.group(0)
-        if "deploy" in spec:
-            for device in spec["deploy"]["resources"]["reservations"]["devices"]:
-                assert set(device) <= {"driver", "count", "capabilities", "device_ids", "options"}
-        for secret in spec.get("secrets", []):
-            assert set(secret) == {"source", "target"}
     for secret in data.get("secrets", {}).values():
         assert set(secret) == {"file"}
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from amole.backbones.loader import load_base_model
-from amole.client.round import ClientJob, train_dual_and_score
+from amole.client.round import ClientJob
 from amole.compose import compose
 from amole.config import FusionConfig
 from amole.data.scenario import client_splits
 from amole.moe.bank import create_bank, payload
 from amole.moe.model import export_adapters, inject
-from amole.strategies.fusion import merge, tune_weights
+from amole.strategies.fdlora import merge, train_dual_and_score, tune_weights
 
 
 def test_merge_is_the_weighted_sum_of_every_tensor() -> None:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from amole.compose import compose
 from client_app.app import app as client_app
-from server_app.federation import run
+from server_app.strategy import run
 from tools.direct_grid import DirectGrid
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -130,7 +130,7 @@ def test_static_gives_a_late_joiner_an_architecture_and_keeps_it() -> None:
 
 
 def test_an_expert_nobody_held_keeps_its_last_known_code() -> None:
-    from amole.client.routing_stats import expert_stat_key, router_stat_key
+    from amole.moe.keys import expert_stat_key, router_stat_key
     from amole.server.routing_codes import embedding_matrices
 
     m, r = MODULES[0], 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from amole.client.routing_stats import expert_stat_key, router_stat_key
+from amole.moe.keys import expert_stat_key, router_stat_key
 from amole.server.privacy import Guarantee, clip_to_norm, gamma_noise, privatize
 
 M = "model.layers.0.self_attn.q_proj"

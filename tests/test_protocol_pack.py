@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from client_app import messages as protocol
+from client_app import messages
 from client_app.messages import BadReply, pack, unpack, unpack_torch
 
 
@@ -34,7 +34,7 @@ def torch_payload() -> dict[str, torch.Tensor]:
 def test_torch_tensors_round_trip_bit_identically_in_order() -> None:
     sent = torch_payload()
     record = pack(sent)
-    assert list(record) == [protocol.PACKED] and len(record) == 1  # one Array, not one per tensor
+    assert list(record) == [messages.PACKED] and len(record) == 1  # one Array, not one per tensor
     got = unpack_torch(record)
     assert list(got) == list(sent)
     for k, v in sent.items():
@@ -67,22 +67,22 @@ def test_nothing_packs_to_an_empty_record() -> None:
 def test_a_train_reply_carries_its_tensors_in_two_arrays() -> None:
     """The message the ClientApp sends back, read as the server reads it."""
     adapters = {"m.router": np.ones((4, 6), np.float32), "m.experts.1.A": np.full((4, 6), 0.5, np.float32)}
-    result = protocol.ClientResult({"score": 1.0, "train_loss": 0.5, "experts_mean": 1.0, "num_examples": 3,
+    result = messages.ClientResult({"score": 1.0, "train_loss": 0.5, "experts_mean": 1.0, "num_examples": 3,
                                     "seconds": 0.1}, adapters, {"m.router_stat": np.zeros(4, np.float32)},
                                    {"task": "t", "metric": "accuracy"})
-    content = protocol.train_reply("0", result)
+    content = messages.train_reply("0", result)
     assert sum(len(r) for r in content.array_records.values()) == 2
-    reply = protocol.read_train_reply(content)
+    reply = messages.read_train_reply(content)
     assert list(reply.adapters) == list(adapters) and torch.equal(reply.adapters["m.router"], torch.ones(4, 6))
     assert reply.metrics["bytes_up"] == content["adapters"].count_bytes() + content["stats"].count_bytes()
 
 
-def bad(data: bytes, stype: str = protocol.PACKED_STYPE) -> ArrayRecord:
-    return ArrayRecord({protocol.PACKED: Array(dtype="uint8", shape=(len(data),), stype=stype, data=data)})
+def bad(data: bytes, stype: str = messages.PACKED_STYPE) -> ArrayRecord:
+    return ArrayRecord({messages.PACKED: Array(dtype="uint8", shape=(len(data),), stype=stype, data=data)})
 
 
 def valid_bytes() -> bytes:
-    return bytes(pack({"x": np.ones(3, np.float32)})[protocol.PACKED].data)
+    return bytes(pack({"x": np.ones(3, np.float32)})[messages.PACKED].data)
 
 
 @pytest.mark.parametrize(("record", "says"), [
@@ -103,7 +103,7 @@ def test_a_pack_whose_order_does_not_match_its_tensors_is_a_bad_reply() -> None:
     from safetensors.numpy import save
 
     tensors = {"x": np.ones(2, np.float32)}
-    for metadata in (None, {protocol.ORDER: '["x", "y"]'}, {protocol.ORDER: '["x", "x"]'}, {protocol.ORDER: "{}"}):
+    for metadata in (None, {messages.ORDER: '["x", "y"]'}, {messages.ORDER: '["x", "x"]'}, {messages.ORDER: "{}"}):
         with pytest.raises(BadReply, match="tensor order does not name exactly its 1 tensors"):
             unpack(bad(save(tensors, metadata=metadata)), "statistics")
 
@@ -117,4 +117,4 @@ def test_a_malformed_train_reply_names_the_record() -> None:
     content = RecordDict({"adapters": bad(b"junk"), "stats": pack({}), "metrics": ConfigRecord({}),
                           "info": ConfigRecord({})})
     with pytest.raises(BadReply, match="malformed train reply's adapters: not a readable"):
-        protocol.read_train_reply(content)
+        messages.read_train_reply(content)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amole.client.routing_stats import expert_stat_key, router_stat_key
 from amole.moe import keys
+from amole.moe.keys import expert_stat_key, router_stat_key
 from server_app.replies import BadReply, check_upload
 
 M, R = "model.layers.0.self_attn.q_proj", 4

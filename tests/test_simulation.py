@@ -13,13 +13,13 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from amole.compose import compose
+from amole.compose import ConfigError, compose
 from amole.moe import keys
 from amole.server.assign import AssignmentError
 from client_app.app import app as client_app
 from client_app.messages import pack, unpack_torch
 from server_app import checkpoint
-from server_app.federation import run
+from server_app.strategy import run
 
 OVERRIDES = ["model=tiny", "scenario=synthetic", "budget=smoke"]
 
@@ -237,11 +237,14 @@ def test_every_strategy_runs_a_short_round(tmp_path: Path) -> None:
 
 
 def test_fdlora_with_routed_experts_cannot_be_configured() -> None:
-    """A strategy fixes its architecture: FDLoRA (or FedIT) always trains one plain LoRA per module, and the
-    old flags that could combine FDLoRA's private adapter with routed experts no longer exist."""
-    settings = compose([*OVERRIDES, "strategy=fdlora", "adapter.num_experts=30", "adapter.shared_expert=false"])
+    """A strategy fixes its architecture: FDLoRA (or FedIT) always trains one plain LoRA per module. Asking it for
+    routed experts is an error naming the key (never a silent reset), and the old flags that could combine
+    FDLoRA's private adapter with routed experts no longer exist."""
+    with pytest.raises(ConfigError, match="adapter.num_experts=30 contradicts strategy=fdlora"):
+        compose([*OVERRIDES, "strategy=fdlora", "adapter.num_experts=30"])
+    settings = compose([*OVERRIDES, "strategy=fdlora"])
     assert settings.adapter.num_experts == 0 and settings.adapter.shared_expert
-    with pytest.raises(Exception, match="private_adapter"):
+    with pytest.raises(ConfigError, match="private_adapter"):
         compose([*OVERRIDES, "strategy=fedamole", "fusion.private_adapter=true"])
 
 
@@ -323,10 +326,10 @@ def test_fedsa_lora_averages_a_and_keeps_b_at_the_client(tmp_path: Path) -> None
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_new_site_joins_in_round_2_with_experts_chosen_from_its_statistics(tmp_path: Path) -> None:
     """Client 2 was not in round 1; it is probed in round 2 and RSEA assigns it experts from its codes."""
-    from amole.client.routing_stats import router_stat_key
+    from amole.moe.keys import router_stat_key
     from amole.server.planner import plan
     from amole.server.routing_codes import embedding_matrices
-    from client_app import messages as protocol
+    from client_app import messages
 
     log: list = []
 
@@ -344,12 +347,12 @@ def test_a_new_site_joins_in_round_2_with_experts_chosen_from_its_statistics(tmp
     # In simulation the run directory also gets each client's latest kept model.
     assert all((tmp_path / "join" / "clients" / c / "model" / "amole_model.json").is_file() for c in ("0", "1", "2"))
 
-    probes = [(m, r) for m, r in log if m[0].metadata.message_type == protocol.PROBE_MESSAGE]
+    probes = [(m, r) for m, r in log if m[0].metadata.message_type == messages.PROBE_MESSAGE]
     assert len(probes) == 1
-    (messages, replies), = probes
-    sent = unpack_torch(messages[0].content["adapters"])
+    (sent_messages, replies), = probes
+    sent = unpack_torch(sent_messages[0].content["adapters"])
     assert sent and not any(".experts." in k for k in sent)  # shared expert and router only
-    probe_stats = protocol.read_probe_reply(replies[0].content)
+    probe_stats = messages.read_probe_reply(replies[0].content)
     # Round 2's plan is RSEA on round 1's uploads plus the newcomer's probe: recompute it and compare.
     settings = compose([*OVERRIDES, "federation.num_clients=2", "federation.max_clients=3"])
     (_, train1), = [(m, r) for m, r in log if m[0].metadata.message_type == "train"][:1]

@@ -7,7 +7,7 @@ import random
 import torch
 
 from amole.client import train
-from amole.client.routing_stats import collect_statistics, expert_stat_key, router_stat_key
+from amole.client.routing_stats import collect_statistics
 from amole.client.train import round_lr, train_steps
 from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
@@ -21,6 +21,7 @@ from amole.evaluation.evaluate import (
     standard_error,
 )
 from amole.moe.bank import create_bank, payload
+from amole.moe.keys import expert_stat_key, router_stat_key
 from amole.moe.model import export_adapters, import_adapters, inject
 
 

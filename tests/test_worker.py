@@ -20,7 +20,7 @@ from amole.backbones.loader import adapter_target_shapes
 from amole.compose import compose
 from amole.moe.bank import create_bank, payload
 from amole.site.folder import site_folder as core_site_folder
-from client_app import messages as protocol
+from client_app import messages
 from client_app.node import Clock, site_folder, uses_worker
 from client_app.runtime import run_request
 from client_app.worker_link import WorkerError, connect, run_in_worker, worker_place
@@ -32,17 +32,17 @@ def now() -> Clock:
     return Clock(time.time(), time.time())
 
 
-def request_for(site: Path, run_id: str = "run-a", idle_s: float = 120.0) -> tuple[protocol.Request, dict]:
+def request_for(site: Path, run_id: str = "run-a", idle_s: float = 120.0) -> tuple[messages.Request, dict]:
     """A round-1 train request for client 1 as the server sends it, read back as a ClientApp reads it."""
     settings = compose(["model=tiny", "scenario=synthetic", "budget=smoke", f"federation.worker_idle_s={idle_s}",
                         "federation.reply_timeout=1"])
     shapes = adapter_target_shapes(settings.model, settings.adapter.target_modules)
     sent = payload(create_bank(shapes, settings.adapter, seed=0), {n: [0, 3] for n in shapes})
-    content = protocol.round_request(protocol.settings_json(settings), 1, CLIENT, run_id, protocol.pack(sent))
-    return protocol.read_request(content), {"client-id": CLIENT, "site-dir": str(site)}
+    content = messages.round_request(messages.settings_json(settings), 1, CLIENT, run_id, messages.pack(sent))
+    return messages.read_request(content), {"client-id": CLIENT, "site-dir": str(site)}
 
 
-def same_result(a: protocol.ClientResult, b: protocol.ClientResult) -> None:
+def same_result(a: messages.ClientResult, b: messages.ClientResult) -> None:
     assert a.adapters.keys() == b.adapters.keys() and a.stats.keys() == b.stats.keys() and a.info == b.info
     for k in a.adapters:
         assert a.adapters[k].dtype == b.adapters[k].dtype and np.array_equal(a.adapters[k], b.adapters[k]), k
@@ -71,16 +71,16 @@ def test_worker_rounds_equal_in_process_rounds_and_a_killed_worker_is_replaced(t
     request.settings.federation.reply_timeout = 300.0
     place = worker_place(request, node)
     try:
-        warm = run_in_worker(protocol.TRAIN, request, node, now())
-        here = run_request(protocol.TRAIN, request, node, now())
+        warm = run_in_worker(messages.TRAIN, request, node, now())
+        here = run_request(messages.TRAIN, request, node, now())
         same_result(warm, here)  # the worker's upload is the in-process upload, bit for bit
         assert warm.metrics["overhead_s"] >= 0
         first = int(place.pid.read_text())
-        again = run_in_worker(protocol.TRAIN, request, node, now())  # same worker, state of round 1 gone
+        again = run_in_worker(messages.TRAIN, request, node, now())  # same worker, state of round 1 gone
         same_result(again, here)
         assert int(place.pid.read_text()) == first
         with pytest.raises(WorkerError, match="message for client 2 reached client 1"):  # fails the round only
-            run_in_worker(protocol.TRAIN, replace(request, client="2"), node, now())
+            run_in_worker(messages.TRAIN, replace(request, client="2"), node, now())
         assert int(place.pid.read_text()) == first
 
         os.kill(first, signal.SIGKILL)  # a crash: the socket file stays behind, nobody answers on it
@@ -89,7 +89,7 @@ def test_worker_rounds_equal_in_process_rounds_and_a_killed_worker_is_replaced(t
             time.sleep(0.05)
         assert place.socket.exists()
         request.settings.federation.num_rounds = 1  # this request is also the run's last: the worker then exits
-        after = run_in_worker(protocol.TRAIN, request, node, now())
+        after = run_in_worker(messages.TRAIN, request, node, now())
         same_result(after, here)
         assert gone(place)
         log = place.log.read_text()

@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 
 class DirectGrid:
-    """``get_node_ids`` and ``send_and_receive``, the two grid calls ``server_app.federation.run`` makes."""
+    """``get_node_ids`` and ``send_and_receive``, the two grid calls ``server_app.strategy.FedAMoLE.start`` makes."""
 
     def __init__(self, app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
         if num_nodes < 1:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from amole.strategies.registry import names as strategy_names
 from amole.util.atomic import atomic_path
 from tools.results_numbers import finite, fmt, in_order, mean
 from tools.results_plot import plot_file_name, plot_rounds
@@ -25,10 +26,9 @@ from tools.results_yardstick import (
     yardstick_by_client,
 )
 
-# Baselines compete for "best baseline"; static, random, homogeneous and no_shared are FedAMoLE's ablations.
-BASELINES = ("fedit", "fedit_ft", "local", "fdlora", "fedsa_lora")
-STRATEGY_ORDER = ("fedamole", "static", "random", "homogeneous", "no_shared", "fedit", "fedit_ft", "fdlora",
-                  "fedsa_lora", "local")
+# Baselines compete for "best baseline"; ablations do not. Both, and the table order, come from the registry.
+BASELINES = tuple(strategy_names("baseline"))
+STRATEGY_ORDER = tuple(strategy_names())
 SUMMARY_COLUMNS = ["scenario", "budget", "strategy", "n_seeds", "score_mean", "score_std", "best_score_mean",
                    "kb_up_per_client_round", "kb_down_per_client_round", "seconds_per_round", "client_s",
                    "train_s", "eval_s", "peak_total_mb",

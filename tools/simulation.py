@@ -16,7 +16,7 @@ from flwr.simulation import run_simulation
 
 from amole.config import Settings
 from client_app.app import app as client_app
-from server_app.federation import run
+from server_app.strategy import run
 from tools.resources import MemorySampler
 
 

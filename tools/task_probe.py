@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from amole.backbones.loader import load_base_model
-from amole.client.round import ClientJob, _train
+from amole.client.round import ClientJob, train_local
 from amole.compose import compose
 from amole.data.scenario import client_splits
 from amole.evaluation.evaluate import evaluate
@@ -41,7 +41,7 @@ def probe_task(model, tokenizer, settings, layers: dict, task: str, rounds: int)
         start = time.perf_counter()
         if r:
             job = ClientJob(model, tokenizer, splits, settings, r, "0", site, "probe")
-            _train(job, payload, seed=r)
+            train_local(job, payload, seed=r)
             payload = export_adapters(model)
         else:
             import_adapters(model, payload)

@@ -22,13 +22,12 @@ from amole.client.routing_stats import collect_statistics
 from amole.client.train import train_steps
 from amole.config import Settings
 from amole.data import ClientSplits, batches, collate, encode, pad_id_of
-from amole.evaluation.evaluate import answer_loss, evaluate
+from amole.evaluation.evaluate import evaluate
 from amole.moe import bank
 from amole.moe.model import amole_layers, export_adapters, import_adapters
 from amole.server.privacy import privatize
 from amole.site.folder import PrivateAdapters, model_folder
 from amole.site.personal import KeptInfo, keep_round
-from amole.strategies.fusion import merge, tune_weights
 from amole.util.seeds import stable_seed
 
 
@@ -80,7 +79,8 @@ def embedding_batches(tokenizer, splits: ClientSplits, settings: Settings) -> li
     return [collate(feats[i : i + size], pad) for i in range(0, len(feats), size)]
 
 
-def _train(job: ClientJob, payload: Mapping[str, Tensor], seed: int) -> tuple[dict[str, list[int]], dict[str, float]]:
+def train_local(job: ClientJob, payload: Mapping[str, Tensor],
+                seed: int) -> tuple[dict[str, list[int]], dict[str, float]]:
     """Load ``payload`` and run the local steps on the client's training split: (experts held, train metrics)."""
     torch.manual_seed(seed)
     held = import_adapters(job.model, payload)
@@ -94,7 +94,7 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
     start = time.perf_counter()
     model, tokenizer, splits, settings = job.model, job.tokenizer, job.splits, job.settings
     seed = stable_seed("round", settings.federation.seed, job.server_round, job.client)
-    held, metrics = _train(job, payload, seed)
+    held, metrics = train_local(job, payload, seed)
     trained = time.perf_counter()
     result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
     scored = time.perf_counter()
@@ -128,52 +128,6 @@ def routing_statistics(job: ClientJob) -> dict[str, Tensor]:
     if job.settings.assign.dp_eta is not None:
         stats = privatize(stats, job.settings.assign.dp_eta, job.settings.assign.dp_clip)
     return stats
-
-
-def train_dual_and_score(job: ClientJob, global_payload: Mapping[str, Tensor],
-                         private: Mapping[str, Tensor]) -> tuple[RoundResult, dict[str, Tensor]]:
-    """FDLoRA's round: train the private and the global LoRA in turn, tune their fusion, score the fused one.
-
-    Returns what is uploaded (the trained global LoRA only) and the client's new private LoRA, which never
-    leaves it. The model holds one plain LoRA per module (no routed experts); it is loaded three ways in turn.
-    """
-    model, tokenizer, splits, settings = job.model, job.tokenizer, job.splits, job.settings
-    if not splits.eval:
-        raise ValueError(f"client {job.client}: FDLoRA tunes its fusion weights on the eval split, which is empty "
-                         "(raise scenario.eval_cap / eval_frac)")
-    start = time.perf_counter()
-    cfg = settings.train
-    phases = {}
-    for phase, payload in (("private", private), ("global", global_payload)):
-        seed = stable_seed("round", settings.federation.seed, job.server_round, job.client, phase)
-        phases[phase] = (_train(job, payload, seed)[1], export_adapters(model))
-    (private_metrics, new_private), (metrics, new_global) = phases["private"], phases["global"]
-
-    def loss_of(adapters: Mapping[str, Tensor]) -> float:
-        import_adapters(model, adapters)
-        return answer_loss(model, tokenizer, splits.eval, cfg.max_seq_len, settings.eval.batch_size)
-
-    trained = time.perf_counter()
-    fusion = tune_weights(loss_of, new_private, new_global, settings.fusion)
-    import_adapters(model, merge(new_private, new_global, fusion.w_private, fusion.w_global))
-    fused = time.perf_counter()
-    result = evaluate(model, tokenizer, splits.test, cfg.max_seq_len, settings.eval)
-    end = time.perf_counter()
-    job.keep_model(result["score"], result["metric"])  # the fused adapter it was scored with
-    metrics.update({f"private_{k}": v for k, v in private_metrics.items() if k.startswith("train_")})
-    metrics.update(
-        **score_metrics(result),
-        num_examples=float(len(splits.train)),
-        experts_mean=0.0,
-        fusion_w_private=fusion.w_private,
-        fusion_w_global=fusion.w_global,
-        fusion_objective=fusion.objective,
-        fusion_evals=float(fusion.evaluations),
-        seconds=end - start,
-        train_s=trained - start, fusion_s=fused - trained, eval_s=end - fused,
-    )
-    info = {"task": splits.task, "metric": result["metric"]}
-    return RoundResult(new_global, {}, metrics, info), new_private
 
 
 def score(job: ClientJob, payload: Mapping[str, Tensor]) -> dict:

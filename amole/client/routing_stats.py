@@ -14,15 +14,8 @@ from torch import Tensor, nn
 
 from amole.backbones.loader import model_device
 from amole.client.losses import kept_logits
+from amole.moe.keys import expert_stat_key, router_stat_key
 from amole.moe.model import amole_layers, token_mask
-
-
-def router_stat_key(module: str) -> str:
-    return f"{module}.t"
-
-
-def expert_stat_key(module: str, expert: int) -> str:
-    return f"{module}.e.{expert}"
 
 
 @torch.no_grad()

@@ -24,7 +24,8 @@ from amole.evaluation.choices import choice_losses
 from amole.evaluation.rouge_l import metric_name, rouge_l_f
 
 __all__ = ["Prediction", "answer_lengths", "answer_loss", "choice_accuracy", "choice_hits", "choice_losses",
-           "evaluate", "generate", "pick", "rouge_l", "rouge_predictions", "sequence_losses", "standard_error"]
+           "evaluate", "evaluate_examples", "generate", "pick", "rouge_l", "rouge_predictions", "sequence_losses",
+           "standard_error"]
 DECODINGS = ("greedy", "generation_config")
 
 
@@ -147,6 +148,13 @@ def evaluate(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: 
     """The client's score on ``examples`` (accuracy for multiple-choice tasks, Rouge-L for generative ones), its
     standard error over the examples (``score_se``), the number of examples scored (``n``) and, for generation,
     the mean answer length in tokens (``gen_tokens``: longer answers cost evaluation time and move Rouge-L)."""
+    return evaluate_examples(model, tokenizer, examples, max_len, cfg)[0]
+
+
+def evaluate_examples(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: int,
+                      cfg: EvalConfig) -> tuple[dict, list[dict]]:
+    """:func:`evaluate`'s result and one row per example (prompt, target, prediction and its score): what the
+    federation reports and what ``amole evaluate`` writes, computed one way."""
     if not examples:
         raise ValueError("no evaluation examples")
     was_training = model.training
@@ -154,14 +162,21 @@ def evaluate(model: nn.Module, tokenizer, examples: Sequence[Example], max_len: 
     extra: dict[str, float] = {}
     try:
         if all(ex.is_choice for ex in examples):
-            values: list[float] = list(choice_hits(model, tokenizer, examples, max_len, cfg.batch_size))
+            losses = choice_losses(model, tokenizer, examples, max_len, cfg.batch_size)
+            rows = [{"prompt": ex.prompt, "choices": list(ex.choices), "target": ex.target,
+                     "prediction": ex.choices[pick(scores)], "losses": scores, "correct": pick(scores) == ex.label}
+                    for ex, scores in zip(examples, losses, strict=True)]
+            values = [float(row["correct"]) for row in rows]
             metric = "accuracy"
         else:
             preds = rouge_predictions(model, tokenizer, examples, max_len, cfg)
+            rows = [{"prompt": ex.prompt, "target": ex.target, "prediction": p.text, "rougeL": p.rouge_l,
+                     "tokens": p.tokens} for ex, p in zip(examples, preds, strict=True)]
             values = [p.rouge_l for p in preds]
             extra["gen_tokens"] = statistics.fmean(p.tokens for p in preds)
             metric = metric_name(cfg.rouge)
     finally:
         model.train(was_training)
-    return {"score": sum(values) / len(values), "score_se": standard_error(values), "metric": metric,
-            "n": len(examples), **extra}
+    result = {"score": sum(values) / len(values), "score_se": standard_error(values), "metric": metric,
+              "n": len(examples), **extra}
+    return result, rows

@@ -27,6 +27,16 @@ def expert_key(module: str, expert: int, part: str) -> str:
     return f"{module}.{EXPERTS}.{expert}.{part}"
 
 
+def router_stat_key(module: str) -> str:
+    """A client's mean router code over its embedding set (routing statistics, spec §2)."""
+    return f"{module}.t"
+
+
+def expert_stat_key(module: str, expert: int) -> str:
+    """A held expert's mean code over the client's embedding set."""
+    return f"{module}.e.{expert}"
+
+
 @dataclass(frozen=True)
 class Key:
     """A parsed tensor name: ``kind`` is router / shared / experts; ``part`` is A or B (None for router)."""

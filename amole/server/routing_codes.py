@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amole.client.routing_stats import expert_stat_key, router_stat_key
+from amole.moe.keys import expert_stat_key, router_stat_key
 
 
 def embedding_matrices(

@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--model", required=True, help="a kept model folder (or a site folder: its best/)")
     x.add_argument("--out", required=True, help="folder to write (replaces only an earlier AMoLE model folder)")
 
+    f = sub.add_parser("config", help="print the composed configuration of a run (YAML)",
+                       description="Compose conf/ with Hydra overrides, as a run would, and print the result; an "
+                                   "unknown preset, group or key, or a key the strategy fixes set otherwise, is one "
+                                   "line naming it and what exists (exit code 2).")
+    f.add_argument("overrides", nargs="*", help="e.g. budget=cpu_small strategy=fedit train.steps=10")
+
     c = sub.add_parser("check-data", help="check a site's own data file before joining a federation")
     c.add_argument("--data", required=True, help="file or folder, as the node's data-path")
     return parser
@@ -198,39 +204,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 # evaluate / export / check-data
 
 
-def score_examples(model: Any, tokenizer: Any, examples: Sequence[Any], max_len: int,
-                   cfg: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The federation's score (amole.evaluation.evaluate) and one prediction row per example."""
-    from tqdm import tqdm
-
-    from amole.evaluation.evaluate import choice_losses, pick, rouge_predictions
-    from amole.evaluation.rouge_l import metric_name
-
-    preds: list[dict[str, Any]] = []
-    step = max(cfg.batch_size, 1)
-    bar = tqdm(total=len(examples), desc="scoring", unit="example", disable=None)
-    if all(ex.is_choice for ex in examples):
-        for start in range(0, len(examples), step):
-            chunk = examples[start : start + step]
-            for ex, losses in zip(chunk, choice_losses(model, tokenizer, chunk, max_len, cfg.batch_size), strict=True):
-                chosen = pick(losses)
-                preds.append({"prompt": ex.prompt, "choices": list(ex.choices), "target": ex.target,
-                              "prediction": ex.choices[chosen], "losses": losses, "correct": chosen == ex.label})
-            bar.update(len(chunk))
-        bar.close()
-        score, metric = sum(p["correct"] for p in preds) / len(preds), "accuracy"
-    else:
-        for start in range(0, len(examples), step):
-            chunk = examples[start : start + step]
-            for ex, p in zip(chunk, rouge_predictions(model, tokenizer, chunk, max_len, cfg), strict=True):
-                preds.append({"prompt": ex.prompt, "target": ex.target, "prediction": p.text, "rougeL": p.rouge_l,
-                              "tokens": p.tokens})
-            bar.update(len(chunk))
-        bar.close()
-        score, metric = sum(p["rougeL"] for p in preds) / len(preds), metric_name(cfg.rouge)
-    return {"score": score, "metric": metric, "n": len(preds)}, preds
-
-
 def _split_examples(meta: dict[str, Any], split: str, data_path: str | None) -> list[Any]:
     """One split of the client's data as the federation made it (scenario, seed and client from the folder)."""
     from amole.config import ScenarioConfig, from_dict
@@ -265,7 +238,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg.max_new_tokens = args.max_new_tokens or cfg.max_new_tokens
     out = Path(args.predictions or f"{Path(args.data).stem if args.data else args.split}.predictions.jsonl")
     model, tokenizer = load_personalized(meta["folder"], device=args.device)
-    result, preds = score_examples(model, tokenizer, examples, meta["max_seq_len"], cfg)
+    from amole.evaluation.evaluate import evaluate_examples
+
+    result, preds = evaluate_examples(model, tokenizer, examples, meta["max_seq_len"], cfg)
     write_jsonl(out, preds)
     print(json.dumps({**result, "data": args.data, "split": args.split, "model": meta["folder"],
                       "predictions": str(out)}))
@@ -297,8 +272,19 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from amole.compose import ConfigError, config_yaml
+
+    try:
+        print(config_yaml(args.overrides), end="")
+    except ConfigError as err:
+        print(f"amole config: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS = {"generate": _cmd_generate, "evaluate": _cmd_evaluate, "export": _cmd_export,
-            "check-data": _cmd_check_data}
+            "check-data": _cmd_check_data, "config": _cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,7 +71,7 @@ def one_round(args: argparse.Namespace) -> dict:
     # Imported here, not above: the bench needs neither Flower nor Hydra, so it runs where they are missing.
     from amole.compose import settings_from_cfg
     from client_app.app import app as client_app
-    from server_app.federation import run
+    from server_app.strategy import run
     from tools.direct_grid import DirectGrid
     from tools.experiment import compose_job, experiment_options
 
