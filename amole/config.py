@@ -145,6 +145,7 @@ class FederationConfig:
     site_dir: str | None = None  # each client's site folder (amole.site); a node's ``site-dir`` wins; None: default
     client_worker: str = "auto"  # on: a resident worker per site keeps the model loaded; auto: on unless simulated
     worker_idle_s: float = 900.0  # an unused worker exits after this (never sooner than reply_timeout)
+    eval_round0: bool | None = None  # score every client's untrained model before round 1 (the paper's --test_init)
 
 
 @dataclass

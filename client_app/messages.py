@@ -253,15 +253,19 @@ def read_probe_reply(content: RecordDict) -> dict[str, Tensor]:
 def evaluate_reply(result: ClientResult) -> RecordDict:
     metrics: dict[str, Any] = {k: float(v) for k, v in result.metrics.items()}
     metrics["num_examples"] = int(result.metrics["num_examples"])
-    return RecordDict({METRICS: MetricRecord(metrics)})
+    info = {k: str(v) for k, v in result.info.items() if k in (TASK, METRIC)}
+    return RecordDict({METRICS: MetricRecord(metrics), **({INFO: ConfigRecord(info)} if info else {})})
 
 
-def read_evaluate_reply(content: RecordDict) -> dict[str, float | int]:
-    """The score of the aggregate, with its SPREAD_METRICS when the client sent them."""
+def read_evaluate_reply(content: RecordDict) -> dict[str, Any]:
+    """The score of the aggregate (or of the untrained model in round 0), with its SPREAD_METRICS, task and
+    metric when the client sent them."""
     try:
         m = content[METRICS]
-        out: dict[str, float | int] = {"score": float(m["score"])}
+        out: dict[str, Any] = {"score": float(m["score"])}
         out.update({k: float(m[k]) for k in SPREAD_METRICS if k in m})
+        if INFO in content:
+            out.update({k: str(content[INFO][k]) for k in (TASK, METRIC) if k in content[INFO]})
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed evaluate reply: {type(err).__name__}: {err}") from None
     if not math.isfinite(out["score"]):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from amole.backbones.loader import load_base_model
-from amole.client.round import ClientJob, score_metrics
+from amole.client.round import ClientJob, score_metrics, score_untrained
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
@@ -81,8 +81,9 @@ def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clo
              "handler ran)", request.server_round, kind, timing["overhead_s"], timing["startup_s"],
              timing["startup_cpu_s"])
     if kind == EVALUATE:
-        scored = procedure.score(job, payload)
-        return ClientResult({**score_metrics(scored), "num_examples": len(job.splits.test), **timing})
+        scored = score_untrained(job) if request.server_round == 0 else procedure.score(job, payload)
+        return ClientResult({**score_metrics(scored), "num_examples": len(job.splits.test), **timing},
+                            info={"task": job.splits.task, "metric": scored["metric"]})
     if kind == PROBE:
         return ClientResult({**timing}, stats=_numpy(procedure.probe(job, payload)))
     if kind != TRAIN:

@@ -32,6 +32,7 @@ from typing import Any
 
 from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no global state, nothing to close
 
+from amole.evaluation.gains import gains_markdown, site_gains
 from amole.server.privacy import EXPLANATION
 from amole.site.folder import model_folder, site_folder
 from amole.site.personal import copy_model
@@ -174,7 +175,15 @@ def render_markdown(metrics: dict, plots: list[str]) -> str:
             f" | {_fmt(s['mb_down'], 2)} | {_fmt(s['seconds'], 1)} | {_fmt(s['assign_seconds'], 2)}"
             f" | {_fmt(s['overhead_s'], 1)} |"
         )
+    if "round0" in metrics:
+        r0 = metrics["round0"]
+        s0 = [float(c["score"]) for c in r0.get("clients", {}).values()]
+        lines.insert(lines.index("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|") + 1,
+                     f"| 0 (untrained) | {_fmt(_mean(s0))} | {_fmt(min(s0, default=math.nan))}"
+                     f" | {_fmt(max(s0, default=math.nan))} | – | – | – | –"
+                     f" | {_fmt(float(r0.get('seconds', math.nan)), 1)} | – | – |")
     lines += _membership(rounds)
+    lines += ["", *gains_markdown(site_gains(metrics), last["round"])]
     lines += ["", f"## Clients, last round ({last['round']})", "", *_client_table(last), ""]
     if best is not None and best is not last:
         lines += [f"## Clients, best round ({best['round']})", "", *_client_table(best), ""]

@@ -128,6 +128,8 @@ class FedAMoLE(Strategy):
             bank = initial_arrays.to_torch_state_dict() if initial_arrays else None
             self.state = fresh_state(self.settings, client_order(nodes)[: fed.num_clients], bank)
             self.state.metrics = {"run": run_header(self.settings, self.run_dir.name), "rounds": []}
+        if fed.eval_round0 and self.state.round == 0 and "round0" not in self.state.metrics:
+            self.score_untrained(grid, nodes, timeout)
         result = Result()
         with RunReport(self.run_dir) as report:
             for server_round in range(self.state.round + 1, num_rounds + 1):
@@ -142,6 +144,19 @@ class FedAMoLE(Strategy):
                 self.end_round(server_round, report)
         result.arrays = ArrayRecord(torch_state_dict=self.state.bank)
         return result
+
+    def score_untrained(self, grid: Grid, nodes: dict[str, int], timeout: float) -> None:
+        """Round 0 (the paper's ``--test_init``): every client scores its untrained model on its test split, so
+        each site's personalized score can be read against where it started; kept as ``metrics["round0"]``."""
+        started, state = time.perf_counter(), self.state
+        present = [c for c in state.clients if c in nodes]
+        out, _ = self._messages({c: nodes[c] for c in present}, {c: {} for c in present}, 0, MessageType.EVALUATE)
+        scores = collect_scores(grid.send_and_receive(out, timeout=timeout), sent_to(out, present), 0)
+        state.metrics["round0"] = {"round": 0, "seconds": time.perf_counter() - started, "clients": scores,
+                                   "absent": [c for c in present if c not in scores]}
+        mean = np.mean([s["score"] for s in scores.values()]) if scores else float("nan")
+        log.info("round 0 (untrained): mean score %.4f over %d clients, %.1f s", mean, len(scores),
+                 state.metrics["round0"]["seconds"])
 
     def end_round(self, server_round: int, report: RunReport) -> None:
         """Record the round, checkpoint it, update the report and copy the sites' kept models into the run."""

@@ -138,6 +138,13 @@ def score(job: ClientJob, payload: Mapping[str, Tensor]) -> dict:
     return result
 
 
+def score_untrained(job: ClientJob) -> dict:
+    """Round 0: the client's model before any training (the seeded init; every B is zero, so it answers as the
+    backbone does) scored on its test split. Nothing is kept: a site's kept model is always a trained one."""
+    import_adapters(job.model, initial_adapters(job.model, job.settings))
+    return evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
+
+
 def initial_adapters(model: nn.Module, settings: Settings) -> dict[str, Tensor]:
     """A local-only client's starting point: the seeded init every client of a federation would receive."""
     shapes = {n: (m.in_features, m.out_features) for n, m in amole_layers(model).items()}
