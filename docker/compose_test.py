@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,8 @@ SITES = 3
 FLOWER_IMAGES = ("flwr/superlink", "flwr/supernode")
 SYNTHETIC_TASKS = ("reverse", "upper", "copy")  # conf/scenario/synthetic.yaml: generated, nothing to download
 
+
+RUN_ENDED = re.compile(r"run \S+ (completed|failed) after")
 
 def log(msg: str) -> None:
     print(f"[compose-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -292,6 +295,7 @@ def federate(args: argparse.Namespace, tmp: Path, compose: Compose, result: Resu
     runner = subprocess.Popen(cmd, env=cli_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
     round2 = threading.Event()
+    ended: list[str] = []  # the strategy's own last word (server_app/strategy.py): "run ... completed|failed ..."
 
     def pump() -> None:
         for line in runner.stdout:
@@ -299,6 +303,8 @@ def federate(args: argparse.Namespace, tmp: Path, compose: Compose, result: Resu
             sys.stdout.flush()
             if dt.ROUND_2.search(line):
                 round2.set()
+            if RUN_ENDED.search(line):
+                ended.append(line.strip())
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -341,7 +347,13 @@ def federate(args: argparse.Namespace, tmp: Path, compose: Compose, result: Resu
     log(f"Flower run status: {status}")
     if result.killed:
         result.rejoined = rejoined_at is not None
-    result.status = "completed" if status.split()[0].endswith(":completed") else "failed"
+    # Flower reports a run whose ServerApp raised as completed: the strategy's own record decides. The run folder
+    # is inside the ServerApp's container, so its outcome is read from the line the strategy logs with it.
+    said = ended[-1] if ended else "the ServerApp logged no end of the run"
+    if not (ended and RUN_ENDED.search(said).group(1) == "completed"):
+        log(f"the run failed: {said}")
+    result.status = "completed" if status.split()[0].endswith(":completed") and ended and \
+        RUN_ENDED.search(said).group(1) == "completed" else "failed"
 
 
 def teardown(compose: Compose, tmp: Path, show_logs: bool) -> None:

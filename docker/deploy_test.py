@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: server_app.outcome
 import flower_commands as fc  # noqa: E402 - docker/ is not a package
 import processes  # noqa: E402
 from flower_cli import (  # noqa: E402
@@ -54,6 +55,8 @@ from flower_cli import (  # noqa: E402
     write_profile,
 )
 from processes import Cluster, Managed  # noqa: E402
+
+from server_app.outcome import read_outcome  # noqa: E402
 
 NODES = 3
 ROUND_2 = re.compile(r"round 2/\d+|round 1: mean score")  # the ServerApp's log: round 2 starts (or round 1 ended)
@@ -334,7 +337,13 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
         log(f"run report: {reports[-1]}")
     result.overhead_s = overhead(tmp / "runs", tmp)
     result.site_models = check_site_models(tmp)
-    result.status = "completed" if flower_status.endswith(":completed") else "failed"
+    # Flower reports a run whose ServerApp raised as completed: the run's own record decides (server_app/outcome.py)
+    runs = sorted((tmp / "runs").glob("*/"))
+    outcome = read_outcome(runs[-1]) if runs else {"status": "failed", "error": f"no run folder in {tmp / 'runs'}"}
+    if outcome["status"] != "completed":
+        log(f"the run failed: {outcome['error']}")
+    result.status = "completed" if outcome["status"] == "completed" and flower_status.endswith(":completed") \
+        else "failed"
 
 
 def check_site_models(tmp: Path) -> int:

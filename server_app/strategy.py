@@ -42,6 +42,7 @@ from client_app import messages
 from server_app import checkpoint
 from server_app.checkpoint import ServerState
 from server_app.client_ids import ClientRegistry, client_order
+from server_app.outcome import COMPLETED, FAILED, error_line, write_outcome
 from server_app.replies import collect, collect_probes, collect_scores, sent_to
 from server_app.run_report import RunReport, copy_client_models
 from server_app.run_state import (
@@ -93,13 +94,17 @@ class FedAMoLE(Strategy):
             log.info("resuming %s after round %d", self.run_dir, self.state.round)
         else:
             self.run_dir = Path(runs_dir or settings.federation.runs_dir) / run_name(settings)
-        check_fixed(settings)
         self.settings = settings
-        self.rules = method_named(settings.federation.strategy).server
         fed = settings.federation
-        if self.state is None and self.rules.routed:  # fail before any work, for as many clients as may ever join
-            adapted_constraints(settings.assign, settings.adapter.num_experts, max(fed.num_clients,
-                                                                                   fed.max_clients or 0))
+        try:
+            check_fixed(settings)
+            self.rules = method_named(fed.strategy).server
+            if self.state is None and self.rules.routed:  # fail before any work, for all clients that may join
+                adapted_constraints(settings.assign, settings.adapter.num_experts, max(fed.num_clients,
+                                                                                       fed.max_clients or 0))
+        except Exception as err:
+            write_outcome(self.run_dir, FAILED, 0, fed.num_rounds, err)
+            raise
         self.registry: ClientRegistry | None = None
         self._round: _Round | None = None
         self._privacy: dict[str, Any] = {}
@@ -117,9 +122,23 @@ class FedAMoLE(Strategy):
         """Run (or resume) the federation to ``num_rounds`` (default ``federation.num_rounds``). The bank starts
         from ``initial_arrays`` when given (else seeded from the config); ``timeout`` defaults to
         ``federation.reply_timeout``."""
+        num_rounds = num_rounds or self.settings.federation.num_rounds
+        try:
+            result = self._run(grid, initial_arrays, num_rounds, timeout or self.settings.federation.reply_timeout,
+                               train_config, evaluate_config)
+        except BaseException as err:
+            done = self.state.round if self.state is not None else 0
+            write_outcome(self.run_dir, FAILED, done, num_rounds, err)
+            log.error("run %s failed after %d of %d rounds: %s", self.run_dir.name, done, num_rounds,
+                      error_line(err))
+            raise
+        write_outcome(self.run_dir, COMPLETED, self.state.round, num_rounds)
+        log.info("run %s completed after %d of %d rounds", self.run_dir.name, self.state.round, num_rounds)
+        return result
+
+    def _run(self, grid: Grid, initial_arrays: ArrayRecord | None, num_rounds: int, timeout: float,
+             train_config: ConfigRecord | None, evaluate_config: ConfigRecord | None) -> Result:
         fed = self.settings.federation
-        num_rounds = num_rounds or fed.num_rounds
-        timeout = timeout or fed.reply_timeout
         self.summary()
         self.registry = ClientRegistry(grid, messages.settings_json(self.settings), fed.query_timeout)
         nodes = self.registry.wait_for(fed.num_clients if self.state is None else fed.min_clients,

@@ -23,7 +23,8 @@ def test_runner_smoke_writes_run_dirs_and_skips_completed_runs(tmp_path: Path, c
     assert [r.status for r in first] == ["completed", "completed"], [r.message for r in first]
     for name in ("synthetic-fedamole-s0", "synthetic-local-s0"):
         run_dir = runs / name
-        assert {"metrics.json", "checkpoint.pt", "report.md", "experiment.json"} <= {p.name for p in run_dir.iterdir()}
+        names = {p.name for p in run_dir.iterdir()}
+        assert {"metrics.json", "checkpoint.safetensors", "report.md", "experiment.json"} <= names
         record = json.loads((run_dir / "experiment.json").read_text())
         assert record["status"] == "completed" and record["budget"] == "smoke" and record["command"] == "pytest sweep"
         assert record["peak_memory"]["peak_total_mb"] > 0 and record["calls"][0]["rounds_after"] == 1

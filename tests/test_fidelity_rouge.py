@@ -68,3 +68,45 @@ def test_names() -> None:
     assert metric_name("rouge_paper") == "rougeL_paper"
     with pytest.raises(ValueError, match="eval.rouge"):
         rouge_l_f("rouge2")
+
+
+def test_reliability_rouge_paper_scores_a_long_reference_without_crashing() -> None:
+    """The shape of Dolly row 620 (a 1,166-word response with no period): the package's recursive LCS rebuild
+    exceeds Python's recursion limit; the score equals what the package gives with the limit raised."""
+    import random
+    import sys
+
+    from rouge import Rouge
+
+    from amole.evaluation.rouge_l import rouge_paper_f
+
+    rng = random.Random(620)
+    words = [rng.choice(["the", "model", "answers", "data", "site", "federation", "expert", "round"])
+             for _ in range(1166)]
+    reference, generated = " ".join(words), " ".join(words[:120])
+    with pytest.raises(RecursionError):
+        Rouge().get_scores(generated, reference)
+    got = rouge_paper_f(reference, generated)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        want = Rouge().get_scores(generated, reference)[0]["rouge-l"]["f"]
+    finally:
+        sys.setrecursionlimit(limit)
+    assert got == want and 0 < got < 1
+
+
+def test_reliability_iterative_lcs_rebuild_equals_the_packages() -> None:
+    import random
+
+    from rouge import rouge_score as package
+
+    from amole.evaluation.rouge_l import _recon_lcs_iterative
+
+    rng = random.Random(0)
+    for _ in range(300):
+        x = [rng.choice("abcde") for _ in range(rng.randint(0, 30))]
+        y = [rng.choice("abcdef") for _ in range(rng.randint(0, 30))]
+        for exclusive in (True, False):
+            ours, theirs = _recon_lcs_iterative(x, y, exclusive), package._recon_lcs(x, y, exclusive)
+            assert len(ours) == len(theirs) and ours._ngrams == theirs._ngrams

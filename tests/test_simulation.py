@@ -19,6 +19,7 @@ from amole.server.assign import AssignmentError
 from client_app.app import app as client_app
 from client_app.messages import pack, unpack_torch
 from server_app import checkpoint
+from server_app.outcome import read_outcome
 from server_app.strategy import run
 
 OVERRIDES = ["model=tiny", "scenario=synthetic", "budget=smoke"]
@@ -118,7 +119,7 @@ def test_round_loop_payloads_aggregation_and_resume(tmp_path: Path) -> None:
 
     # Clients hold different numbers of experts somewhere, and the run directory has its files.
     run_dir = tmp_path / "full"
-    assert {"metrics.json", "report.md", "checkpoint.pt"} <= {p.name for p in run_dir.iterdir()}
+    assert {"metrics.json", "report.md", "checkpoint.safetensors"} <= {p.name for p in run_dir.iterdir()}
 
     # The ServerApp dies after round 1 (as it sends round 2); resume gives the unbroken run's tensors.
     assert simulate(tmp_path, "resumed", crash_after=1) is None
@@ -290,7 +291,9 @@ def test_a_federation_that_would_leave_a_client_without_experts_fails_at_start(t
                         "assign.clients_per_expert=2", "assign.min_experts=1"])
     with pytest.raises(AssignmentError, match=r"N=2 x clients_per_expert K=2 = 4 expert slots < C=5 clients"):
         run(NoGrid(), settings, runs_dir=tmp_path)
-    assert not any(tmp_path.iterdir())
+    (run_dir,) = tmp_path.iterdir()  # nothing but the recorded failure
+    assert [p.name for p in run_dir.iterdir()] == ["outcome.json"]
+    assert read_outcome(run_dir)["error"].startswith("AssignmentError: every client must hold")
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

@@ -49,4 +49,4 @@ def test_the_docs_server_app_runs_fedamole_in_simulation(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "round 1: mean score" in out and "round 2: mean score" in out, out[-2000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "metrics.json").is_file()
+    assert (run_dir / "checkpoint.safetensors").is_file() and (run_dir / "metrics.json").is_file()

@@ -66,7 +66,7 @@ def retarget_checkpoint(run_dir: Path, settings: Settings, num_rounds: int) -> N
 
 def rounds_done(run_dir: Path) -> tuple[int, dict[str, Any] | None]:
     """(rounds in the run's checkpoint, its settings); (0, None) when it has none yet."""
-    if not (run_dir / checkpoint.CHECKPOINT).is_file():
+    if not checkpoint.exists(run_dir):
         return 0, None
     state = checkpoint.load(run_dir)
     return int(state.round), state.settings
