@@ -230,6 +230,10 @@ def _privacy_section(rounds: list[dict]) -> list[str]:
             total[cid] = total.get(cid, 0.0) + float(g["epsilon_round"])
         lines.append(f"| {r['round']} | {p['eta']:g} | {p['clip']:g} | {p['epsilon_per_vector']:g} "
                      f"| {p['epsilon_round_max']:g} | {max(total.values(), default=0.0):g} |")
+    probed = {c for r in rows for c, g in r["privacy"].get("clients", {}).items() if g.get("probe_vectors")}
+    lines += ["", "ε cumulative per site (every release counted, a joining site's probe included"
+              f"{': ' + ', '.join(sorted(probed, key=natural_key)) + ' probed' if probed else ''}): "
+              + ", ".join(f"{c} {total[c]:g}" for c in sorted(total, key=natural_key)) + "."]
     return [*lines, ""]
 
 

@@ -79,10 +79,16 @@ def update_codes(state: ServerState, stats: list[dict], clients: list[str], modu
             state.client_codes.setdefault(c, {})[m] = T[i].numpy()
 
 
-def privacy_entry(settings: Settings, stats: dict[str, dict]) -> dict[str, Any]:
-    """What the DP mechanism guaranteed this round: epsilon per vector and per client (amole.server.privacy)."""
+def privacy_entry(settings: Settings, stats: dict[str, dict], probes: dict[str, dict] | None = None) -> dict[str, Any]:
+    """What the DP mechanism guaranteed this round: epsilon per vector and per client (amole.server.privacy).
+
+    Every release counts: a joining site's probe statistics (sent once, before it trains) add to its round's
+    vectors, also when its training reply then never arrives."""
     eta, clip = float(settings.assign.dp_eta), float(settings.assign.dp_clip)
-    per_client = {c: Guarantee(eta, clip, len(s)).to_dict() for c, s in stats.items()}
+    probes = probes or {}
+    per_client = {c: {**Guarantee(eta, clip, len(stats.get(c, {})) + len(probes.get(c, {}))).to_dict(),
+                      **({"probe_vectors": len(probes[c])} if c in probes else {})}
+                  for c in [*stats, *(c for c in probes if c not in stats)]}
     return {"eta": eta, "clip": clip, "epsilon_per_vector": Guarantee(eta, clip, 1).epsilon_per_vector,
             "epsilon_round_max": max((g["epsilon_round"] for g in per_client.values()), default=0.0),
             "clients": per_client}

@@ -108,6 +108,7 @@ class FedAMoLE(Strategy):
         self.registry: ClientRegistry | None = None
         self._round: _Round | None = None
         self._privacy: dict[str, Any] = {}
+        self._probes: dict[str, dict] = {}  # this round's probe statistics by client (released under DP too)
 
     def summary(self) -> None:
         fed = self.settings.federation
@@ -200,6 +201,7 @@ class FedAMoLE(Strategy):
         started = time.perf_counter()
         settings, state, fed = self.settings, self.state, self.settings.federation
         nodes = self.registry.refresh()
+        self._probes = {}
         joined = self._admit(grid, nodes, server_round)
         present = [c for c in state.clients if c in nodes]
         if len(present) < fed.min_clients:
@@ -243,7 +245,7 @@ class FedAMoLE(Strategy):
         p.clients = {c: {**valid[c].metrics, "bytes_down": int(p.down[c]),
                          "experts": {m: len(ids) for m, ids in p.used.held(c).items()}} for c in p.order}
         if settings.assign.dp_eta is not None:
-            self._privacy = privacy_entry(settings, {c: valid[c].stats for c in p.order})
+            self._privacy = privacy_entry(settings, {c: valid[c].stats for c in p.order}, self._probes)
         return ArrayRecord(torch_state_dict=state.bank), _mean_scores(p.clients)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -291,6 +293,7 @@ class FedAMoLE(Strategy):
             out, _ = self._messages(nodes, sent, server_round, messages.PROBE_MESSAGE)
             replies = grid.send_and_receive(out, timeout=fed.reply_timeout)
             probes = collect_probes(replies, sent_to(out, new), modules, self.settings.adapter.r, server_round)
+            self._probes = probes
             for client, stats in probes.items():
                 state.client_codes[client] = {m: stats[router_stat_key(m)].double().numpy() for m in modules}
             new = [c for c in new if c in probes]

@@ -70,3 +70,23 @@ def test_privacy_parameters_are_checked() -> None:
         privatize(clean_stats(), eta=0.0, clip=1.0)
     with pytest.raises(ValueError, match="dp_clip"):
         privatize(clean_stats(), eta=1.0, clip=0.0)
+
+
+def test_reliability_epsilon_counts_every_release_including_a_joining_sites_probe() -> None:
+    import torch
+
+    from amole.compose import compose
+    from server_app.run_report import _privacy_section
+    from server_app.run_state import privacy_entry
+
+    settings = compose(["model=tiny", "budget=smoke", "scenario=synthetic", "assign.dp_eta=10", "assign.dp_clip=0.5"])
+    eps = 2 * 10 * 0.5
+    two, one = {"a": torch.zeros(2), "b": torch.zeros(2)}, {"x": torch.zeros(2)}
+    absent_after_probe = privacy_entry(settings, {"0": two}, {"2": one})
+    assert absent_after_probe["clients"]["2"] == {"eta": 10.0, "clip": 0.5, "vectors": 1, "epsilon_per_vector": eps,
+                                                  "epsilon_round": eps, "probe_vectors": 1}
+    rounds = [{"round": 1, "privacy": privacy_entry(settings, {"0": two, "1": two})},
+              {"round": 2, "privacy": privacy_entry(settings, {"0": two, "1": two, "2": two}, {"2": one})}]
+    assert rounds[1]["privacy"]["clients"]["2"]["epsilon_round"] == 3 * eps
+    text = "\n".join(_privacy_section(rounds))
+    assert f"0 {4 * eps:g}, 1 {4 * eps:g}, 2 {3 * eps:g}." in text and "2 probed" in text

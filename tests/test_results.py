@@ -217,3 +217,17 @@ def test_cli_without_runs(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "docs")]) == 0
     assert "No run directory found" in (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_assignment_churn_kept_share_and_concentration() -> None:
+    from tools.results_churn import assignment_churn
+
+    def rnd(n: int, held: list[list[int]]) -> dict:
+        return {"round": n, "assignment_clients": ["0", "1"], "assignment": {"m": held}}
+
+    same = [rnd(1, [[0], [1]]), rnd(2, [[0], [1]]), rnd(3, [[0], [1]])]
+    assert assignment_churn(same) == {"kept_by_round": {2: 1.0, 3: 1.0}, "concentration": 1.0}
+    swapped = [rnd(1, [[0], [1]]), rnd(2, [[1], [0]]), rnd(3, [[0], [1]]), rnd(4, [[1], [0]])]
+    churn = assignment_churn(swapped)
+    assert churn["kept_by_round"] == {2: 0.0, 3: 0.0, 4: 0.0} and churn["concentration"] == 0.5
+    assert assignment_churn([{"round": 1, "assignment_clients": ["0"], "assignment": {"m": [[]]}}]) == {}

@@ -39,6 +39,7 @@ from amole.util.atomic import write_text
 from server_app.run_report import METRICS_FILE, load_metrics
 from tools.chunking import EXPERIMENT_FILE  # written by tools.experiment beside the run's own files
 from tools.config_keys import significant
+from tools.results_churn import assignment_churn
 from tools.results_numbers import finite, mean
 from tools.results_table import (
     BASELINES,
@@ -151,7 +152,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "error": exp.get("error", "") if status == "failed" else "",
         "run_dir": str(run_dir), "command": exp.get("command", ""), "job_command": exp.get("job_command", ""),
         "_config": config, "_host": exp.get("host", {}), "_fingerprint": budget_fingerprint(config),
-        "_round_scores": dict(scores),
+        "_round_scores": dict(scores), "_churn": assignment_churn(rounds),
         "_last_clients": {c: {"task": str(v.get("task", "")), "metric": v.get("metric"), "score": v.get("score"),
                               "score_se": v.get("score_se"), "test_n": v.get("test_n")}  # the last two: newer runs
                           for c, v in (rounds[-1].get("clients", {}) if rounds else {}).items()},

@@ -15,6 +15,7 @@ from typing import Any
 
 from amole.strategies.registry import names as strategy_names
 from amole.util.atomic import atomic_path
+from tools.results_diagnostics import diagnostics
 from tools.results_numbers import finite, fmt, in_order, mean
 from tools.results_plot import plot_file_name, plot_rounds
 from tools.results_yardstick import (
@@ -289,43 +290,6 @@ def paired_sentence(runs: Sequence[dict[str, Any]], a: str, b: str) -> str:
         return ""
     return (f"Paired by seed and client ({n} pairs), {a} − {b} = {d:+.4f} ± {se:.4f} (standard error of the mean "
             f"difference{'; within two standard errors of zero' if abs(d) <= 2 * se else ''}).")
-
-
-def diagnostics(runs: Sequence[dict[str, Any]], strategies: list[str],
-                yardstick: dict[str, float] | None = None, untrained: dict[str, float] | None = None) -> list[str]:
-    """Two small tables that show where scores come from: per client (beside its no-model yardstick and, where
-    scored, the untrained backbone), and by round (means over seeds)."""
-    done = [r for r in runs if r["status"] == "completed"]
-    if not done or not strategies:
-        return []
-    clients = in_order({c for r in done for c in r["_last_clients"]})
-    refs = {"yardstick": yardstick or {}, **({"untrained": untrained} if untrained else {})}
-    over = _over_seeds(done, strategies)
-    lines = [f"Per client, last round ({over}):", "",
-             "| client | task | " + " | ".join([*refs, *strategies]) + " |",
-             "|---|---|" + "---|" * (len(refs) + len(strategies))]
-    for c in clients:
-        tasks = sorted({r["_last_clients"][c]["task"] for r in done if c in r["_last_clients"]})
-        cells = [fmt(mean(finite(r["_last_clients"].get(c, {}).get("score") for r in done if r["strategy"] == s)))
-                 for s in strategies]
-        lines.append(f"| {c} | {', '.join(tasks)} | " + " | ".join([*(fmt(v.get(c)) for v in refs.values()), *cells])
-                     + " |")
-    rounds = sorted({n for r in done for n in r["_round_scores"]})
-    lines += ["", f"Mean score by round ({over}):", "",
-              "| round | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
-    for n in rounds:
-        cells = [fmt(mean(finite(r["_round_scores"].get(n) for r in done if r["strategy"] == s))) for s in strategies]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
-
-
-def _over_seeds(done: Sequence[dict[str, Any]], strategies: list[str]) -> str:
-    """"mean over seeds", naming each strategy's seeds when they differ (each seed draws its own splits)."""
-    seeds = {s: in_order({str(r["seed"]) for r in done if r["strategy"] == s}) for s in strategies}
-    if len({tuple(v) for v in seeds.values()}) <= 1:
-        return "mean over seeds"
-    named = "; ".join(f"{s} {', '.join(v)}" for s, v in seeds.items())
-    return f"mean over each strategy's seeds, which differ: {named}; each seed draws its own splits"
 
 
 PREAMBLE = """# Results
