@@ -63,7 +63,7 @@ def test_generate_file_writes_every_row(kept: Path, tmp_path: Path) -> None:
     assert main(argv) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r.get("id") for r in rows] == [1, None, None] and all(isinstance(r["generation"], str) for r in rows)
-    assert main(["generate", "--model", str(kept), "--input", str(prompts)]) == 1  # --output missing
+    assert main(["generate", "--model", str(kept), "--input", str(prompts)]) == 2  # --output missing
 
 
 @pytest.mark.parametrize("kind", ["choice", "generation"])
@@ -103,9 +103,9 @@ def test_bad_input_is_named_exits_nonzero_and_writes_nothing(kept: Path, tmp_pat
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     preds = tmp_path / "preds.jsonl"
-    assert main(["evaluate", "--model", str(kept), "--data", str(empty), "--predictions", str(preds)]) == 1
+    assert main(["evaluate", "--model", str(kept), "--data", str(empty), "--predictions", str(preds)]) == 2
     assert "empty.jsonl: the file is empty" in capsys.readouterr().err and not preds.exists()
-    assert main(["generate", "--model", str(tmp_path / "none"), "--prompt", "x"]) == 1
+    assert main(["generate", "--model", str(tmp_path / "none"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
     other = tmp_path / "other"
     other.mkdir()
@@ -114,15 +114,15 @@ def test_bad_input_is_named_exits_nonzero_and_writes_nothing(kept: Path, tmp_pat
     meta = json.loads((other / META_FILE).read_text())
     meta["base"]["tiny"] = {"hidden_size": 32}  # a folder that names another base model
     (other / META_FILE).write_text(json.dumps(meta))
-    assert main(["generate", "--model", str(other), "--prompt", "x", "--device", "cpu"]) == 1
+    assert main(["generate", "--model", str(other), "--prompt", "x", "--device", "cpu"]) == 2
     assert "other weights than the base model" in capsys.readouterr().err
     (other / "adapters.safetensors").unlink()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
-    assert main(["export", "--model", str(other), "--out", str(mine)]) == 1
+    assert main(["export", "--model", str(other), "--out", str(mine)]) == 2
     assert "adapters.safetensors is missing" in capsys.readouterr().err
-    assert main(["export", "--model", str(kept), "--out", str(mine)]) == 1
+    assert main(["export", "--model", str(kept), "--out", str(mine)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
 
@@ -135,5 +135,5 @@ def test_check_data_and_the_console_script(tmp_path: Path, capsys: pytest.Captur
                           capture_output=True, text=True, check=True)
     report = json.loads(done.stdout)
     assert report["usable"] == 20 and report["splits"]["train"] == 15
-    assert main(["check-data", "--data", str(tmp_path / "x.jsonl")]) == 1
+    assert main(["check-data", "--data", str(tmp_path / "x.jsonl")]) == 2
     assert "x.jsonl does not exist" in capsys.readouterr().err

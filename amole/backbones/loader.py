@@ -279,7 +279,17 @@ def model_config(cfg: ModelConfig) -> PretrainedConfig:
         return tiny_llama_config(cfg.tiny)[0]
     if src.kind == "gguf":
         return AutoConfig.from_pretrained(str(_gguf_folder(cfg, src)))
-    return AutoConfig.from_pretrained(src.path, cache_dir=cfg.cache_dir if src.kind == "hub" else None)
+    try:
+        return AutoConfig.from_pretrained(src.path, cache_dir=cfg.cache_dir if src.kind == "hub" else None)
+    except OSError as err:  # neither a folder with a config.json nor a hub id this machine can fetch
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnknownModelError(f"model {cfg.name!r} is not a folder with a config.json, not one of the names "
+                                f"amole ships (smollm2-135m, tiny-llama), and not loadable from the Hugging Face "
+                                f"hub here ({first}); set model.name to one of those") from None
+
+
+class UnknownModelError(ValueError):
+    """``model.name`` names nothing this machine can load; the message is one line saying what would."""
 
 
 def linear_shapes(model: nn.Module, target_modules: tuple[str, ...]) -> dict[str, tuple[int, int]]:

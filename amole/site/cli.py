@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amole", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show third-party output and, on an error, the traceback (also AMOLE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate with a site's model", formatter_class=argparse.RawTextHelpFormatter,
@@ -64,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                         "the scenario and seed the model folder records; with --data: that file, split the same "
                         "way) — `--split test` reproduces the score the run reported for this client")
     e.add_argument("--predictions", default=None,
-                   help="per-example JSON Lines to write (default: <data name>.predictions.jsonl here)")
+                   help="also write the per-example predictions to this JSON Lines file (default: none)")
     e.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     e.add_argument("--batch-size", type=int, default=None, help="default: the federation's eval batch size")
     e.add_argument("--max-new-tokens", type=int, default=None, help="default: the federation's eval budget")
@@ -236,14 +239,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig(**meta["eval"])
     cfg.batch_size = args.batch_size or cfg.batch_size
     cfg.max_new_tokens = args.max_new_tokens or cfg.max_new_tokens
-    out = Path(args.predictions or f"{Path(args.data).stem if args.data else args.split}.predictions.jsonl")
+    out = Path(args.predictions) if args.predictions else None
     model, tokenizer = load_personalized(meta["folder"], device=args.device)
     from amole.evaluation.evaluate import evaluate_examples
 
     result, preds = evaluate_examples(model, tokenizer, examples, meta["max_seq_len"], cfg)
-    write_jsonl(out, preds)
+    if out is not None:
+        write_jsonl(out, preds)
     print(json.dumps({**result, "data": args.data, "split": args.split, "model": meta["folder"],
-                      "predictions": str(out)}))
+                      "predictions": str(out.resolve()) if out is not None else None}))
     return 0
 
 
@@ -287,18 +291,35 @@ COMMANDS = {"generate": _cmd_generate, "evaluate": _cmd_evaluate, "export": _cmd
             "check-data": _cmd_check_data, "config": _cmd_config}
 
 
+USER_ERROR = 2  # what a user can fix (a wrong path, a bad file, a folder for another model): one line, no traceback
+
+
+def _quiet() -> None:
+    """Third-party chatter (weight-loading bars, advisory warnings) off the terminal; ``--verbose`` keeps it."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging  # the weight-loading bars are transformers' own
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``amole`` console script; returns the exit status."""
+    """Entry point of the ``amole`` console script; returns the exit status (2: an error the user can fix)."""
     args = _parser().parse_args(argv)
+    verbose = args.verbose or bool(os.environ.get("AMOLE_DEBUG"))
+    if not verbose and args.command in ("generate", "evaluate"):
+        _quiet()
     from amole.data.errors import DataSourceError
 
     try:
         return COMMANDS[args.command](args)
     except (ValueError, LookupError, OSError, DataSourceError) as err:  # PersonalModelError, TaskFormatError too
-        if os.environ.get("AMOLE_DEBUG"):
+        if verbose:
             raise
-        print(f"amole {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"amole {args.command}: error: {text}", file=sys.stderr)
+        return USER_ERROR
 
 
 if __name__ == "__main__":

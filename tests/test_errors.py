@@ -1,0 +1,70 @@
+"""Every error a user can cause is one line that names the problem and what would fix it, exit code 2, and no
+traceback (``--verbose`` or AMOLE_DEBUG=1 shows it): the `amole` command as a user runs it, the loader and a
+node's config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amole.backbones.loader import UnknownModelError, model_config
+from amole.compose import compose
+from client_app.node import client_identity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _amole(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "amole.site.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(w in proc.stderr for w in words), proc.stderr
+
+
+def test_errors_unknown_preset() -> None:
+    _one_line(_amole("config", "scenario=bigbench_nope"), "unknown scenario 'bigbench_nope'", "bigbench_demo")
+
+
+def test_errors_typo_in_an_override() -> None:
+    _one_line(_amole("config", "train.stpes=3"), "unknown key 'train.stpes'", "steps")
+    _one_line(_amole("config", "train.steps=ten"), "train.steps=ten")
+
+
+def test_errors_missing_or_unreadable_data_file(tmp_path: Path) -> None:
+    _one_line(_amole("check-data", "--data", str(tmp_path / "nope.jsonl")), "does not exist")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _one_line(_amole("check-data", "--data", str(empty)), "empty.jsonl")
+    binary = tmp_path / "tickets.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage\x00\n\x81")
+    _one_line(_amole("check-data", "--data", str(binary)), "tickets.jsonl")
+
+
+def test_errors_model_folder_that_does_not_exist(tmp_path: Path) -> None:
+    _one_line(_amole("evaluate", "--model", str(tmp_path / "gone"), "--split", "test"), "does not exist")
+    _one_line(_amole("generate", "--model", str(tmp_path / "gone"), "--prompt", "hi"), "does not exist")
+
+
+def test_errors_unknown_model() -> None:
+    for name, error, words in (("/no/such/model-folder", ValueError, "unknown model name '/no/such/model-folder'"),
+                               ("nope/no-such-model", UnknownModelError, "model 'nope/no-such-model' is not a")):
+        with pytest.raises(error, match=words) as err:
+            model_config(compose(["model=hub", f"model.name={name}"]).model)
+        assert "\n" not in str(err.value)
+
+
+def test_errors_bad_node_config() -> None:
+    with pytest.raises(KeyError, match="client-id"):
+        client_identity({})
+
+
+def test_errors_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    proc = _amole("--verbose", "evaluate", "--model", str(tmp_path / "gone"), "--split", "test")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
