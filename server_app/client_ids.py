@@ -27,12 +27,15 @@ class ClientRegistry:
         self.settings_json = settings_json
         self.query_timeout = query_timeout
         self.nodes: dict[str, int] = {}  # client id -> node id; nodes that did not answer are asked again
+        self.refused: dict[int, str] = {}  # node id -> why it failed to identify twice alike: not asked again
+        self._failed: dict[int, str] = {}  # node id -> why its last identification failed
 
     def refresh(self) -> dict[str, int]:
         """Forget nodes that left, identify new ones; return client id -> node id of the connected clients."""
         connected = set(self.grid.get_node_ids())
         self.nodes = {c: n for c, n in self.nodes.items() if n in connected}
-        new = sorted(connected - set(self.nodes.values()))
+        self.refused = {n: why for n, why in self.refused.items() if n in connected}  # a node that left may return
+        new = sorted(connected - set(self.nodes.values()) - set(self.refused))
         if new:
             self._identify(new)
         return dict(self.nodes)
@@ -49,7 +52,7 @@ class ClientRegistry:
                 continue
             answered.add(node)
             if reply.has_error():
-                log.warning("node %s failed to identify itself: %s", node, reply.error.reason)
+                self._failure(node, reply.error.reason)
                 continue
             try:
                 client = messages.read_identify_reply(reply.content)
@@ -60,8 +63,21 @@ class ClientRegistry:
             if old is not None and old != node:
                 log.warning("client %s moved from node %s to node %s", client, old, node)
             self.nodes[client] = node
+            self._failed.pop(node, None)
         for node in set(node_ids) - answered:
             log.warning("node %s did not answer who it is within %.0f s", node, self.query_timeout)
+
+    def _failure(self, node: int, reason: str) -> None:
+        """Log a failed identification once (its last line: the error, not the client's whole traceback); a node
+        that fails twice the same way is not asked again every second."""
+        lines = [ln.strip() for ln in str(reason).strip().splitlines() if ln.strip()]
+        why = lines[-1] if lines else "no reason given"
+        if self._failed.get(node) == why:
+            self.refused[node] = why
+            log.warning("node %s failed to identify itself twice (%s): not asked again while it stays", node, why)
+        else:
+            log.warning("node %s failed to identify itself: %s", node, why)
+        self._failed[node] = why
 
     def wait_for(self, count: int, timeout: float) -> dict[str, int]:
         """Block until ``count`` clients are identified (the run starts with every configured client)."""
@@ -71,8 +87,10 @@ class ClientRegistry:
             if len(nodes) >= count:
                 return nodes
             if time.monotonic() > deadline:
+                refused = (f"; {len(self.refused)} node(s) could not say who they are: "
+                           f"{sorted(set(self.refused.values()))[0]}" if self.refused else "")
                 raise TimeoutError(f"only {len(nodes)} of {count} clients connected and identified within "
-                                   f"{timeout:.0f} s: {sorted(nodes)}")
+                                   f"{timeout:.0f} s: {sorted(nodes)}{refused}")
             time.sleep(1.0)
 
 

@@ -98,6 +98,7 @@ class FedAMoLE(Strategy):
         fed = settings.federation
         try:
             check_fixed(settings)
+            check_clients_have_tasks(settings)
             self.rules = method_named(fed.strategy).server
             if self.state is None and self.rules.routed:  # fail before any work, for all clients that may join
                 adapted_constraints(settings.assign, settings.adapter.num_experts, max(fed.num_clients,
@@ -326,3 +327,15 @@ def run(grid: Grid, settings: Settings, runs_dir: str | Path | None = None,
     strategy = FedAMoLE(settings, runs_dir=runs_dir, resume=resume)
     strategy.start(grid)
     return strategy.state
+
+
+def check_clients_have_tasks(settings: Settings) -> None:
+    """Before any node is contacted: a task scenario gives client i its i-th task, so more clients than tasks can
+    never all identify themselves (a scenario without a task list leaves each site's data to its node config)."""
+    scenario, fed = settings.scenario, settings.federation
+    most = max(fed.num_clients, fed.max_clients or 0)
+    if scenario.partition == "task" and scenario.tasks and most > len(scenario.tasks):
+        key = "max_clients" if (fed.max_clients or 0) > fed.num_clients else "num_clients"
+        raise ValueError(f"federation.{key}={most} but scenario {scenario.name!r} lists {len(scenario.tasks)} "
+                         f"tasks, one per client: use at most {len(scenario.tasks)} clients or list more "
+                         "scenario.tasks")

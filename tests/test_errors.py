@@ -68,3 +68,41 @@ def test_errors_bad_node_config() -> None:
 def test_errors_verbose_shows_the_traceback(tmp_path: Path) -> None:
     proc = _amole("--verbose", "evaluate", "--model", str(tmp_path / "gone"), "--split", "test")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_errors_more_clients_than_tasks_fails_before_any_node_is_asked(tmp_path: Path) -> None:
+    from server_app.strategy import FedAMoLE
+
+    with pytest.raises(ValueError, match="federation.num_clients=20 but scenario 'synthetic' lists 6 tasks"):
+        FedAMoLE(compose(["model=tiny", "budget=smoke", "scenario=synthetic", "federation.num_clients=20"]),
+                 runs_dir=tmp_path)
+
+
+def test_errors_a_node_that_fails_twice_alike_is_not_asked_again(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server_app.client_ids import ClientRegistry
+
+    for key, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 0)):  # messages are made inside a run
+        monkeypatch.setattr(TaskIdentity, key, value)
+
+    class FailingGrid:
+        asked: list[int] = []
+
+        def get_node_ids(self):
+            return [7]
+
+        def send_and_receive(self, msgs, timeout=None):
+            msgs = list(msgs)
+            self.asked += [m.metadata.dst_node_id for m in msgs]
+            reason = "Traceback (most recent call last):\n  ...\nValueError: no task for client 7"
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=m.metadata.message_id),
+                                    has_error=lambda: True, error=SimpleNamespace(reason=reason)) for m in msgs]
+
+    grid = FailingGrid()
+    registry = ClientRegistry(grid, "{}", 1.0)
+    for _ in range(5):
+        assert registry.refresh() == {}
+    assert grid.asked == [7, 7] and registry.refused == {7: "ValueError: no task for client 7"}

@@ -99,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from amole.compose import ConfigError, compose, overrides_from_run_config
     from server_app.run_state import run_name
+    from server_app.strategy import check_clients_have_tasks
 
     run_config = dict(run_config_pairs(args.run_config))
     try:
         settings = compose(overrides_from_run_config({**default_run_config(), **run_config}))
-    except ConfigError as err:
+        check_clients_have_tasks(settings)  # what the server would refuse, refused before anything starts
+    except (ConfigError, ValueError) as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
     name = settings.federation.name or run_name(settings)  # named here, so the demo knows the run folder
