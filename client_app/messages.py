@@ -93,6 +93,7 @@ class TrainReply:
     adapters: dict[str, Tensor]
     stats: dict[str, Tensor]
     metrics: dict[str, float | int | str]  # TRAIN_METRICS (+ optional ones), task, metric, bytes_up
+    client: str = ""  # the client id the reply says it comes from
 
 
 def pack(arrays: Mapping[str, Any]) -> ArrayRecord:
@@ -234,7 +235,7 @@ def read_train_reply(content: RecordDict) -> TrainReply:
         raise
     except (KeyError, TypeError, ValueError) as err:
         raise BadReply(f"malformed train reply: {type(err).__name__}: {err}") from None
-    return TrainReply(adapters, stats, metrics)
+    return TrainReply(adapters, stats, metrics, str(info[CLIENT_ID]) if CLIENT_ID in info else "")
 
 
 def probe_reply(result: ClientResult) -> RecordDict:

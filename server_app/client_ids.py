@@ -29,13 +29,16 @@ class ClientRegistry:
         self.nodes: dict[str, int] = {}  # client id -> node id; nodes that did not answer are asked again
         self.refused: dict[int, str] = {}  # node id -> why it failed to identify twice alike: not asked again
         self._failed: dict[int, str] = {}  # node id -> why its last identification failed
+        self.duplicates: dict[int, str] = {}  # node id -> the client id it claims, which another node serves
 
     def refresh(self) -> dict[str, int]:
         """Forget nodes that left, identify new ones; return client id -> node id of the connected clients."""
         connected = set(self.grid.get_node_ids())
         self.nodes = {c: n for c, n in self.nodes.items() if n in connected}
         self.refused = {n: why for n, why in self.refused.items() if n in connected}  # a node that left may return
-        new = sorted(connected - set(self.nodes.values()) - set(self.refused))
+        # a second node claiming a served client id waits until the node serving it leaves, then is asked again
+        self.duplicates = {n: c for n, c in self.duplicates.items() if n in connected and c in self.nodes}
+        new = sorted(connected - set(self.nodes.values()) - set(self.refused) - set(self.duplicates))
         if new:
             self._identify(new)
         return dict(self.nodes)
@@ -60,8 +63,11 @@ class ClientRegistry:
                 log.warning("node %s answered who it is without a client id: %s", node, err)
                 continue
             old = self.nodes.get(client)
-            if old is not None and old != node:
-                log.warning("client %s moved from node %s to node %s", client, old, node)
+            if old is not None and old != node:  # both connected: the first keeps the id, no flip-flopping
+                log.warning("node %s says it is client %s, which node %s serves: not admitted while that node "
+                            "stays connected", node, client, old)
+                self.duplicates[node] = client
+                continue
             self.nodes[client] = node
             self._failed.pop(node, None)
         for node in set(node_ids) - answered:

@@ -44,6 +44,9 @@ def collect(replies: Iterable[Message], by_message: dict[str, str], sent: Mappin
             if reply.has_error():
                 raise BadReply(f"client error: {reply.error.reason}")
             upload = read_train_reply(reply.content)
+            if upload.client != client:
+                raise BadReply(f"the reply claims to come from client {upload.client!r}; its message went to "
+                               f"client {client!r}")
             check_upload(client, sent[client], upload.adapters, upload.stats, r)
         except BadReply as err:
             rejected[client] = str(err)
@@ -103,6 +106,8 @@ def check_upload(client: str, sent: Mapping[str, Tensor], adapters: Mapping[str,
     for key, value in adapters.items():
         if tuple(value.shape) != tuple(sent[key].shape):
             raise BadReply(f"client {client}: {key} has shape {tuple(value.shape)}, sent {tuple(sent[key].shape)}")
+        if value.dtype != sent[key].dtype:
+            raise BadReply(f"client {client}: {key} has dtype {value.dtype}, sent {sent[key].dtype}")
         if not torch.isfinite(value).all():
             raise BadReply(f"client {client}: {key} contains NaN or Inf")
     expected = set()

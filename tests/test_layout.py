@@ -40,3 +40,16 @@ def test_layout_the_core_imports_no_flower_and_server_algorithms_no_model_code()
             "assert 'transformers' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_layout_every_test_docs_reliability_names_exists() -> None:
+    import re
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) >= 20
+    for row in rows:
+        file = None
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)?::(\w+)`", row):
+            file = path or file
+            assert file and f"def {name}(" in (ROOT / file).read_text(), (file, name)
