@@ -146,6 +146,8 @@ class FederationConfig:
     client_worker: str = "auto"  # on: a resident worker per site keeps the model loaded; auto: on unless simulated
     worker_idle_s: float = 900.0  # an unused worker exits after this (never sooner than reply_timeout)
     eval_round0: bool | None = None  # score every client's untrained model before round 1 (the paper's --test_init)
+    update_bound: float | None = None  # a reply whose update exceeds this x the median client's is left out
+    #                                    (None: 10, amole.server.aggregate; 0: off)
 
 
 @dataclass

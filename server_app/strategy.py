@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from amole.config import Settings
 from amole.moe.bank import modules_of
 from amole.moe.keys import router_stat_key
+from amole.server.aggregate import outside_bound
 from amole.server.planner import Assignment, adapted_constraints, plan
 from amole.strategies.registry import check_fixed, method_named
 from client_app import messages
@@ -230,6 +231,11 @@ class FedAMoLE(Strategy):
         settings, state, p = self.settings, self.state, self._round
         fed, r = settings.federation, settings.adapter.r
         valid, p.rejected = collect(replies, sent_to(p.out, p.present), p.sent, r, server_round)
+        for client, why in outside_bound(state.bank, {c: v.adapters for c, v in valid.items()},
+                                         fed.update_bound).items():
+            log.warning("round %d: left out the reply of client %s: %s", server_round, client, why)
+            p.rejected[client] = why
+            del valid[client]
         p.absent = [c for c in p.present if c not in valid and c not in p.rejected]
         if p.absent:
             log.warning("round %d: no reply from clients %s within %.0f s", server_round, p.absent,

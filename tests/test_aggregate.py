@@ -64,3 +64,28 @@ def test_embedding_matrices_average_expert_codes_over_holders() -> None:
     E, T = embedding_matrices(ups, M, num_experts=3, r=2)
     assert torch.equal(E, torch.tensor([[3.0, 1.0], [0.0, 0.0], [1.0, 1.0]], dtype=torch.float64))
     assert torch.equal(T, torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+
+
+def _bank_and_uploads(n: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    m = "model.layers.0.self_attn.q_proj"
+    bank = {keys.router_key(m): torch.randn(6, 4, generator=g), keys.shared_key(m, "A"): torch.randn(4, 8, generator=g),
+            keys.shared_key(m, "B"): torch.zeros(8, 4), keys.expert_key(m, 0, "A"): torch.randn(4, 8, generator=g)}
+    uploads = {str(c): {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in bank.items()} for c in range(n)}
+    return bank, uploads
+
+
+def test_reliability_a_scaled_reply_is_left_out_and_a_healthy_round_is_untouched() -> None:
+    from amole.server.aggregate import outside_bound
+
+    bank, uploads = _bank_and_uploads()
+    assert outside_bound(bank, uploads, None) == {}  # healthy: nobody outside, so averaging is exactly as before
+    kept = [u for c, u in uploads.items() if c not in outside_bound(bank, uploads, None)]
+    assert all(torch.equal(a, b) for a, b in zip(aggregate(bank, kept).values(),
+                                                 aggregate(bank, list(uploads.values())).values(), strict=True))
+    uploads["2"] = {k: v * 1e4 for k, v in uploads["2"].items()}  # finite, well-shaped, scaled x10^4
+    out = outside_bound(bank, uploads, None)
+    assert list(out) == ["2"] and "the median client's (federation.update_bound=10)" in out["2"]
+    assert outside_bound(bank, uploads, 0) == {}  # off
+    two = {c: uploads[c] for c in ("0", "2")}
+    assert outside_bound(bank, two, None) == {}  # two clients: no median to hold one against

@@ -63,7 +63,8 @@ __all__ = ["BASELINES", "EXPERIMENT_FILE", "NOT_BUDGET", "RUN_COLUMNS", "STRATEG
 # objects.)
 NOT_BUDGET = {
     "federation": {"strategy", "evaluate", "communicate", "seed", "name", "runs_dir", "reply_timeout",
-                   "query_timeout", "wait_for_nodes", "num_rounds", "client_state_dir", "site_dir"},
+                   "query_timeout", "wait_for_nodes", "num_rounds", "client_state_dir", "site_dir", "eval_round0",
+                   "update_bound"},
     "adapter": {"num_experts", "shared_expert"},
     "assign": {"mode"},
     "scenario": {"local_path", "local_dir", "cache_dir"},
