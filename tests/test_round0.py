@@ -33,8 +33,6 @@ def test_round0_scores_the_untrained_backbone_and_the_report_compares(tmp_path: 
     report = (tmp_path / "r0" / "report.md").read_text()
     assert "| 0 (untrained) |" in report and "Each site against its untrained model" in report
     assert len(site_gains(state.metrics)) == 3
-    # no round 0 unless asked: the rounds are unchanged
-    assert "round0" not in simulate(tmp_path, "plain").metrics
 
 
 def test_round0_gain_verdicts() -> None:
