@@ -231,3 +231,26 @@ def test_assignment_churn_kept_share_and_concentration() -> None:
     churn = assignment_churn(swapped)
     assert churn["kept_by_round"] == {2: 0.0, 3: 0.0, 4: 0.0} and churn["concentration"] == 0.5
     assert assignment_churn([{"round": 1, "assignment_clients": ["0"], "assignment": {"m": [[]]}}]) == {}
+
+
+def test_headline_best_round_includes_round_zero_and_pairs_both_metrics() -> None:
+    from tools.results_headline import headline, headline_lines, paired_on
+
+    def run(strategy: str, rounds: dict[int, dict[str, float]], untrained: dict[str, float], round0=None) -> dict:
+        last = max(rounds)
+        return {"strategy": strategy, "seed": 0, "status": "completed", "final_score": sum(rounds[last].values()) / 2,
+                "_round_clients": rounds, "_round0": round0 or {},
+                "_untrained": {c: {"score": s} for c, s in untrained.items()},
+                "_last_clients": {c: {"score": s} for c, s in rounds[last].items()}}
+
+    worse = run("fedamole", {1: {"0": 0.1, "1": 0.2}, 2: {"0": 0.2, "1": 0.2}}, {"0": 0.5, "1": 0.5})
+    assert headline(worse) == (0, {"0": 0.5, "1": 0.5})  # training never beat the untrained model: round 0 wins
+    recorded = run("static", {1: {"0": 0.6, "1": 0.7}}, {}, round0={"0": 0.5, "1": 0.5})
+    assert headline(recorded) == (1, {"0": 0.6, "1": 0.7})  # the run's own round 0 when it recorded one
+    assert headline(run("random", {1: {"0": 0.6}}, {})) == (None, {})  # round 0 unknown: no headline
+    d, _, n = paired_on([worse, recorded], "fedamole", "static", last=False)
+    assert n == 2 and math.isclose(d, ((0.5 - 0.6) + (0.5 - 0.7)) / 2)
+    d, _, n = paired_on([worse, recorded], "fedamole", "static", last=True)
+    assert n == 2 and math.isclose(d, ((0.2 - 0.6) + (0.2 - 0.7)) / 2)
+    text = "\n".join(headline_lines([worse, recorded], ["fedamole", "static"], None))
+    assert "| fedamole | 0.2000 | 0.5000 (round 0) | 0 |" in text and "fedamole − static: last round" in text

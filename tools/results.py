@@ -154,6 +154,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir), "command": exp.get("command", ""), "job_command": exp.get("job_command", ""),
         "_config": config, "_host": exp.get("host", {}), "_fingerprint": budget_fingerprint(config),
         "_round_scores": dict(scores), "_churn": assignment_churn(rounds),
+        "_round_clients": {int(r["round"]): {c: v.get("score") for c, v in r.get("clients", {}).items()}
+                           for r in rounds},
+        "_round0": {c: v.get("score") for c, v in (metrics.get("round0") or {}).get("clients", {}).items()},
         "_last_clients": {c: {"task": str(v.get("task", "")), "metric": v.get("metric"), "score": v.get("score"),
                               "score_se": v.get("score_se"), "test_n": v.get("test_n")}  # the last two: newer runs
                           for c, v in (rounds[-1].get("clients", {}) if rounds else {}).items()},

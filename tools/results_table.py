@@ -16,6 +16,7 @@ from typing import Any
 from amole.strategies.registry import names as strategy_names
 from amole.util.atomic import atomic_path
 from tools.results_diagnostics import diagnostics
+from tools.results_headline import headline_lines
 from tools.results_numbers import finite, fmt, in_order, mean
 from tools.results_plot import plot_file_name, plot_rounds
 from tools.results_yardstick import (
@@ -225,7 +226,8 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
             if gpu:
                 cells.append(fmt(row["peak_gpu_mb"], ",.0f"))
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", sentence, "", lost_line([r for r in runs if r["status"] == "completed"]), ""]
+        lines += ["", sentence, "", lost_line([r for r in runs if r["status"] == "completed"]), "",
+                  *headline_lines(runs, list(rows), best)]
     else:
         lines += ["No complete run in this group.", ""]
     cells, why = table_yardsticks(runs) if yardstick and rows else ({}, ["skipped (--no-yardstick)"])
