@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo model bench-assign bench-step gpu-check clean deploy-test certs experiments-small \
+.PHONY: install test lint demo model bench-assign bench-step bench-server gpu-check clean deploy-test certs experiments-small \
 	results compose-test wheelhouse experiments-medium experiments-medium-3k experiments-rsea
 
 $(STAMP): pyproject.toml
@@ -38,6 +38,11 @@ bench-assign: $(STAMP)
 
 bench-step: model
 	$(PY) tests/benchmarks/bench_step.py
+
+# The server's side of a round alone (RSEA plan, reply checks, influence bound, averages, codes, report) at 100
+# clients x 30 experts x Llama-3.2-1B's 32 modules; no model, ~30 s, ~3 GB.
+bench-server: $(STAMP)
+	$(PY) tests/benchmarks/bench_server.py
 
 # On a CUDA machine, offline, < 8 min: bench-step in bf16 and NF4 plus one 10-client round of budget=gpu at reduced
 # steps (tests/benchmarks/gpu_check.py says what to copy there). GPU_CHECK_ARGS=--cpu-smoke checks it on a CPU.
