@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo model bench-assign bench-step bench-server gpu-check clean deploy-test certs experiments-small \
+.PHONY: install test lint demo model bench-assign bench-step bench-server gpu-check clean deploy-test deploy-load certs experiments-small \
 	results compose-test wheelhouse experiments-medium experiments-medium-3k experiments-rsea
 
 $(STAMP): pyproject.toml
@@ -56,6 +56,10 @@ gpu-check: $(STAMP)
 DEPLOY_ARGS ?= --kill-after-seconds 2
 deploy-test: $(STAMP)
 	$(PY) docker/deploy_test.py $(DEPLOY_ARGS)
+
+# The load check: 12 SuperNodes on one machine (TLS, node auth, tiny model), 3 rounds; ~5 min, ~11 GB.
+deploy-load: $(STAMP)
+	$(PY) docker/deploy_test.py --nodes 12 --rounds 3 --reply-timeout 300
 
 # The compose demo for real: images built, SuperLink + 3 sites in containers (TLS, node auth), one site's containers
 # killed mid-round and restarted, torn down with volumes (docker/README.md). Needs a Docker engine with compose v2;

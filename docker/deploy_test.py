@@ -12,15 +12,18 @@ docker/flower_commands.py, which the compose files use too.
 `--kill-after-seconds S` kills one SuperNode (and everything it started) with SIGKILL S seconds into round 2
 and restarts it with the same key and client id `--restart-after-seconds` later, so it can rejoin.
 Everything started here is stopped at the end, also on failure or Ctrl-C. The last line is
-`deploy: rounds=<n> nodes=<m> killed=<k> status=<completed|failed> overhead_s=<s>` (overhead_s: the median,
-over clients and rounds after the first, of the seconds from a ClientApp's start to its round's first step: a
-deployed ClientApp is a fresh process per message, and the site's resident worker keeps the model loaded); the
-exit code is 0 only when the run completed (and the unregistered node was refused).
+`deploy: rounds=<n> nodes=<m> killed=<k> status=<completed|failed> overhead_s=<s> round_s=<s> site_mb=<MB>`
+(overhead_s: the median, over clients and rounds after the first, of the seconds from a ClientApp's start to its
+round's first step: a deployed ClientApp is a fresh process per message, and the site's resident worker keeps the
+model loaded; round_s: the server's mean seconds a round; site_mb: the most memory one site used, SuperNode,
+ClientApps and worker); the exit code is 0 only when the run completed (and the unregistered node was refused).
+`--nodes 12` is the load check: twelve sites on one machine (the synthetic tasks repeat past six).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -112,9 +115,12 @@ class Result:
     rejoined: bool | None = None  # the killed SuperNode was let in again (with --kill-after-seconds)
     overhead_s: float = math.nan  # median over clients and rounds after the first: ClientApp start -> first step
     site_models: int = 0  # sites whose folder holds a personalized model that loads and generates
+    site_mb: float = math.nan  # the largest memory one site used (SuperNode, its ClientApps and its worker; RSS)
+    round_s: float = math.nan  # the server's mean seconds per round (the run's metrics.json)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global NODES  # --nodes: the functions below read it
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=None,
                    help="federation rounds (default 2; 4 with --kill-after-seconds, so that the killed node, which "
@@ -124,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart-after-seconds", type=float, default=8.0, help="restart the killed node after this")
     p.add_argument("--retry-seconds", type=float, default=5.0,
                    help="start the killed node again this long after a refused restart (like restart: on-failure)")
-    p.add_argument("--kill-site", type=int, default=2, choices=range(1, NODES + 1), help="which site to kill")
+    p.add_argument("--nodes", type=int, default=NODES, help="registered SuperNodes (sites); default 3")
+    p.add_argument("--kill-site", type=int, default=2, help="which site to kill (1..nodes)")
     p.add_argument("--reply-timeout", type=float, default=120.0,
                    help="federation.reply_timeout in seconds (each round starts a fresh ClientApp process: "
                         "~45 s per reply on a slow 2-core host)")
@@ -135,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="give up on the run after this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state, runs)")
     args = p.parse_args(argv)
+    NODES = args.nodes
+    if not 1 <= args.kill_site <= NODES:
+        p.error(f"--kill-site must be in 1..{NODES}")
     if args.rounds is None:
         args.rounds = 2 if args.kill_after_seconds is None else 4
 
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.status == "completed" and not result.refused:
         log("FAIL: the SuperNode with an unregistered key was not kept out")
     print(f"deploy: rounds={args.rounds} nodes={result.nodes} killed={result.killed} status={result.status} "
-          f"overhead_s={result.overhead_s:.2f}", flush=True)
+          f"overhead_s={result.overhead_s:.2f} round_s={result.round_s:.1f} site_mb={result.site_mb:.0f}", flush=True)
     return 0 if result.status == "completed" and result.refused and result.site_models == NODES else 1
 
 
@@ -252,6 +262,7 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
     run_config = {
         "model": "tiny", "scenario": "synthetic", "budget": "smoke",
         "overrides": " ".join([f"federation.num_clients={NODES}", f"federation.num_rounds={args.rounds}",
+                               *synthetic_tasks(NODES),
                                f"federation.runs_dir={tmp / 'runs'}",
                                f"federation.reply_timeout={args.reply_timeout:g}", args.overrides]).strip(),
     }
@@ -279,8 +290,14 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
     t_run = time.monotonic()
     site, node_id = args.kill_site, registered[args.kill_site]
     killed, t_kill, restarts, t_restart, t_check, rejoined_at = 0, None, 0, 0.0, 0.0, None
+    peak_mb: dict[int, float] = {}
+    t_mem = 0.0
     while runner.poll() is None:
         now = time.monotonic()
+        if now - t_mem >= 1.0:
+            t_mem = now
+            for s, mb in site_memory_mb(tmp, sites).items():
+                peak_mb[s] = max(mb, peak_mb.get(s, 0.0))
         if now - t_run > args.timeout:
             log(f"the run did not finish within {args.timeout:.0f} s; giving up")
             break
@@ -326,6 +343,10 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
     log(f"flwr run exited {runner.poll()} after {time.monotonic() - t_run:.0f} s")
 
     flower_status, details = run_status(cli_env)
+    deadline = time.monotonic() + 180  # `flwr run --stream` can return while the ServerApp is still finishing
+    while flower_status.startswith(("running", "starting", "pending")) and time.monotonic() < deadline:
+        time.sleep(2)
+        flower_status, details = run_status(cli_env)
     log(f"Flower run status: {flower_status}{' (' + details + ')' if details else ''}")
     if killed:
         result.rejoined = rejoined_at is not None
@@ -336,6 +357,11 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
     if reports and args.keep:
         log(f"run report: {reports[-1]}")
     result.overhead_s = overhead(tmp / "runs", tmp)
+    result.site_mb = max(peak_mb.values(), default=math.nan)
+    if peak_mb:
+        log("peak memory per site (MB, SuperNode + ClientApps + worker): "
+            + ", ".join(f"{s}: {mb:.0f}" for s, mb in sorted(peak_mb.items())))
+    result.round_s = round_seconds(tmp / "runs")
     result.site_models = check_site_models(tmp)
     # Flower reports a run whose ServerApp raised as completed: the run's own record decides (server_app/outcome.py)
     runs = sorted((tmp / "runs").glob("*/"))
@@ -344,6 +370,44 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
         log(f"the run failed: {outcome['error']}")
     result.status = "completed" if outcome["status"] == "completed" and flower_status.endswith(":completed") \
         else "failed"
+
+
+def synthetic_tasks(nodes: int) -> list[str]:
+    """The synthetic scenario gives client i its i-th task; for more sites than it lists, its tasks repeat."""
+    from amole.compose import compose
+
+    tasks = list(compose(["model=tiny", "scenario=synthetic"]).scenario.tasks)
+    if nodes <= len(tasks):
+        return []
+    return [f"scenario.tasks=[{','.join(tasks[i % len(tasks)] for i in range(nodes))}]"]
+
+
+def site_memory_mb(tmp: Path, sites: dict[int, Managed]) -> dict[int, float]:
+    """Each site's resident memory now: its SuperNode and everything it started, and its resident worker."""
+    import psutil
+
+    out = {}
+    for site, m in sites.items():
+        procs: dict[int, psutil.Process] = {}
+        with contextlib.suppress(psutil.Error, AttributeError):
+            root = psutil.Process(m.proc.pid)
+            procs.update({p.pid: p for p in [root, *root.children(recursive=True)]})
+        for pid_file in (tmp / f"site-{site}").glob("**/worker/*.pid"):
+            with contextlib.suppress(psutil.Error, OSError, ValueError):
+                procs.setdefault(int(pid_file.read_text()), psutil.Process(int(pid_file.read_text())))
+        total = 0
+        for proc in procs.values():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        out[site] = total / 1e6
+    return out
+
+
+def round_seconds(runs: Path) -> float:
+    """The server's mean seconds per round, from the run's own metrics.json."""
+    rounds = [r.get("seconds") for path in sorted(runs.glob("*/metrics.json"))
+              for r in json.loads(path.read_text()).get("rounds", [])]
+    return statistics.fmean(x for x in rounds if isinstance(x, int | float)) if rounds else math.nan
 
 
 def check_site_models(tmp: Path) -> int:
