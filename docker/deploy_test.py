@@ -23,7 +23,6 @@ ClientApps and worker); the exit code is 0 only when the run completed (and the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -31,7 +30,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: server_app.outcome
 import flower_commands as fc  # noqa: E402 - docker/ is not a package
 import processes  # noqa: E402
+from deploy_checks import check_site_models, log, overhead, round_seconds, site_memory_mb, synthetic_tasks  # noqa: E402
 from flower_cli import (  # noqa: E402
     HOST,
     PROFILE,
@@ -63,10 +62,6 @@ from server_app.outcome import read_outcome  # noqa: E402
 
 NODES = 3
 ROUND_2 = re.compile(r"round 2/\d+|round 1: mean score")  # the ServerApp's log: round 2 starts (or round 1 ended)
-
-
-def log(msg: str) -> None:
-    print(f"[deploy-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def free_port() -> int:
@@ -362,7 +357,7 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
         log("peak memory per site (MB, SuperNode + ClientApps + worker): "
             + ", ".join(f"{s}: {mb:.0f}" for s, mb in sorted(peak_mb.items())))
     result.round_s = round_seconds(tmp / "runs")
-    result.site_models = check_site_models(tmp)
+    result.site_models = check_site_models(tmp, NODES)
     # Flower reports a run whose ServerApp raised as completed: the run's own record decides (server_app/outcome.py)
     runs = sorted((tmp / "runs").glob("*/"))
     outcome = read_outcome(runs[-1]) if runs else {"status": "failed", "error": f"no run folder in {tmp / 'runs'}"}
@@ -370,90 +365,6 @@ def deploy(args: argparse.Namespace, tmp: Path, cluster: Cluster, result: Result
         log(f"the run failed: {outcome['error']}")
     result.status = "completed" if outcome["status"] == "completed" and flower_status.endswith(":completed") \
         else "failed"
-
-
-def synthetic_tasks(nodes: int) -> list[str]:
-    """The synthetic scenario gives client i its i-th task; for more sites than it lists, its tasks repeat."""
-    from amole.compose import compose
-
-    tasks = list(compose(["model=tiny", "scenario=synthetic"]).scenario.tasks)
-    if nodes <= len(tasks):
-        return []
-    return [f"scenario.tasks=[{','.join(tasks[i % len(tasks)] for i in range(nodes))}]"]
-
-
-def site_memory_mb(tmp: Path, sites: dict[int, Managed]) -> dict[int, float]:
-    """Each site's resident memory now: its SuperNode and everything it started, and its resident worker."""
-    import psutil
-
-    out = {}
-    for site, m in sites.items():
-        procs: dict[int, psutil.Process] = {}
-        with contextlib.suppress(psutil.Error, AttributeError):
-            root = psutil.Process(m.proc.pid)
-            procs.update({p.pid: p for p in [root, *root.children(recursive=True)]})
-        for pid_file in (tmp / f"site-{site}").glob("**/worker/*.pid"):
-            with contextlib.suppress(psutil.Error, OSError, ValueError):
-                procs.setdefault(int(pid_file.read_text()), psutil.Process(int(pid_file.read_text())))
-        total = 0
-        for proc in procs.values():
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        out[site] = total / 1e6
-    return out
-
-
-def round_seconds(runs: Path) -> float:
-    """The server's mean seconds per round, from the run's own metrics.json."""
-    rounds = [r.get("seconds") for path in sorted(runs.glob("*/metrics.json"))
-              for r in json.loads(path.read_text()).get("rounds", [])]
-    return statistics.fmean(x for x in rounds if isinstance(x, int | float)) if rounds else math.nan
-
-
-def check_site_models(tmp: Path) -> int:
-    """Each site's folder must hold its personalized model after the run (only there: the server has none):
-    load it as a site would (amole.load_personalized) and generate a few tokens."""
-    from amole.site.personal import load_personalized
-
-    ok = 0
-    for site in (tmp / f"site-{n}" for n in range(1, NODES + 1)):  # the registered sites, not the intruder
-        latest = sorted(site.glob("sites/*/model/*/latest"))
-        if not latest:
-            log(f"FAIL: {site.name} holds no personalized model")
-            continue
-        model, tokenizer = load_personalized(latest[-1], device="cpu")
-        ids = tokenizer("Q: hello\nA:", return_tensors="pt").input_ids
-        out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
-        log(f"{site.name}: model {latest[-1].relative_to(tmp)} loads and generates {out.shape[1] - ids.shape[1]} "
-            "tokens")
-        ok += 1
-    log(f"sites holding a model that loads and generates: {ok} of {NODES}")
-    return ok
-
-
-def overhead(runs: Path, tmp: Path) -> float:
-    """The median over clients and rounds after the first of each reply's ``overhead_s`` (seconds from its
-    ClientApp's start to the round's first step), from the run's metrics.json; logged with its part before the
-    ClientApp's handler ran (``startup_s``: Flower's own process start) and how often each site's worker started."""
-    found = sorted(runs.glob("*/metrics.json"))
-    if not found:
-        return math.nan
-    rounds = {r["round"]: list(r["clients"].values()) for r in json.loads(found[-1].read_text())["rounds"]}
-    for key in ("overhead_s", "startup_s", "startup_cpu_s"):
-        log(f"{key} per round and client: " + "; ".join(
-            f"{t}: {', '.join(f'{c[key]:.2f}' for c in cs if key in c)}" for t, cs in sorted(rounds.items())))
-    later = [c for t, cs in rounds.items() if t > 1 for c in cs if "overhead_s" in c]
-    if later:
-        total = statistics.median(c["overhead_s"] for c in later)
-        before = statistics.median(c.get("startup_s", 0.0) for c in later)
-        cpu = statistics.median(c.get("startup_cpu_s", 0.0) for c in later)
-        after = statistics.median(c["overhead_s"] - c.get("startup_s", 0.0) for c in later)
-        log(f"rounds after the first, median: {total:.2f} s from the ClientApp's start to the first step, "
-            f"{before:.2f} s of it before its handler ran (Flower's process start; {cpu:.2f} s of CPU), "
-            f"{after:.2f} s from there on")
-    starts = {p.parents[3].name: p.read_text().count("listening on") for p in tmp.glob("site-*/sites/*/worker/*.log")}
-    log(f"resident workers started per site: {dict(sorted(starts.items()))}")
-    return statistics.median(c["overhead_s"] for c in later) if later else math.nan
 
 
 if __name__ == "__main__":
