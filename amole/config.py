@@ -91,7 +91,8 @@ class EvalConfig:
     """Client-side evaluation right after local training (spec §4)."""
 
     max_new_tokens: int = 128  # greedy decoding budget for Rouge-L
-    batch_size: int = 8
+    batch_size: int = 8  # prompts per forward when scoring choices
+    gen_batch_size: int = 32  # rows decoded together: a step reads every weight once, so wide batches are cheap
     rouge: str = "rouge_score"  # rouge_score (stemmed, lowercased) | rouge_paper (the `rouge` package, as the paper)
     decoding: str = "greedy"  # greedy | generation_config (the model's own settings, as the paper; may sample)
 

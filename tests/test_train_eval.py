@@ -12,7 +12,7 @@ from amole.client.train import round_lr, train_steps
 from amole.config import EvalConfig, TrainConfig
 from amole.data import Example, batches, collate, encode, synthetic_task
 from amole.evaluation.evaluate import (
-    answer_lengths,
+    answer_length,
     choice_accuracy,
     evaluate,
     rouge_l,
@@ -104,10 +104,10 @@ def test_rouge_l_of_a_trained_copy_task_is_high(tiny, adapter_cfg) -> None:
     assert result["gen_tokens"] == lengths[0] == lengths[1] and 0 < lengths[0] < 12
 
 
-def test_answer_lengths_stop_at_the_first_eos() -> None:
-    new = torch.tensor([[5, 6, 2, 2], [5, 2, 7, 2], [5, 6, 7, 8]])  # EOS 2; HF pads finished rows with pad (= EOS)
-    assert answer_lengths(new, eos_id=2) == [2, 1, 4]  # the last row never stopped: every token counts
-    assert answer_lengths(new, eos_id=None) == [4, 4, 4]
+def test_answer_length_stops_at_the_first_eos() -> None:
+    rows = [[5, 6, 2, 2], [5, 2, 7, 2], [5, 6, 7, 8]]  # EOS 2; sampled rows are padded with pad (= EOS)
+    assert [answer_length(r, eos_id=2) for r in rows] == [2, 1, 4]  # the last row never stopped: all count
+    assert [answer_length(r, eos_id=None) for r in rows] == [4, 4, 4]
 
 
 def test_multiple_choice_scores_carry_no_answer_length(tiny) -> None:

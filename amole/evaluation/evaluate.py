@@ -2,8 +2,8 @@
 
 Multiple choice: every candidate is appended to the prompt and the one with the lowest mean token loss wins,
 so the score needs no answer parsing; each prompt is encoded once for all its choices (``amole.evaluation.choices``).
-Generation: greedy decoding (or, under the paper's protocol, the model's own generation config), Rouge-L F1
-against the reference by the implementation ``eval.rouge`` names.
+Generation: greedy decoding (or, under the paper's protocol, the model's own generation config) in wide batches
+(``amole.evaluation.generation``), Rouge-L F1 against the reference by the implementation ``eval.rouge`` names.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from amole.backbones.loader import model_device
 from amole.client.losses import sequence_losses
 from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
 from amole.evaluation.choices import choice_losses
+from amole.evaluation.generation import answer_length, generate, generate_ids
 from amole.evaluation.rouge_l import metric_name, rouge_l_f
 
-__all__ = ["Prediction", "answer_lengths", "answer_loss", "choice_accuracy", "choice_hits", "choice_losses",
+__all__ = ["Prediction", "answer_length", "answer_loss", "choice_accuracy", "choice_hits", "choice_losses",
            "evaluate", "evaluate_examples", "generate", "pick", "rouge_l", "rouge_predictions", "sequence_losses",
            "standard_error"]
-DECODINGS = ("greedy", "generation_config")
 
 
 @torch.no_grad()
@@ -74,48 +73,6 @@ def standard_error(values: Sequence[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) >= 2 else math.nan
 
 
-@torch.no_grad()
-def _generate_ids(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
-                  decoding: str) -> torch.Tensor:
-    """The new token ids of a batch of prompts, left-padded so every row ends where generation starts."""
-    if decoding not in DECODINGS:
-        raise ValueError(f"unknown eval.decoding {decoding!r}; expected one of {DECODINGS}")
-    pad = pad_id_of(tokenizer)
-    room = max(max_len - max_new_tokens, 1)
-    ids = [list(tokenizer(p, add_special_tokens=True)["input_ids"])[-room:] for p in prompts]
-    width = max(len(x) for x in ids)
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-    dev = model_device(model)
-    how = ({"do_sample": False, "eos_token_id": tokenizer.eos_token_id} if decoding == "greedy" else {"num_beams": 1})
-    out = model.generate(
-        input_ids=input_ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, pad_token_id=pad,
-        **how,
-    )
-    return out[:, width:].cpu()
-
-
-def answer_lengths(new_ids: torch.Tensor, eos_id: int | None) -> list[int]:
-    """Per row, the tokens generated before the first EOS (all of them when the row never stopped): what a
-    generation costs, since a batch decodes until its longest row stops."""
-    n = new_ids.shape[1]
-    if eos_id is None:
-        return [n] * new_ids.shape[0]
-    return [int(row.index(eos_id)) if eos_id in row else n for row in new_ids.tolist()]
-
-
-@torch.no_grad()
-def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
-             decoding: str = "greedy") -> list[str]:
-    """Continuations of a batch of prompts.
-
-    ``greedy``: argmax decoding, stopping at the tokenizer's EOS. ``generation_config``: the official code's
-    ``generate(max_new_tokens, num_beams=1)``, so the model's ``generation_config`` decides (it may sample).
-    """
-    new = _generate_ids(model, tokenizer, prompts, max_len, max_new_tokens, decoding)
-    return tokenizer.batch_decode(new, skip_special_tokens=True)
-
-
 class Prediction(NamedTuple):
     text: str
     rouge_l: float
@@ -129,12 +86,11 @@ def rouge_predictions(model: nn.Module, tokenizer, examples: Sequence[Example], 
     length in tokens."""
     score = rouge_l_f(cfg.rouge)
     out: list[Prediction] = []
-    for start in range(0, len(examples), cfg.batch_size):
-        chunk = examples[start : start + cfg.batch_size]
-        new = _generate_ids(model, tokenizer, [ex.prompt for ex in chunk], max_len, cfg.max_new_tokens, cfg.decoding)
-        texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-        lengths = answer_lengths(new, tokenizer.eos_token_id)
-        out += [Prediction(t, score(ex.target, t), n) for ex, t, n in zip(chunk, texts, lengths, strict=True)]
+    new = generate_ids(model, tokenizer, [ex.prompt for ex in examples], max_len, cfg.max_new_tokens, cfg.decoding,
+                       cfg.gen_batch_size)
+    texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    for ex, t, ids in zip(examples, texts, new, strict=True):
+        out.append(Prediction(t, score(ex.target, t), answer_length(ids, tokenizer.eos_token_id)))
     return out
 
 

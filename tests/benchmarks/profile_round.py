@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from amole.backbones.loader import load_base_model
-from amole.client.round import ClientJob, _train, embedding_batches
+from amole.client.round import ClientJob, embedding_batches, train_local
 from amole.client.routing_stats import collect_statistics
 from amole.compose import compose
 from amole.data.scenario import client_splits
@@ -54,7 +54,7 @@ def round_times(model, tokenizer, settings, client: str, held: int) -> dict[str,
     payload = bank.payload(bank.create_bank(layers, settings.adapter, seed=0), {n: experts for n in layers})
     clock = _Clock()
     job = ClientJob(model, tokenizer, splits, settings, 1, client, Path(tempfile.mkdtemp()), "profile")
-    clock("train", _train, job, payload, 0)
+    clock("train", train_local, job, payload, 0)
     result = clock("evaluate", evaluate, model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
     if settings.adapter.num_experts:
         clock("statistics", collect_statistics, model, embedding_batches(tokenizer, splits, settings))
