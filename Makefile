@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo model bench-assign bench-step bench-server gpu-check clean deploy-test deploy-load certs experiments-small \
-	results compose-test wheelhouse experiments-medium experiments-medium-3k experiments-rsea
+	results compose-test deploy-restart wheelhouse experiments-medium experiments-medium-3k experiments-rsea
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ gpu-check: $(STAMP)
 DEPLOY_ARGS ?= --kill-after-seconds 2
 deploy-test: $(STAMP)
 	$(PY) docker/deploy_test.py $(DEPLOY_ARGS)
+
+# The server fails mid-run: the SuperLink and its ServerApp are killed in round 3 (round 2 checkpointed), the SuperLink
+# is started again on the same state and keys, and the run resumes from its folder while the SuperNodes keep running;
+# the final experts are compared with an uninterrupted run's on the same processes (RESTART_ARGS= skips that).
+RESTART_ARGS ?= --compare
+deploy-restart: $(STAMP)
+	$(PY) docker/deploy_test.py --restart-server $(RESTART_ARGS)
 
 # The load check: 12 SuperNodes on one machine (TLS, node auth, tiny model), 3 rounds; ~5 min, ~11 GB.
 deploy-load: $(STAMP)

@@ -5,9 +5,12 @@ the SuperNodes it lists, and the status Flower gives the run (`flwr run` itself 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from processes import Cluster, Managed
@@ -89,3 +92,35 @@ def run_status(env: dict[str, str]) -> tuple[str, str]:
         return "no run", ""
     last = max(runs, key=lambda r: int(r["run-id"]))
     return str(last.get("status", "unknown")), str(last.get("status-details", ""))
+
+
+class StreamedRun:
+    """`flwr run ... --stream` in the background: every line it prints goes to ``on_line`` (the console decides
+    what a person sees), and each pattern of ``marks`` sets its event once a line matches it."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], on_line: Callable[[str], None],
+                 marks: dict[str, re.Pattern[str]] | None = None) -> None:
+        self.cmd, self.lines = cmd, []
+        self.marks = marks or {}
+        self.seen = {name: threading.Event() for name in self.marks}
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
+        self._on_line = on_line
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            self._on_line(line)
+            for name, pattern in self.marks.items():
+                if pattern.search(line):
+                    self.seen[name].set()
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def finish(self, timeout: float = 10) -> int | None:
+        """Wait for the last lines; the exit code (None if it still runs)."""
+        self._reader.join(timeout=timeout)
+        return self.proc.poll()
