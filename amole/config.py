@@ -92,7 +92,8 @@ class EvalConfig:
 
     max_new_tokens: int = 128  # greedy decoding budget for Rouge-L
     batch_size: int = 8  # prompts per forward when scoring choices
-    gen_batch_size: int = 32  # rows decoded together: a step reads every weight once, so wide batches are cheap
+    gen_batch_size: int | None = None  # rows decoded together (None: 32); a step reads every weight once, so wide
+    # batches cost little more than narrow ones. Speed only: greedy tokens do not depend on it.
     rouge: str = "rouge_score"  # rouge_score (stemmed, lowercased) | rouge_paper (the `rouge` package, as the paper)
     decoding: str = "greedy"  # greedy | generation_config (the model's own settings, as the paper; may sample)
 

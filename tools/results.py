@@ -70,6 +70,7 @@ NOT_BUDGET = {
     "scenario": {"local_path", "local_dir", "cache_dir"},
     "model": {"cache_dir"},
     "fusion": {"private_adapter"},
+    "eval": {"gen_batch_size"},
 }
 RUN_COLUMNS = ["scenario", "budget", "protocol", "strategy", "seed", "status", "rounds_done", "rounds_planned",
                "final_score",

@@ -20,7 +20,7 @@ from amole.client.losses import sequence_losses
 from amole.config import EvalConfig
 from amole.data import Example, collate, encode, pad_id_of
 from amole.evaluation.choices import choice_losses
-from amole.evaluation.generation import answer_length, generate, generate_ids
+from amole.evaluation.generation import GEN_BATCH_SIZE, answer_length, generate, generate_ids
 from amole.evaluation.rouge_l import metric_name, rouge_l_f
 
 __all__ = ["Prediction", "answer_length", "answer_loss", "choice_accuracy", "choice_hits", "choice_losses",
@@ -87,7 +87,7 @@ def rouge_predictions(model: nn.Module, tokenizer, examples: Sequence[Example], 
     score = rouge_l_f(cfg.rouge)
     out: list[Prediction] = []
     new = generate_ids(model, tokenizer, [ex.prompt for ex in examples], max_len, cfg.max_new_tokens, cfg.decoding,
-                       cfg.gen_batch_size)
+                       cfg.gen_batch_size or GEN_BATCH_SIZE)
     texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     for ex, t, ids in zip(examples, texts, new, strict=True):
         out.append(Prediction(t, score(ex.target, t), answer_length(ids, tokenizer.eos_token_id)))

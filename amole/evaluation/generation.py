@@ -19,6 +19,7 @@ from amole.backbones.loader import model_device
 from amole.data import pad_id_of
 
 DECODINGS = ("greedy", "generation_config")
+GEN_BATCH_SIZE = 32  # eval.gen_batch_size when unset
 
 
 def prompt_ids(tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int) -> list[list[int]]:
@@ -77,7 +78,7 @@ def _sampled_batch(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: 
 
 
 def generate_ids(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
-                 decoding: str = "greedy", batch_size: int = 32) -> list[list[int]]:
+                 decoding: str = "greedy", batch_size: int = GEN_BATCH_SIZE) -> list[list[int]]:
     """The new token ids of every prompt, in the prompts' order, through the first EOS (greedy rows stop there;
     sampled rows may carry padding after it)."""
     if decoding not in DECODINGS:
@@ -105,7 +106,7 @@ def answer_length(new_ids: Sequence[int], eos_id: int | None) -> int:
 
 
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
-             decoding: str = "greedy", batch_size: int = 32) -> list[str]:
+             decoding: str = "greedy", batch_size: int = GEN_BATCH_SIZE) -> list[str]:
     """Continuations of ``prompts`` as text (special tokens dropped).
 
     ``greedy``: argmax decoding, stopping at the tokenizer's EOS. ``generation_config``: the official code's
