@@ -10,13 +10,17 @@ Steps: demo certificates (docker/certs.sh) in a temporary folder -> `docker comp
 restart policy starts it again until it is let in) -> `flwr ls --format json` -> `docker compose down -v`.
 
     python docker/compose_test.py [--images auto|flower|project] [--torch-source auto|index|wheelhouse]
-                                  [--rounds N] [--kill-after-seconds S] [--keep]
+                                  [--rounds N] [--kill-after-seconds S] [--overrides "k=v ..."] [--keep] [--verbose]
 
 `--images auto` uses Flower's flwr/superlink and flwr/supernode where they are present or can be pulled, else
 the project image (docker/project-images.env). `--torch-source auto` builds from docker/wheels/ when a torch
 wheel is there or `pip download` can put one there, else from the PyTorch CPU index. The compose project is
 `amole-compose-test`, apart from a demo you may run as `amole`. Everything it started is torn down at the end
-(volumes included), also on failure or Ctrl-C. The last line is
+(volumes included), also on failure or Ctrl-C. A config the server would refuse is refused before any image is
+built (exit 2, its one line). The console shows what is done, one line per round and the verdict; the build, the
+containers' logs and Flower's output go to a log folder whose path is printed (`--verbose` shows it all). The
+run is judged by the line the strategy logs as it records the run's outcome (the run folder is inside the
+ServerApp's container) and Flower's status. The last line is
 `compose: sites=3 killed=<k> status=<completed|failed> rounds=<n>`; the exit code is 0 only when completed.
 """
 
@@ -26,19 +30,22 @@ import argparse
 import contextlib
 import json
 import os
-import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import deploy_test as dt  # noqa: E402 - docker/ is not a package; shares the flwr CLI helpers
+import deploy_console  # noqa: E402 - docker/ is not a package
+import deploy_test as dt  # noqa: E402 - shares the flwr CLI helpers
+from deploy_checks import judge_log, preflight  # noqa: E402
+from deploy_console import Console, detail, say  # noqa: E402
+from flower_cli import StreamedRun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -48,11 +55,6 @@ SITES = 3
 FLOWER_IMAGES = ("flwr/superlink", "flwr/supernode")
 SYNTHETIC_TASKS = ("reverse", "upper", "copy")  # conf/scenario/synthetic.yaml: generated, nothing to download
 
-
-RUN_ENDED = re.compile(r"run \S+ (completed|failed) after")
-
-def log(msg: str) -> None:
-    print(f"[compose-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def flwr_pin() -> str:
@@ -71,8 +73,10 @@ def torch_pin() -> str:
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None, check: bool = True, capture: bool = False,
         timeout: float | None = None) -> subprocess.CompletedProcess:
+    """A command; its output captured, or (the build) in the log file unless --verbose."""
+    sink = None if capture else deploy_console.sink()
     out = subprocess.run(cmd, env=env, cwd=ROOT, text=True, capture_output=capture, timeout=timeout, check=False,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT if sink else None)
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}" + (f": {out.stderr[-2000:]}" if capture else ""))
     return out
@@ -103,7 +107,7 @@ def choose_images(mode: str, version: str) -> str:
             continue
         pulled = run(["docker", "pull", "-q", image], check=False, capture=True, timeout=120)
         if pulled.returncode != 0:
-            log(f"{image} cannot be pulled here ({pulled.stderr.strip().splitlines()[-1:] or ['?']}); "
+            say(f"{image} cannot be pulled here ({pulled.stderr.strip().splitlines()[-1:] or ['?']}); "
                 "SuperLink and SuperNodes run from the project image")
             return "project"
     return "flower"
@@ -118,7 +122,7 @@ def choose_torch_source(mode: str, version: str) -> str:
         got = run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"torch=={version}", "-d", str(wheels)],
                   check=False, capture=True, timeout=600)
         if got.returncode != 0 or not list(wheels.glob(f"torch-{version}[+-]*.whl")):
-            log("no torch wheel for docker/wheels/; the image takes torch from the PyTorch CPU index")
+            say("no torch wheel for docker/wheels/; the image takes torch from the PyTorch CPU index")
             return "index"
     return "wheelhouse"
 
@@ -183,7 +187,7 @@ class Result:
     rejoined: bool | None = None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", choices=("auto", "flower", "project"), default="auto",
                    help="where the SuperLink and SuperNodes come from (auto: Flower's if they can be had)")
@@ -197,9 +201,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reply-timeout", type=float, default=240.0,
                    help="federation.reply_timeout and query_timeout in seconds: every message starts a fresh ClientApp "
                         "process (~60 s to answer in a container on a busy 2-core host)")
+    p.add_argument("--overrides", default="", help="extra Hydra overrides for the run")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="skip the config check before building (to see the deployment itself refuse a bad config)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on the run after this many seconds")
-    p.add_argument("--keep", action="store_true", help="keep the temporary folder (certificates, logs)")
-    args = p.parse_args(argv)
+    p.add_argument("--log-dir", type=Path, default=None,
+                   help="where the log folder goes (default runs/compose-test/<time>/ in the checkout)")
+    p.add_argument("--verbose", action="store_true", help="show everything on the terminal, not just the rounds")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (certificates)")
+    return p.parse_args(argv)
+
+
+def run_config(args: argparse.Namespace) -> dict[str, str]:
+    """The run's Flower config: the tiny model on the synthetic tasks (each site's task from its node config)."""
+    overrides = (f"federation.num_clients={SITES} federation.num_rounds={args.rounds} "
+                 f"federation.reply_timeout={args.reply_timeout:g} federation.query_timeout={args.reply_timeout:g} "
+                 f"{args.overrides}").strip()
+    return {"model": "tiny", "scenario": "synthetic", "budget": "smoke", "overrides": overrides}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logs = (args.log_dir or dt.ROOT / "runs" / "compose-test" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    console = deploy_console.use(Console("compose-test", logs / "compose.log", args.verbose))
+    kill = f", site {args.kill_site}'s containers killed mid-round 2 and started again" \
+        if args.kill_after_seconds >= 0 else ""
+    say(f"images built, a SuperLink and {SITES} sites in containers (TLS, node auth), tiny model, {args.rounds} "
+        f"rounds{kill}, torn down after")
+    say(f"details: {logs}/ (compose.log: the build, Flower's output; containers.log: every container's log)")
+    if not args.no_preflight:
+        config = run_config(args)
+        error = preflight([f"{k}={v}" for k, v in config.items() if k != "overrides"]
+                          + shlex.split(config["overrides"]))
+        if error is not None:
+            console.print(f"compose-test: the server refuses this config: {error}")
+            return 2
 
     def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
         raise KeyboardInterrupt(f"signal {signum}")
@@ -218,22 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         compose, images = setup(args, tmp)
         federate(args, tmp, compose, result)
     except KeyboardInterrupt as exc:
-        log(f"interrupted ({str(exc) or 'Ctrl-C'}); tearing down")
+        say(f"interrupted ({str(exc) or 'Ctrl-C'}); tearing down")
     except Exception as exc:  # report, tear down, and fail with the last line all the same
-        log(f"error: {type(exc).__name__}: {exc}")
+        say(f"error: {type(exc).__name__}: {exc}")
     finally:
         if compose is not None:
-            teardown(compose, tmp, show_logs=result.status != "completed")
+            teardown(compose, logs)
         if args.keep:
-            log(f"kept {tmp}")
+            say(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    log("image sizes: " + ", ".join(f"{image} {image_size(image)}" for image in images))
+    detail("image sizes: " + ", ".join(f"{image} {image_size(image)}" for image in images))
     if result.killed:
-        log(f"killed site rejoined: {'yes' if result.rejoined else 'no'}")
-    log(f"wall time {time.monotonic() - t0:.0f} s")
-    print(f"compose: sites={SITES} killed={result.killed} status={result.status} rounds={args.rounds}", flush=True)
-    return 0 if result.status == "completed" else 1
+        detail(f"killed site rejoined: {'yes' if result.rejoined else 'no'}")
+    ok = result.status == "completed"
+    say(f"{'done' if ok else 'FAILED'} in {time.monotonic() - t0:.0f} s; details in {logs}/")
+    console.print(f"compose: sites={SITES} killed={result.killed} status={result.status} rounds={args.rounds}")
+    console.close()
+    return 0 if ok else 1
 
 
 def setup(args: argparse.Namespace, tmp: Path) -> tuple[Compose, list[str]]:
@@ -257,12 +295,12 @@ def setup(args: argparse.Namespace, tmp: Path) -> tuple[Compose, list[str]]:
         env["DOCKER_BUILDKIT"] = "0"  # no buildx plugin: compose builds with the engine's classic builder
     compose = Compose(env)
     torch_from = "docker/wheels" if torch_source == "wheelhouse" else "the PyTorch CPU index"
-    log(f"SuperLink/SuperNodes from {'Flower' if images == 'flower' else 'the project'}'s images; torch from "
+    detail(f"SuperLink/SuperNodes from {'Flower' if images == 'flower' else 'the project'}'s images; torch from "
         f"{torch_from}; SuperLink on 127.0.0.1:{port}")
     compose("down", "-v", "--remove-orphans", "--timeout", "5", check=False, capture=True)  # leftovers of a crash
     t = time.monotonic()
     compose("build", "--quiet")
-    log(f"images built in {time.monotonic() - t:.0f} s")
+    say(f"images built in {time.monotonic() - t:.0f} s")
     used = ["amole:cpu"] + ([f"{name}:{version}" for name in FLOWER_IMAGES] if images == "flower" else [])
     return compose, used
 
@@ -273,104 +311,81 @@ def federate(args: argparse.Namespace, tmp: Path, compose: Compose, result: Resu
     write_profile(tmp / "cli", port, ca)
     compose("up", "-d", "superlink", capture=True)
     wait_health(port, ca, 120)
-    log(f"SuperLink container up on https://127.0.0.1:{port} (TLS, SuperNode auth)")
+    say(f"SuperLink container up on https://127.0.0.1:{port} (TLS, SuperNode auth)")
     registered = {}
     for site in range(1, SITES + 1):
         answer = dt.json_of(dt.flwr(["supernode", "register", str(tmp / "certs" / f"supernode-{site}.pub"), PROFILE,
                                      "--name", f"site-{site}", "--format", "json"], cli_env))
         registered[site] = int(answer["node-id"])
-    log(f"registered SuperNode keys: {registered}")
+    detail(f"registered SuperNode keys: {registered}")
     compose("up", "-d", capture=True)
     listed = wait_online(cli_env, set(registered.values()), 180)
     online_at = {int(n["node-id"]): n.get("online-at") for n in listed}
-    log(f"{SITES} sites online: {sorted(registered.values())}")
-
-    run_config = {"model": "tiny", "scenario": "synthetic", "budget": "smoke",
-                  "overrides": f"federation.num_clients={SITES} federation.num_rounds={args.rounds} "
-                               f"federation.reply_timeout={args.reply_timeout:g} "
-                               f"federation.query_timeout={args.reply_timeout:g}"}
+    say(f"{SITES} sites online")
     cmd = [dt.bin_path("flwr"), "run", str(ROOT), PROFILE, "--stream", "--run-config",
-           " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())]
-    log("$ " + " ".join(cmd))
-    runner = subprocess.Popen(cmd, env=cli_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
-    round2 = threading.Event()
-    ended: list[str] = []  # the strategy's own last word (server_app/strategy.py): "run ... completed|failed ..."
-
-    def pump() -> None:
-        for line in runner.stdout:
-            sys.stdout.write("  | " + line)
-            sys.stdout.flush()
-            if dt.ROUND_2.search(line):
-                round2.set()
-            if RUN_ENDED.search(line):
-                ended.append(line.strip())
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
+           " ".join(f"{k}={json.dumps(v)}" for k, v in run_config(args).items())]
+    detail("$ " + " ".join(cmd))
+    runner = StreamedRun(cmd, cli_env, deploy_console.stream, {"round2": dt.ROUND_2})
     site, node_id = args.kill_site, registered[args.kill_site]
     victims = (f"supernode-{site}", f"superexec-clientapp-{site}")
     t_run, t_kill, restarted, t_check = time.monotonic(), None, False, 0.0
     rejoined_at = None
     try:
-        while runner.poll() is None:
+        while runner.running():
             now = time.monotonic()
             if now - t_run > args.timeout:
-                log(f"the run did not finish within {args.timeout:.0f} s; giving up")
+                say(f"the run did not finish within {args.timeout:.0f} s; giving up")
                 break
-            if args.kill_after_seconds >= 0 and round2.is_set() and not result.killed:
+            if args.kill_after_seconds >= 0 and runner.seen["round2"].is_set() and not result.killed:
                 t_kill = t_kill or now + args.kill_after_seconds
                 if now >= t_kill:
                     compose("kill", "-s", "SIGKILL", *victims, capture=True)
                     result.killed, t_kill = 1, now
-                    log(f"killed site {site}: SIGKILL to containers {', '.join(victims)} "
+                    say(f"killed site {site}: SIGKILL to containers {', '.join(victims)} "
                         f"{now - t_run:.1f} s into the run")
             if result.killed and not restarted and now - t_kill >= args.restart_after_seconds:
                 compose("start", *victims, capture=True)
                 restarted = True
-                log(f"started site {site}'s containers again (same key, client-id={site - 1})")
+                say(f"started site {site}'s containers again (same key, client-id={site - 1})")
             if restarted and rejoined_at is None and now - t_check >= 3:
                 t_check = now
                 if any(int(n["node-id"]) == node_id and n.get("status") == "online"
                        and n.get("online-at") != online_at[node_id] for n in nodes(cli_env)):
                     rejoined_at = now
-                    log(f"SuperNode {node_id} is online again, {now - t_kill:.0f} s after the kill")
+                    say(f"site {site} is online again, {now - t_kill:.0f} s after the kill")
             time.sleep(0.5)
     finally:
-        if runner.poll() is None:
+        if runner.running():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(runner.pid, signal.SIGTERM)
-            runner.wait(timeout=10)
-    reader.join(timeout=10)
-    log(f"flwr run exited {runner.returncode} after {time.monotonic() - t_run:.0f} s")
+                os.killpg(runner.proc.pid, signal.SIGTERM)
+            runner.proc.wait(timeout=10)
+    runner.finish()
+    detail(f"flwr run exited {runner.proc.returncode} after {time.monotonic() - t_run:.0f} s")
     status = run_status(cli_env)
-    log(f"Flower run status: {status}")
+    detail(f"Flower run status: {status}")
     if result.killed:
         result.rejoined = rejoined_at is not None
     # Flower reports a run whose ServerApp raised as completed: the strategy's own record decides. The run folder
     # is inside the ServerApp's container, so its outcome is read from the line the strategy logs with it.
-    said = ended[-1] if ended else "the ServerApp logged no end of the run"
-    if not (ended and RUN_ENDED.search(said).group(1) == "completed"):
-        log(f"the run failed: {said}")
-    result.status = "completed" if status.split()[0].endswith(":completed") and ended and \
-        RUN_ENDED.search(said).group(1) == "completed" else "failed"
+    result.status, error = judge_log(runner.lines, status)
+    if error is not None:
+        say(f"the run failed: {error}")
 
 
-def teardown(compose: Compose, tmp: Path, show_logs: bool) -> None:
-    """Logs into the temporary folder (their tail on failure), then down with volumes; checks nothing is left."""
-    logs = compose("logs", "--no-color", "--timestamps", check=False, capture=True, timeout=120)
-    (tmp / "compose.log").write_text(logs.stdout + logs.stderr)
-    if show_logs:
-        log("last lines of the containers' logs:")
-        for line in (logs.stdout + logs.stderr).splitlines()[-60:]:
-            print("  # " + line, flush=True)
+def teardown(compose: Compose, logs: Path) -> None:
+    """Every container's log into the log folder, then down with volumes; checks nothing is left."""
+    out = compose("logs", "--no-color", "--timestamps", check=False, capture=True, timeout=120)
+    (logs / "containers.log").write_text(out.stdout + out.stderr)
     compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False, capture=True, timeout=300)
     label = f"label=com.docker.compose.project={PROJECT}"
     left = {kind: run(["docker", *cmd, "-q", "--filter", label], check=False, capture=True).stdout.split()
             for kind, cmd in (("containers", ["ps", "-a"]), ("volumes", ["volume", "ls"]),
                               ("networks", ["network", "ls"]))}
     left = {kind: ids for kind, ids in left.items() if ids}
-    log(f"teardown left {left} behind" if left else "torn down: containers, networks and volumes removed")
+    if left:
+        say(f"teardown left {left} behind")
+    else:
+        detail("torn down: containers, networks and volumes removed")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ class Console:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.file: TextIO = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by close()
         self.shown = 0  # lines printed on the terminal
+        self.out = sys.stdout  # the terminal, also while quiet() sends Python's own output to the log
+        self.muted = False  # streamed round lines to the log only (a reference run the console summarizes)
 
     def _stamp(self, msg: str) -> str:
         return f"[{self.name} {time.strftime('%H:%M:%S')}] {msg}"
@@ -54,12 +56,12 @@ class Console:
         """One line of `flwr run --stream`: to the log; on the terminal when it is a round's end or the run's."""
         line = line.rstrip("\n")
         self.file.write(line + "\n")
-        if self.verbose or SHOWN.search(line):
+        if self.verbose or (not self.muted and SHOWN.search(line)):
             self._out("  | " + ANSI.sub("", line))
 
     def _out(self, line: str) -> None:
-        sys.__stdout__.write(line + "\n")
-        sys.__stdout__.flush()
+        self.out.write(line + "\n")
+        self.out.flush()
         self.shown += 1
 
     @contextlib.contextmanager
@@ -94,3 +96,19 @@ def say(msg: str) -> None:
 def detail(msg: str) -> None:
     if _CURRENT:
         _CURRENT[0].detail(msg)
+
+
+def stream(line: str) -> None:
+    if _CURRENT:
+        _CURRENT[0].stream(line)
+    else:
+        print("  | " + line.rstrip("\n"), flush=True)
+
+
+def sink() -> TextIO | None:
+    """Where a child process's output goes: the log file (flushed, so lines keep their order), or the terminal
+    (None) with --verbose or without a console."""
+    if not _CURRENT or _CURRENT[0].verbose:
+        return None
+    _CURRENT[0].file.flush()
+    return _CURRENT[0].file

@@ -65,11 +65,11 @@ def federate_with_restart(dep: Deployment, result: Result) -> Path:
     if args.compare:
         t0 = time.monotonic()
         say("reference: the same federation, uninterrupted (its rounds are in the log)")
-        verbose, dep.console.verbose = dep.console.verbose, False  # its round lines would repeat the run's below
+        dep.console.muted = True  # its round lines would repeat the run's below
         try:
             wait_run(dep, dep.start_run(dep.run_config(REFERENCE)), args.timeout)
         finally:
-            dep.console.verbose = verbose
+            dep.console.muted = False
         status, error = judge(reference, dep.flower_status())
         if error is not None:
             raise RuntimeError(f"the uninterrupted reference run failed: {error}")

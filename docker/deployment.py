@@ -114,6 +114,7 @@ class Deployment:
         self.execs: dict[int, Managed] = {}  # --isolation process: each site's ClientApp SuperExec
         self.online_at: dict[int, str | None] = {}  # node id -> when the SuperLink last activated it
         self.peak_mb: dict[int, float] = {}
+        self.last_run: StreamedRun | None = None
         self._t_mem = 0.0
 
     @property
@@ -221,19 +222,22 @@ class Deployment:
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
         cmd = [bin_path("flwr"), "run", str(ROOT), PROFILE, "--stream", "--run-config", pairs]
         self.console.detail("$ " + " ".join(cmd))
-        run = StreamedRun(cmd, self.cli_env, self.console.stream, marks)
+        run = self.last_run = StreamedRun(cmd, self.cli_env, self.console.stream, marks)
         self.cluster.procs.append(Managed("flwr-run", cmd, self.cli_env, ROOT, self.logs / "flwr-run.log",
                                           proc=run.proc, known={run.proc.pid: start_time(run.proc.pid) or ""}))
         return run
 
     def flower_status(self) -> str:
-        """Flower's status of the latest run, once it is no longer running (`flwr run --stream` can return while
-        the ServerApp is still finishing)."""
-        status, details = run_status(self.cli_env)
+        """Flower's status of the run started last, once it is no longer running (`flwr run --stream` can return
+        while the ServerApp is still finishing)."""
+        run = self.last_run
+        if run is None:
+            return "no run"
+        status, details = run_status(self.cli_env, run.run_id)
         deadline = time.monotonic() + 180
         while status.startswith(("running", "starting", "pending")) and time.monotonic() < deadline:
             time.sleep(2)
-            status, details = run_status(self.cli_env)
+            status, details = run_status(self.cli_env, run.run_id)
         self.console.detail(f"Flower run status: {status}{' (' + details + ')' if details else ''}")
         return status
 

@@ -86,11 +86,13 @@ def wait_online(env: dict[str, str], node_ids: set[int], timeout: float, cluster
         time.sleep(1.0)
 
 
-def run_status(env: dict[str, str]) -> tuple[str, str]:
+def run_status(env: dict[str, str], run_id: int | None = None) -> tuple[str, str]:
+    """Flower's status of run ``run_id`` (run ids are random, not increasing: without one, the only run)."""
     runs = json_of(flwr(["ls", PROFILE, "--format", "json"], env)).get("runs", [])
+    runs = [r for r in runs if run_id is None or int(r["run-id"]) == run_id]
     if not runs:
         return "no run", ""
-    last = max(runs, key=lambda r: int(r["run-id"]))
+    last = max(runs, key=lambda r: str(r.get("pending-at", "")))
     return str(last.get("status", "unknown")), str(last.get("status-details", ""))
 
 
@@ -116,6 +118,12 @@ class StreamedRun:
             for name, pattern in self.marks.items():
                 if pattern.search(line):
                     self.seen[name].set()
+
+    @property
+    def run_id(self) -> int | None:
+        """The id Flower gave the run (`Successfully started run <id>`), once it said so."""
+        found = [m for line in self.lines if (m := re.search(r"started run (\d+)", line))]
+        return int(found[0].group(1)) if found else None
 
     def running(self) -> bool:
         return self.proc.poll() is None
