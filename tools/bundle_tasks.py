@@ -17,7 +17,8 @@ from pathlib import Path
 
 from amole.data.bigbench import BUNDLED_DIR, local_task_path
 
-DEMO_TASKS = ("hyperbaton", "sports_understanding", "object_counting", "word_sorting")
+# The demo's four (conf/scenario/bigbench_demo.yaml) and the two the compose demo's sites start with.
+BUNDLED_TASKS = ("matrixshapes", "qa_wikidata", "object_counting", "word_sorting", "hyperbaton", "sports_understanding")
 
 
 def bundle(source: Path, task: str, examples: int, out: Path) -> str:
@@ -40,7 +41,7 @@ def main() -> None:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print("| task | examples in source | kept | sha256 (first 16) |\n|---|---:|---:|---|")
-    for task in DEMO_TASKS:
+    for task in BUNDLED_TASKS:
         print(bundle(args.source, task, args.examples, args.out))
 
 
