@@ -64,11 +64,11 @@ def judge_log(lines: list[str], flower_status: str) -> tuple[str, str | None]:
 
 
 def compare_experts(a: Path, b: Path) -> tuple[bool, float]:
-    """Whether two runs' final checkpoints hold the same expert bank (names, shapes, values): bit-equal, and the
-    largest absolute difference of any tensor (inf when the names or shapes differ)."""
+    """Whether two checkpoints (files, or the run folders holding them) hold the same expert bank (names, shapes,
+    values): bit-equal, and the largest absolute difference of any tensor (inf when names or shapes differ)."""
     from safetensors.torch import load_file
 
-    x, y = (load_file(str(p / "checkpoint.safetensors")) for p in (a, b))
+    x, y = (load_file(str(p if p.suffix == ".safetensors" else p / "checkpoint.safetensors")) for p in (a, b))
     x, y = ({k: v for k, v in t.items() if k.startswith("bank/")} for t in (x, y))
     if x.keys() != y.keys() or any(x[k].shape != y[k].shape for k in x):
         return False, math.inf

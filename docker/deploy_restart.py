@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,6 +94,8 @@ def federate_with_restart(dep: Deployment, result: Result) -> Path:
             break
         time.sleep(0.2)
     kill_server(dep, run, kill_round)
+    at_kill = dep.tmp / "checkpoint-at-kill.safetensors"  # to show the experts still moved after the restart
+    shutil.copyfile(run_dir / "checkpoint.safetensors", at_kill)
     offsets = {site: len(dep.sites[site].log_text()) for site in dep.registered}
     time.sleep(args.restart_after_seconds)
     t_up = time.monotonic()
@@ -109,8 +112,10 @@ def federate_with_restart(dep: Deployment, result: Result) -> Path:
         say("every site kept its resident worker (model loaded) through the restart")
     if args.compare and (run_dir / "checkpoint.safetensors").is_file():
         result.experts_equal, result.max_diff = compare_experts(reference, run_dir)
+        moved = compare_experts(at_kill, run_dir)[1]
         say(f"final experts {'equal' if result.experts_equal else 'DIFFER from'} the uninterrupted run's "
-            f"(largest absolute difference {result.max_diff:.3g})")
+            f"(largest absolute difference {result.max_diff:.3g}; rounds {kill_round}-{args.rounds} moved them by "
+            f"up to {moved:.3g})")
     return run_dir
 
 
