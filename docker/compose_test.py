@@ -107,8 +107,8 @@ def choose_images(mode: str, version: str) -> str:
             continue
         pulled = run(["docker", "pull", "-q", image], check=False, capture=True, timeout=120)
         if pulled.returncode != 0:
-            say(f"{image} cannot be pulled here ({pulled.stderr.strip().splitlines()[-1:] or ['?']}); "
-                "SuperLink and SuperNodes run from the project image")
+            say(f"{image} cannot be pulled here; SuperLink and SuperNodes run from the project image")
+            detail(f"docker pull {image}: {(pulled.stderr.strip().splitlines() or ['?'])[-1]}")
             return "project"
     return "flower"
 

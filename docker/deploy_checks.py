@@ -16,6 +16,7 @@ from typing import Any
 
 from deploy_console import detail, say
 
+RAISED = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (.+)$")  # a traceback's last line
 RUN_ENDED = re.compile(r"run \S+ (completed|failed) after \d+ of \d+ rounds(?:: (.*))?")  # the strategy's last word
 
 
@@ -54,8 +55,12 @@ def judge_log(lines: list[str], flower_status: str) -> tuple[str, str | None]:
     """As ``judge`` where the run folder is out of reach (inside the ServerApp's container, compose-test): the
     line the strategy logs as it writes outcome.json (``run <name> completed|failed after i of n rounds[: error]``)."""
     ended = [m for line in lines if (m := RUN_ENDED.search(line))]
-    if not ended:
-        return "failed", "the ServerApp logged no end of the run (it never started it, or was killed)"
+    if not ended:  # it failed before its run began (a config it refuses): the traceback's last line, or Flower's
+        raised = [m for line in lines if (m := RAISED.match(line.strip()))]
+        if raised:
+            return "failed", f"{raised[-1].group(1)}: {raised[-1].group(2)}"
+        details = flower_status.split(" ", 1)[1].strip() if " " in flower_status.strip() else ""
+        return "failed", details or "the ServerApp logged no end of the run (it never started it, or was killed)"
     if ended[-1].group(1) != "completed":
         return "failed", ended[-1].group(2) or ended[-1].group(0)
     if not flower_status.split()[0].endswith(":completed"):

@@ -83,6 +83,13 @@ def test_launcher_compose_judges_the_line_the_strategy_logs_with_its_outcome() -
               "00:01:02 run fedamole-synthetic-x failed after 0 of 3 rounds: AssignmentError: every client must hold"]
     assert checks.judge_log(failed, "finished:completed") == ("failed", "AssignmentError: every client must hold")
     assert checks.judge_log(["Successfully started run 42"], "finished:completed")[0] == "failed"
+    refused = ["Traceback (most recent call last):", '  File "strategy.py", line 105, in __init__',
+               "amole.server.assign.AssignmentError: every client must hold",
+               "\x1b[91mERROR \x1b[0m:     Exit Code: 201"]
+    assert checks.judge_log(refused, "finished:failed ServerApp failed with exception: every client must hold") == \
+        ("failed", "AssignmentError: every client must hold")  # refused before its run began: no last line
+    assert checks.judge_log([], "finished:failed ServerApp failed with exception: boom") == \
+        ("failed", "ServerApp failed with exception: boom")
     done = ["00:03:04 round 3: mean score 0.1 over 3 clients", "00:03:04 run r completed after 3 of 3 rounds"]
     assert checks.judge_log(done, "finished:completed (N/A)") == ("completed", None)
     assert checks.judge_log(done, "finished:failed boom")[0] == "failed"
