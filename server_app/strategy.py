@@ -106,6 +106,7 @@ class FedAMoLE(Strategy):
                                                                                        fed.max_clients or 0))
         except Exception as err:
             write_outcome(self.run_dir, FAILED, 0, fed.num_rounds, err)
+            log.error("run %s failed after 0 of %d rounds: %s", self.run_dir.name, fed.num_rounds, error_line(err))
             raise
         self.registry: ClientRegistry | None = None
         self._round: _Round | None = None
