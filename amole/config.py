@@ -81,7 +81,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of the adapters and non-quantized weights
     dense_on_cpu: bool = True  # CPU only: hold the quantized backbone dequantized (same values, BLAS matmuls)
     compute_dtype: str | None = None  # quantized backbones: matmul dtype of the frozen linears (None: fp32 on CPU,
-    # bf16 on CUDA). bfloat16 speeds CPUs that have bf16 matmul units (AMX, AVX512-BF16).
+    # bf16 on CUDA). bfloat16 speeds CPUs that have bf16 matmul units (AMX, AVX512-BF16); auto: bfloat16 on those,
+    # None elsewhere, decided by each site on its own hardware.
     cache_dir: str | None = None
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for name == "tiny-llama"
 

@@ -115,8 +115,10 @@ class FedAMoLE(Strategy):
 
     def summary(self) -> None:
         fed = self.settings.federation
-        log.info("%s: %d clients x %d rounds, %s, run folder %s", fed.strategy, fed.num_clients, fed.num_rounds,
-                 self.settings.scenario.name, self.run_dir)
+        compute = self.settings.model.compute_dtype
+        matmuls = {None: "", "auto": ", backbone matmuls auto (bf16 where a site's CPU has bf16 units, else fp32)"}
+        log.info("%s: %d clients x %d rounds, %s, run folder %s%s", fed.strategy, fed.num_clients, fed.num_rounds,
+                 self.settings.scenario.name, self.run_dir, matmuls.get(compute, f", backbone matmuls {compute}"))
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int | None = None,

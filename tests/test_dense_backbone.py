@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from amole.backbones.dense_backbone import CastLinear, dequantize_frozen
-from amole.backbones.loader import bnb_config, load_base_model
+from amole.backbones.loader import bnb_config, compute_dtype, load_base_model
 from amole.config import AdapterConfig, ModelConfig
 from amole.moe.model import inject, trainable_parameters
 
@@ -115,6 +115,25 @@ def test_bf16_compute_on_a_cpu_without_bf16_units_warns(has_units: bool, monkeyp
     assert not warned or warned[0].startswith("model.compute_dtype=bfloat16") and warned[1].startswith(
         "model.dtype=bfloat16")  # the key the user set is the one named
     assert any(isinstance(m, CastLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("has_units", [False, True])
+def test_auto_compute_picks_bf16_only_on_a_cpu_with_bf16_units(has_units: bool, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """auto: bf16 matmuls where the CPU has the units, the usual rule (fp32 on a CPU, bitsandbytes' bf16 on CUDA)
+    elsewhere and for an unquantized backbone; the load says which it picked, and never warns."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_units)
+    auto = ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype="auto")
+    assert compute_dtype(auto, "cpu") == (torch.bfloat16 if has_units else None)
+    assert compute_dtype(auto, "cuda") is None
+    assert compute_dtype(ModelConfig(name="tiny-llama", quantization="none", compute_dtype="auto"), "cpu") is None
+    with caplog.at_level("INFO", logger="amole.backbones.loader"):
+        model, _ = load_base_model(auto, device="cpu")
+    said = [r.getMessage() for r in caplog.records if r.name == "amole.backbones.loader"]
+    assert said == [f"model.compute_dtype=auto: the backbone's matmuls run in {'bfloat16' if has_units else 'float32'}"
+                    " on this cpu"]
+    assert any(isinstance(m, CastLinear) for m in model.modules()) == has_units
 
 
 def test_a_bf16_compute_run_is_named_apart() -> None:

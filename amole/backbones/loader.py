@@ -129,12 +129,20 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
         raise ValueError(f"unknown model.dtype {cfg.dtype!r}; expected one of {sorted(DTYPES)}") from None
 
 
-def compute_dtype(cfg: ModelConfig) -> torch.dtype | None:
-    """``model.compute_dtype``: what a quantized backbone's frozen linears multiply in (None: the usual rule)."""
+def compute_dtype(cfg: ModelConfig, device: str = "cpu") -> torch.dtype | None:
+    """``model.compute_dtype``: what a quantized backbone's frozen linears multiply in (None: the usual rule, fp32
+    on a CPU and bitsandbytes' bf16 on CUDA). ``auto`` picks bf16 on a CPU with bf16 matmul units (AMX,
+    AVX512-BF16), where it is ~7x faster per matmul, and the usual rule elsewhere: each site decides on its own
+    hardware."""
     if cfg.compute_dtype is None:
         return None
+    if cfg.compute_dtype == "auto":
+        on_cpu = torch.device(device).type == "cpu"
+        fast = on_cpu and cfg.quantization != "none" and cpu_has_units(torch.bfloat16)
+        return torch.bfloat16 if fast else None
     if cfg.compute_dtype not in DTYPES:
-        raise ValueError(f"unknown model.compute_dtype {cfg.compute_dtype!r}; expected null or one of {sorted(DTYPES)}")
+        raise ValueError(f"unknown model.compute_dtype {cfg.compute_dtype!r}; expected null, auto or one of "
+                         f"{sorted(DTYPES)}")
     if cfg.quantization == "none":
         raise ValueError("model.compute_dtype is the matmul dtype of a quantized backbone's frozen linears; with "
                          "model.quantization=none set model.dtype instead (or leave compute_dtype null)")
@@ -222,7 +230,11 @@ def load_base_model(
     ``Linear4bit`` / ``Linear8bitLt`` modules; non-quantized weights use ``cfg.dtype``.
     """
     device = device or default_device()
-    dtype, compute = _dtype(cfg), compute_dtype(cfg)
+    dtype, compute = _dtype(cfg), compute_dtype(cfg, device)
+    if cfg.compute_dtype == "auto":
+        log.info("model.compute_dtype=auto: the backbone's matmuls run in %s on this %s",
+                 str(compute or ("bfloat16 (bitsandbytes)" if device.startswith("cuda") else dtype))
+                 .removeprefix("torch."), device)
     if torch.device(device).type == "cpu" and not cpu_has_units(compute or dtype):
         key, value = ("compute_dtype", compute) if compute else ("dtype", dtype)
         name = str(value).removeprefix("torch.")
