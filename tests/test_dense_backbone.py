@@ -142,5 +142,6 @@ def test_a_bf16_compute_run_is_named_apart() -> None:
     from tools.experiment import run_name
 
     base = ["budget=demo", "scenario=bigbench_demo", "seed=0"]
-    assert run_name(compose(base)) == "bigbench_demo-fedamole-s0"
+    assert run_name(compose([*base, "model.compute_dtype=null"])) == "bigbench_demo-fedamole-s0"
     assert run_name(compose([*base, "model.compute_dtype=bfloat16"])) == "bigbench_demo-fedamole-s0-bfloat16"
+    assert run_name(compose(base)) == "bigbench_demo-fedamole-s0-auto"  # the demo's: bf16 on some CPUs
