@@ -211,3 +211,19 @@ def test_a_null_setting_counts_as_absent_in_every_comparison() -> None:
     tupled = json.loads(json.dumps(CONFIG))
     tupled["adapter"]["target_modules"], old["adapter"]["target_modules"] = ("q", "v"), ["q", "v"]
     assert config_mismatch(old, tupled) == []  # a stored config holds lists where a live one may hold tuples
+
+
+def test_launcher_experiment_runner_exits_nonzero_on_a_config_the_server_refuses(tmp_path: Path) -> None:
+    """The runner, given a real configuration that fails (N*K < C), exits 1 and names the error in one line."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.experiment", "model=tiny", "budget=smoke", "scenario=synthetic",
+         "federation.num_clients=6", "adapter.num_experts=2", f"federation.runs_dir={tmp_path}"],
+        cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "AssignmentError: every client must hold at least one routed expert" in proc.stdout + proc.stderr
+    record = json.loads((tmp_path / "synthetic-fedamole-s0" / "experiment.json").read_text())
+    assert record["status"] == "failed" and record["rounds_done"] == 0
