@@ -28,7 +28,8 @@ def prompt_ids(tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: 
     return [list(tokenizer(p, add_special_tokens=True)["input_ids"])[-room:] for p in prompts]
 
 
-def _left_pad(rows: Sequence[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+def left_pad(rows: Sequence[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Token ids and attention mask, padded on the left so that every row ends where generation starts."""
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
@@ -40,7 +41,7 @@ def _greedy_batch(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: i
                   pad: int) -> list[list[int]]:
     """Greedy continuations of one left-padded batch; a row ends with its EOS (kept) or at ``max_new_tokens``."""
     dev = model_device(model)
-    ids, mask = _left_pad(rows, pad)
+    ids, mask = left_pad(rows, pad)
     # Positions as model.generate computes them: the count of real tokens before, padding at 1.
     positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
     out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev), use_cache=True,
@@ -71,7 +72,7 @@ def _greedy_batch(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: i
 def _sampled_batch(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: int, pad: int) -> list[list[int]]:
     """The official code's ``generate(max_new_tokens, num_beams=1)``: the model's generation config decides."""
     dev = model_device(model)
-    ids, mask = _left_pad(rows, pad)
+    ids, mask = left_pad(rows, pad)
     out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
                          pad_token_id=pad, num_beams=1)
     return out[:, ids.shape[1]:].cpu().tolist()

@@ -153,13 +153,13 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[tuple[str, bool
 
     from amole.backbones.loader import model_device
     from amole.data import pad_id_of
+    from amole.evaluation.generation import left_pad
 
     pad = pad_id_of(tokenizer)
     room = max(max_len - options["max_new_tokens"], 1)
-    ids = [list(tokenizer(t, add_special_tokens=special)["input_ids"])[-room:] for t, special in prompts]
-    width = max(len(x) for x in ids)
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    input_ids, mask = left_pad([list(tokenizer(t, add_special_tokens=special)["input_ids"])[-room:]
+                                for t, special in prompts], pad)
+    width = input_ids.shape[1]
     dev = model_device(model)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), pad_token_id=pad,

@@ -32,7 +32,7 @@ def hf_generate_ids(model, tokenizer, prompts, max_len, max_new_tokens, decoding
     pad, eos, out = pad_id_of(tokenizer), tokenizer.eos_token_id, []
     ids = generation.prompt_ids(tokenizer, prompts, max_len, max_new_tokens)
     for s in range(0, len(ids), batch_size):
-        x, mask = generation._left_pad(ids[s : s + batch_size], pad)
+        x, mask = generation.left_pad(ids[s : s + batch_size], pad)
         dev = model_device(model)
         new = model.generate(input_ids=x.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
                              pad_token_id=pad, do_sample=False, eos_token_id=eos)[:, x.shape[1]:].tolist()
