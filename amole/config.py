@@ -83,6 +83,8 @@ class ModelConfig:
     compute_dtype: str | None = None  # quantized backbones: matmul dtype of the frozen linears (None: fp32 on CPU,
     # bf16 on CUDA). bfloat16 speeds CPUs that have bf16 matmul units (AMX, AVX512-BF16); auto: bfloat16 on those,
     # None elsewhere, decided by each site on its own hardware.
+    compile: str = "auto"  # torch.compile the adapter path (far fewer ops a step): on | off | auto (on with CUDA,
+    # where a step is bound by launching ops; off on a CPU, where it measured no faster and costs ~25 s start-up)
     cache_dir: str | None = None
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for name == "tiny-llama"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from amole.backbones.loader import load_base_model
+from amole.backbones.loader import compile_adapters, load_base_model, model_device
 from amole.client.round import ClientJob, score_metrics, score_untrained
 from amole.config import Settings
 from amole.data import ClientSplits
@@ -35,7 +35,7 @@ log = logging.getLogger("amole.client")
 def _model_for(model_json: str, adapter_json: str) -> tuple[Any, Any]:
     settings = Settings.from_dict({"model": json.loads(model_json), "adapter": json.loads(adapter_json)})
     model, tokenizer = load_base_model(settings.model)
-    inject(model, settings.adapter)
+    inject(model, settings.adapter, compiled=compile_adapters(settings.model, model_device(model)))
     return model, tokenizer
 
 

@@ -117,8 +117,11 @@ class FedAMoLE(Strategy):
         fed = self.settings.federation
         compute = self.settings.model.compute_dtype
         matmuls = {None: "", "auto": ", backbone matmuls auto (bf16 where a site's CPU has bf16 units, else fp32)"}
-        log.info("%s: %d clients x %d rounds, %s, run folder %s%s", fed.strategy, fed.num_clients, fed.num_rounds,
-                 self.settings.scenario.name, self.run_dir, matmuls.get(compute, f", backbone matmuls {compute}"))
+        compiled = {"auto": "compiled on CUDA sites, eager on CPUs"}.get(str(self.settings.model.compile).lower(),
+                                                                       str(self.settings.model.compile))
+        log.info("%s: %d clients x %d rounds, %s, run folder %s%s, adapter path %s (model.compile)", fed.strategy,
+                 fed.num_clients, fed.num_rounds, self.settings.scenario.name, self.run_dir,
+                 matmuls.get(compute, f", backbone matmuls {compute}"), compiled)
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int | None = None,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from amole.config import AdapterConfig
+from amole.moe import layer as layer_module
 from amole.moe.layer import AMoLELinear
 
 D_IN, D_OUT, R, N = 12, 10, 4, 5
@@ -42,13 +43,13 @@ def make_layer(router_input: str, p: float = 0.5, seed: int = 0) -> AMoLELinear:
 def routed_inputs(layer: AMoLELinear, monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Record the (expert codes, router codes) every call of the layer routes on."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    route = layer._route
+    route = layer_module.route
 
-    def spy(e: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def spy(e: torch.Tensor, t: torch.Tensor, *args):
         seen.append((e.detach(), t.detach()))
-        return route(e, t, mask)
+        return route(e, t, *args)
 
-    monkeypatch.setattr(layer, "_route", spy)
+    monkeypatch.setattr(layer_module, "route", spy)
     return seen
 
 

@@ -94,6 +94,7 @@ def test_gpu_check_cpu_smoke_runs(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "round (in-process, one client at a time): 10 clients" in proc.stdout
+    assert "paper's schedule (10 clients x 30 rounds x 200 steps at 1x1024" in proc.stdout  # the 1B-shape part
     assert "gpu-check: done" in proc.stdout
 
 

@@ -68,7 +68,7 @@ NOT_BUDGET = {
     "adapter": {"num_experts", "shared_expert"},
     "assign": {"mode"},
     "scenario": {"local_path", "local_dir", "cache_dir"},
-    "model": {"cache_dir"},
+    "model": {"cache_dir", "compile"},
     "fusion": {"private_adapter"},
     "eval": {"gen_batch_size"},
 }

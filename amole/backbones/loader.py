@@ -149,6 +149,20 @@ def compute_dtype(cfg: ModelConfig, device: str = "cpu") -> torch.dtype | None:
     return DTYPES[cfg.compute_dtype]
 
 
+COMPILE_CHOICES = {"auto": None, "on": True, "true": True, "off": False, "false": False}
+
+
+def compile_adapters(cfg: ModelConfig, device: str | torch.device = "cpu") -> bool:
+    """``model.compile``: whether the adapter path runs through ``torch.compile``. ``auto`` turns it on with CUDA,
+    where a step is bound by issuing ops (one compiled graph replaces ~90 ops a layer; tests/benchmarks/op_count.py),
+    and off on a CPU, where matmuls dominate: there it measured no faster and adds ~25 s of compiling a process."""
+    choice = str(cfg.compile).lower()
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"unknown model.compile {cfg.compile!r}; expected auto, on or off")
+    on = COMPILE_CHOICES[choice]
+    return torch.device(device).type == "cuda" if on is None else on
+
+
 def bnb_config(quantization: str, device: str, compute: torch.dtype | None = None) -> BitsAndBytesConfig | None:
     """bitsandbytes settings: NF4 + double quant (``compute``, by default fp32 on CPU and bf16 on CUDA) or
     LLM.int8()."""

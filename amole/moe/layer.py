@@ -18,7 +18,9 @@ then a gather). The two differ only while training with dropout > 0 (cost measur
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +88,7 @@ class AMoLELinear(nn.Module):
         self.token_mask: Tensor | None = None
         self.lb_loss: Tensor | None = None
         self.collect_stats = False
+        self.compiled = False  # model.compile: the adapter path through torch.compile (set by inject)
         self.reset_stats()
 
     # -- expert set ---------------------------------------------------------------------------------------
@@ -120,98 +123,32 @@ class AMoLELinear(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         y = self.base(x, *args, **kwargs)
-        r, n = self.r, self.num_experts
+        if self.router is None and self.shared_A is None:  # no adapter at all: the frozen layer alone
+            self.lb_loss = None
+            return y
         x = x.to(self.experts_A.dtype)
-        own_masks = self._own_masks()
-        h = x if own_masks else self.dropout(x)
-        keys = [k for k in (self.router, self.shared_A) if k is not None]
-        if n > 0:
-            keys.append(self.experts_A.reshape(n * r, self.in_features))
-        if not keys:  # neither router, shared expert nor routed experts: the frozen layer alone
-            self.lb_loss = None
-            return y
-        n_router = r if self.router is not None else 0
-        n_shared = r if self.shared_A is not None else 0
-        # Router, shared and every held expert's code in one matmul, split once: split's backward is one cat,
-        # where slicing the pieces out one by one costs a zero-filled copy per piece (op counts: docs/gpu-check.md).
-        t, shared, flat = (h @ _cat(keys, 0).T).split([n_router, n_shared, n * r], dim=-1)
-        e = flat.unflatten(-1, (n, r))
-        if own_masks and n_shared:  # the shared expert's code from its own dropout mask
-            shared = self.dropout(x) @ self.shared_A.T
+        own = self._own_masks()
         mask = self._mask_for(x)
-        if self.collect_stats and self.router is not None:
+        fn = adapter_update
+        if self.compiled and not own and not self.collect_stats:
+            fn = compiled_adapter_update()
+        out, self.lb_loss, t, e = fn(
+            y, x if own else self.dropout(x), self.router, self.shared_A, self.shared_B, self.experts_A,
+            self.experts_B, mask, self.top_k, self.scaling, self.training, self.dropout if own else None)
+        if self.collect_stats and t is not None:
             self._accumulate(t, e, mask)
-        codes = [shared] if n_shared else []
-        Bs = [self.shared_B] if n_shared else []
-        if n > 0:
-            gates = self._route(e, t, mask)
-            codes.append(self._gated_own_masks(x, gates) if own_masks else (e * gates.unsqueeze(-1)).flatten(-2))
-            Bs.append(self.experts_B.permute(1, 0, 2).reshape(self.out_features, n * r))
-        else:
-            self.lb_loss = None
-        if not Bs:
-            return y
-        delta = _cat(codes, -1) @ _cat(Bs, 1).T
-        if delta.dtype == y.dtype:
-            return torch.add(y, delta, alpha=self.scaling)
-        return y + (delta * self.scaling).to(y.dtype)
+        return out
 
     def _own_masks(self) -> bool:
         """Route on the clean input, each expert on its own dropout mask (``router_input: clean``, training)."""
         return (self.router_input == "clean" and self.training and self.router is not None
                 and isinstance(self.dropout, nn.Dropout) and self.dropout.p > 0)
 
-    def _gated_own_masks(self, x: Tensor, gates: Tensor) -> Tensor:
-        """Gated expert codes (..., n * r) where each of a token's top-k experts sees its own dropout mask.
-
-        One mask per routed slot (x expanded to (..., k, d)), every slot through all held A in one matmul, then
-        each slot keeps its own expert's code: k / (n + 1) of the memory of one mask per held expert, same law.
-        """
-        n, r = self.num_experts, self.r
-        top_p, top_i = gates.topk(min(self.top_k, n), dim=-1)  # (..., k): the routed experts and their gates
-        k = top_i.shape[-1]
-        h = self.dropout(x.unsqueeze(-2).expand(*x.shape[:-1], k, self.in_features))  # a mask per slot
-        z = (h @ self.experts_A.reshape(n * r, self.in_features).T).unflatten(-1, (n, r))  # (..., k, n, r)
-        code = z.gather(-2, top_i[..., None, None].expand(*top_i.shape, 1, r)).squeeze(-2)  # (..., k, r)
-        dense = torch.zeros(*x.shape[:-1], n, r, device=x.device, dtype=x.dtype)
-        return dense.scatter(-2, top_i.unsqueeze(-1).expand(*top_i.shape, r), code * top_p.unsqueeze(-1)).flatten(-2)
-
     def _mask_for(self, x: Tensor) -> Tensor | None:
         m = self.token_mask
         if m is None or tuple(m.shape) != tuple(x.shape[:-1]):
             return None
         return m.to(device=x.device, dtype=torch.bool)
-
-    def _route(self, e: Tensor, t: Tensor, mask: Tensor | None) -> Tensor:
-        """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere.
-
-        The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
-        the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
-        """
-        n = e.shape[-2]
-        logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(self.r)
-        probs = torch.softmax(logits.float(), dim=-1)
-        top_i = probs.topk(min(self.top_k, n), dim=-1).indices
-        slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
-        kept = probs * slots
-        gates = kept / kept.sum(-1, keepdim=True)
-        self.lb_loss = self._load_balance(probs, slots, mask) if self.training else None
-        return gates.to(e.dtype)
-
-    def _load_balance(self, probs: Tensor, slots: Tensor, mask: Tensor | None) -> Tensor:
-        """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward (``slots``: 0/1 top-k).
-
-        Padding is weighted out rather than indexed out: boolean indexing would make a GPU wait for the host.
-        """
-        n = probs.shape[-1]
-        probs, slots = probs.reshape(-1, n), slots.reshape(-1, n)
-        k = min(self.top_k, n)
-        if mask is None:
-            tokens = max(probs.shape[0], 1)
-            return torch.dot(probs.sum(0), slots.sum(0)) * (n / (tokens * tokens * k))
-        w = mask.reshape(-1).to(probs.dtype)
-        tokens = w.sum().clamp_min(1)
-        return torch.dot(w @ probs, w @ slots) * n / (tokens * tokens * k)
 
     @torch.no_grad()
     def _accumulate(self, t: Tensor, e: Tensor, mask: Tensor | None) -> None:
@@ -234,3 +171,101 @@ class AMoLELinear(nn.Module):
 def _cat(tensors: list[Tensor], dim: int) -> Tensor:
     """torch.cat that skips the copy when there is one piece."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
+
+
+def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor | None, shared_B: Tensor | None,
+                   experts_A: Tensor, experts_B: Tensor, mask: Tensor | None, top_k: int, scaling: float,
+                   training: bool, own_dropout: nn.Module | None = None
+                   ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """The layer's output ``y + s * delta(h)``, its load-balance term (training) and the router/expert codes.
+
+    A pure function of tensors, so that ``model.compile`` can hand it to ``torch.compile`` whole (one fused graph
+    forward and one backward instead of ~30 and ~60 ops, the cost where a step is bound by launching ops). ``h``
+    is the adapter input: dropped out, or clean with ``own_dropout`` (``router_input: clean``) giving the shared
+    expert and each routed slot its own mask. The codes ``t`` (router) and ``e`` (experts, (..., n, r)) feed the
+    embedding statistics.
+    """
+    n, r, d_in = experts_A.shape
+    keys = [k for k in (router, shared_A) if k is not None]
+    if n > 0:
+        keys.append(experts_A.reshape(n * r, d_in))
+    n_router = r if router is not None else 0
+    n_shared = r if shared_A is not None else 0
+    # Router, shared and every held expert's code in one matmul, split once: split's backward is one cat,
+    # where slicing the pieces out one by one costs a zero-filled copy per piece (op counts: docs/gpu-check.md).
+    t, shared, flat = (h @ _cat(keys, 0).T).split([n_router, n_shared, n * r], dim=-1)
+    e = flat.unflatten(-1, (n, r))
+    if own_dropout is not None and n_shared:  # the shared expert's code from its own dropout mask
+        shared = own_dropout(h) @ shared_A.T
+    codes = [shared] if n_shared else []
+    Bs = [shared_B] if n_shared else []
+    lb = None
+    if n > 0:
+        gates, lb = route(e, t, mask, top_k, training)
+        if own_dropout is not None:
+            codes.append(_gated_own_masks(h, gates, experts_A, top_k, own_dropout))
+        else:
+            codes.append((e * gates.unsqueeze(-1)).flatten(-2))
+        Bs.append(experts_B.permute(1, 0, 2).reshape(experts_B.shape[1], n * r))
+    if not Bs:
+        return y, lb, t if n_router else None, e
+    delta = _cat(codes, -1) @ _cat(Bs, 1).T
+    out = torch.add(y, delta, alpha=scaling) if delta.dtype == y.dtype else y + (delta * scaling).to(y.dtype)
+    return out, lb, t if n_router else None, e
+
+
+def route(e: Tensor, t: Tensor, mask: Tensor | None, top_k: int, training: bool) -> tuple[Tensor, Tensor | None]:
+    """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere; and the
+    load-balance term while training.
+
+    The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
+    the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
+    """
+    n, r = e.shape[-2], e.shape[-1]
+    logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(r)
+    probs = torch.softmax(logits.float(), dim=-1)
+    top_i = probs.topk(min(top_k, n), dim=-1).indices
+    slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
+    kept = probs * slots
+    gates = kept / kept.sum(-1, keepdim=True)
+    lb = load_balance(probs, slots, mask, top_k) if training else None
+    return gates.to(e.dtype), lb
+
+
+def load_balance(probs: Tensor, slots: Tensor, mask: Tensor | None, top_k: int) -> Tensor:
+    """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward (``slots``: 0/1 top-k).
+
+    Padding is weighted out rather than indexed out: boolean indexing would make a GPU wait for the host.
+    """
+    n = probs.shape[-1]
+    probs, slots = probs.reshape(-1, n), slots.reshape(-1, n)
+    k = min(top_k, n)
+    if mask is None:
+        tokens = max(probs.shape[0], 1)
+        return torch.dot(probs.sum(0), slots.sum(0)) * (n / (tokens * tokens * k))
+    w = mask.reshape(-1).to(probs.dtype)
+    tokens = w.sum().clamp_min(1)
+    return torch.dot(w @ probs, w @ slots) * n / (tokens * tokens * k)
+
+
+def _gated_own_masks(x: Tensor, gates: Tensor, experts_A: Tensor, top_k: int, dropout: nn.Module) -> Tensor:
+    """Gated expert codes (..., n * r) where each of a token's top-k experts sees its own dropout mask.
+
+    One mask per routed slot (x expanded to (..., k, d)), every slot through all held A in one matmul, then
+    each slot keeps its own expert's code: k / (n + 1) of the memory of one mask per held expert, same law.
+    """
+    n, r, d_in = experts_A.shape
+    top_p, top_i = gates.topk(min(top_k, n), dim=-1)  # (..., k): the routed experts and their gates
+    k = top_i.shape[-1]
+    h = dropout(x.unsqueeze(-2).expand(*x.shape[:-1], k, d_in))  # a mask per slot
+    z = (h @ experts_A.reshape(n * r, d_in).T).unflatten(-1, (n, r))  # (..., k, n, r)
+    code = z.gather(-2, top_i[..., None, None].expand(*top_i.shape, 1, r)).squeeze(-2)  # (..., k, r)
+    dense = torch.zeros(*x.shape[:-1], n, r, device=x.device, dtype=x.dtype)
+    return dense.scatter(-2, top_i.unsqueeze(-1).expand(*top_i.shape, r), code * top_p.unsqueeze(-1)).flatten(-2)
+
+
+@functools.cache
+def compiled_adapter_update() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+    """:func:`adapter_update` through ``torch.compile`` (one compiled function for every layer of the process;
+    sequence lengths and expert counts are dynamic, so new shapes reuse it)."""
+    return torch.compile(adapter_update, dynamic=True)

@@ -33,10 +33,13 @@ def target_linears(model: nn.Module, target_modules: tuple[str, ...] | list[str]
     return found
 
 
-def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = None) -> dict[str, AMoLELinear]:
+def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = None,
+           compiled: bool = False) -> dict[str, AMoLELinear]:
     """Freeze ``model`` and wrap every target linear layer in an AMoLELinear (in place); return them by name.
 
-    The adapters' dtype is ``dtype`` if given, else ``cfg.dtype`` (float32 unless the protocol says otherwise)."""
+    The adapters' dtype is ``dtype`` if given, else ``cfg.dtype`` (float32 unless the protocol says otherwise);
+    ``compiled``: their adapter path runs through ``torch.compile`` (``model.compile``, see
+    :func:`amole.backbones.loader.compile_adapters`)."""
     if not cfg.shared_expert and cfg.num_experts == 0:
         raise ValueError("an adapter with neither a shared expert nor routed experts trains nothing")
     for p in model.parameters():
@@ -44,7 +47,9 @@ def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = Non
     for name in target_linears(model, cfg.target_modules):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, AMoLELinear(getattr(parent, child), cfg, dtype))
+        layer = AMoLELinear(getattr(parent, child), cfg, dtype)
+        layer.compiled = compiled
+        setattr(parent, child, layer)
     return amole_layers(model)
 
 

@@ -13,8 +13,10 @@ matmuls (``model.compute_dtype=bfloat16``, from the same adapter weights: its sp
 on the CPU and, where CUDA is available, on the GPU.
 
     python tests/benchmarks/bench_step.py [--steps 6] [--quantization none 4bit] [--answer-tokens 8]
-Last line: ``step: amole_over_lora=<x>`` (the largest ratio of answer-mode step times measured, i.e. the least
-flattering one).
+Also stepped: the same AMoLE with its adapter path compiled (``model.compile=on``, CUDA's default). Last line:
+``step: amole_over_lora=<x> compiled_over_lora=<x> ops_over_lora=<x> ops_compiled_over_lora=<x> [cpu_bf16_speedup=<x>]``
+(the largest step-time ratios measured, i.e. the least flattering ones; top-level ops per step from
+``op_count.py`` with the tiny model; the bf16 backbone's speed-up where a quantized CPU model was stepped).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from amole.backbones.loader import load_base_model
 from amole.client.losses import lm_loss
 from amole.config import AdapterConfig, ModelConfig
 from amole.moe.bank import create_bank, payload
-from amole.moe.model import import_adapters, inject, load_balance_loss, token_mask, trainable_parameters
+from amole.moe.model import amole_layers, import_adapters, inject, load_balance_loss, token_mask, trainable_parameters
 
 MODES = ("full", "answer")
 
@@ -103,16 +105,26 @@ def loss_gap(model, batch: dict[str, torch.Tensor]) -> float:
 
 
 def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps: int, warmup: int,
-            answer_tokens: int = 8, model_name: str = "smollm2-135m", dtype: str | None = None) -> dict[str, float]:
-    """Median step seconds and tokens/s per model and mode, the AMoLE/LoRA ratio and the answer-mode speed-up."""
+            answer_tokens: int = 8, model_name: str = "smollm2-135m", dtype: str | None = None,
+            tiny: dict | None = None) -> dict[str, float]:
+    """Median step seconds and tokens/s per model and mode, the AMoLE/LoRA ratio and the answer-mode speed-up.
+    ``tiny``: the shape of a randomly initialised ``tiny-llama`` model (e.g. Llama-3.2-1B's, in gpu_check.py)."""
     dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
-    mcfg = ModelConfig(name=model_name, quantization=quantization, dtype=dtype)
+    mcfg = ModelConfig(name=model_name, quantization=quantization, dtype=dtype, tiny=dict(tiny or {}))
     acfg = AdapterConfig(num_experts=8, top_k=2)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     a_model, a_params = amole_model(mcfg, acfg, held=8, device=device)
     l_model, l_params = lora_model(mcfg, acfg, device=device)
     models = [("amole", a_model, a_params), ("lora", l_model, l_params)]
+    # the same AMoLE with its adapter path compiled (model.compile=on; CUDA's default), from the same weights
+    c_model, c_params = amole_model(mcfg, acfg, held=8, device=device)
+    with torch.no_grad():
+        for c, a in zip(c_params, a_params, strict=True):
+            c.copy_(a)
+    for layer in amole_layers(c_model).values():
+        layer.compiled = True
+    models.append(("amole_compiled", c_model, c_params))
     if device == "cpu" and quantization != "none":  # the same AMoLE on bitsandbytes' own kernels, for comparison
         k_model, k_params = amole_model(replace(mcfg, dense_on_cpu=False), acfg, held=8, device=device)
         models.append(("amole_kernel", k_model, k_params))
@@ -148,6 +160,7 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         out[f"{m}_{mode}_answer_tok_s"] = answers / sec
     out["ratio"] = med["amole", "answer"] / med["lora", "answer"]
     out["ratio_full"] = med["amole", "full"] / med["lora", "full"]
+    out["ratio_compiled"] = med["amole_compiled", "answer"] / med["lora", "answer"]
     out["amole_speedup"] = med["amole", "full"] / med["amole", "answer"]
     out["lora_speedup"] = med["lora", "full"] / med["lora", "answer"]
     out["amole_loss_gap"], out["lora_loss_gap"] = gaps["amole"], gaps["lora"]
@@ -174,9 +187,10 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         print(f"  AMoLE, bf16 backbone matmuls (model.compute_dtype=bfloat16; this CPU {units} bf16 units): answer "
               f"{out['amole_bf16_answer_tok_s']:8.0f} tok/s, {out['bf16_speedup']:.2f}x the fp32 backbone | loss "
               f"{bf16:.4f} vs {fp32:.4f} (relative difference {out['bf16_loss_rel_diff']:.1e})", flush=True)
-    print(f"  amole/lora step ratio {out['ratio']:.3f} (full logits {out['ratio_full']:.3f})"
+    print(f"  amole/lora step ratio {out['ratio']:.3f} (full logits {out['ratio_full']:.3f}; adapter path compiled "
+          f"{out['ratio_compiled']:.3f})"
           + (f" | peak GPU memory {out['peak_mem_gib']:.2f} GiB" if device == "cuda" else ""), flush=True)
-    del a_model, l_model, models
+    del a_model, l_model, c_model, models
     return out
 
 
@@ -192,14 +206,19 @@ def main() -> None:
     setups = [("cpu", *args.cpu_batch)]
     if torch.cuda.is_available() and not args.no_cuda:
         setups.append(("cuda", 16, 512))
-    ratios = {}
-    for device, bs, seq in setups:
-        for q in args.quantization:
-            res = measure(device, q, bs, seq, args.steps, args.warmup, args.answer_tokens)
-            ratios[(device, q)] = res["ratio"]
-    summary = " ".join(f"{d}/{q}={r:.2f}" for (d, q), r in ratios.items())
-    print(f"ratios: {summary}")
-    print(f"step: amole_over_lora={max(ratios.values()):.2f}")
+    res = {(device, q): measure(device, q, bs, seq, args.steps, args.warmup, args.answer_tokens)
+           for device, bs, seq in setups for q in args.quantization}
+    import op_count  # beside this file; it imports this module, so not at the top
+
+    ops = op_count.counts("tiny-llama", 8)
+    print("ratios: " + " ".join(f"{d}/{q}={r['ratio']:.2f} (compiled {r['ratio_compiled']:.2f})"
+                                for (d, q), r in res.items()))
+    bf16 = [r["bf16_speedup"] for r in res.values() if "bf16_speedup" in r]
+    print(f"step: amole_over_lora={max(r['ratio'] for r in res.values()):.2f} "
+          f"compiled_over_lora={max(r['ratio_compiled'] for r in res.values()):.2f} "
+          f"ops_over_lora={ops['amole eager'][0] / ops['lora'][0]:.2f} "
+          f"ops_compiled_over_lora={ops['amole compiled'][0] / ops['lora'][0]:.2f}"
+          + (f" cpu_bf16_speedup={max(bf16):.2f}" if bf16 else "") + f" ({'+'.join(sorted({d for d, _ in res}))})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """`make gpu-check`: what one CUDA GPU does with this project, in one offline run of a few minutes.
 
-1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE and peft LoRA (full-logit and answer-position
-   loss), the AMoLE/LoRA ratio and peak GPU memory (``bench_step.measure``);
+1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE (eager and with ``model.compile``) and peft
+   LoRA (full-logit and answer-position loss), the AMoLE/LoRA ratios and peak GPU memory (``bench_step.measure``);
+1b. the same at Llama-3.2-1B's shape with random weights (nothing to download): batch 1 x 1024 (the paper's) and
+   16 x 512, one client's evaluation timed, and the paper's schedule (10 clients x 30 rounds x 200 steps) projected;
 2. one round of ``budget=gpu`` with 10 clients at reduced local steps: by default in this process through
    ``tools.direct_grid`` (the clients one after another on the one GPU, sharing the backbone, no Ray), or with
    ``--ray`` through the Flower simulation the experiment runner uses (``tools.simulation.simulate``): wall time,
@@ -38,6 +40,13 @@ import bench_step  # noqa: E402
 from amole.backbones.gguf import cache_root  # noqa: E402
 
 SYNTHETIC_TASKS = "[reverse,upper,copy,sort,first_letter,vowel_parity,reverse,upper,copy,sort]"
+# Llama-3.2-1B's shape (its config.json), built with random weights here: step time does not depend on the values.
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
+            "rope_theta": 500000.0, "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 1,
+            "eos_token_id": 2}
+# The paper's schedule: 10 clients x 30 rounds x 200 local steps at batch 1 x 1024, <= 50 test prompts a client.
+PAPER = {"clients": 10, "rounds": 30, "steps": 200, "test": 50, "new_tokens": 64, "prompt": 256}
 
 
 def default_model_dir() -> Path:
@@ -50,6 +59,50 @@ def bench(model: str, cpu_smoke: bool) -> list[dict[str, float]]:
         return [bench_step.measure("cpu", "none", 2, 32, steps=1, warmup=1, answer_tokens=4, model_name=model)]
     return [bench_step.measure("cuda", q, 16, 512, steps=5, warmup=2, answer_tokens=8, model_name=model,
                                dtype="bfloat16") for q in ("none", "4bit")]
+
+
+def paper_shape(cpu_smoke: bool) -> list[str]:
+    """AMoLE (eager and compiled) against LoRA at Llama-3.2-1B's shape, batch 1 x 1024 (the paper's) and 16 x 512;
+    one client's evaluation (50 prompts, 64 new tokens, no early EOS: random weights) timed with our decoder; the
+    paper's schedule projected from both."""
+    device, shape = ("cpu", {}) if cpu_smoke else ("cuda", LLAMA_1B)
+    batches = [(1, 64)] if cpu_smoke else [(1, 1024), (16, 512)]
+    lines, step_s = [], {}
+    for bs, seq in batches:
+        r = bench_step.measure(device, "none", bs, seq, steps=1 if cpu_smoke else 5, warmup=1 if cpu_smoke else 2,
+                               model_name="tiny-llama", dtype=None, tiny=shape)
+        step_s[bs, seq] = r
+        lines.append(f"1B shape {bs}x{seq}: AMoLE/LoRA {r['ratio']:.2f} eager, {r['ratio_compiled']:.2f} compiled | "
+                     f"tok/s AMoLE {r['amole_answer_tok_s']:.0f}, LoRA {r['lora_answer_tok_s']:.0f} | peak "
+                     f"{r.get('peak_mem_gib', float('nan')):.1f} GiB")
+    eval_s, (n, new) = one_client_eval(device, shape, cpu_smoke)
+    first = step_s[batches[0]]
+    per_client = {m: PAPER["steps"] * first[f"{m}_answer_s"] + eval_s for m in ("amole", "amole_compiled", "lora")}
+    runs = PAPER["clients"] * PAPER["rounds"]
+    lines.append(f"1B shape, one client's evaluation ({n} prompts x {new} new tokens): {eval_s:.1f} s")
+    lines.append("paper's schedule (10 clients x 30 rounds x 200 steps at 1x1024, one GPU, clients in turn), "
+                 "projected: " + ", ".join(f"{m} {runs * t / 3600:.1f} h" for m, t in per_client.items()))
+    return lines
+
+
+def one_client_eval(device: str, shape: dict, cpu_smoke: bool) -> tuple[float, tuple[int, int]]:
+    """Seconds to answer one client's test prompts greedily with the AMoLE model (the round's evaluate phase)."""
+    from amole.config import AdapterConfig, ModelConfig
+    from amole.evaluation.generation import _greedy_batch
+
+    mcfg = ModelConfig(name="tiny-llama", dtype="bfloat16" if device == "cuda" else "float32", tiny=dict(shape))
+    model, _ = bench_step.amole_model(mcfg, AdapterConfig(num_experts=8, top_k=2), held=8, device=device)
+    model.eval()
+    n, plen, new = (4, 16, 4) if cpu_smoke else (PAPER["test"], PAPER["prompt"], PAPER["new_tokens"])
+    rows = torch.randint(3, model.config.vocab_size, (n, plen)).tolist()
+    _greedy_batch(model, rows[:2], 2, None, 0)  # warm-up
+    bench_step.sync(torch.device(device))
+    start = time.perf_counter()
+    for s in range(0, n, 32):
+        _greedy_batch(model, rows[s : s + 32], new, None, 0)  # eos None: every answer runs to full length
+    bench_step.sync(torch.device(device))
+    del model
+    return time.perf_counter() - start, (n, new)
 
 
 def round_overrides(args: argparse.Namespace) -> list[str]:
@@ -111,6 +164,7 @@ def main() -> None:
     p.add_argument("--ray", action="store_true", help="run the round in Flower's Ray simulation (needs ray)")
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--skip-round", action="store_true")
+    p.add_argument("--skip-1b", action="store_true", help="skip the Llama-3.2-1B-shaped step and projection")
     p.add_argument("override", nargs="*", help="more Hydra overrides for the round")
     args = p.parse_args()
     start = time.perf_counter()
@@ -127,9 +181,13 @@ def main() -> None:
     if not args.skip_bench:
         print("== bench-step", flush=True)
         for res in bench(model, args.cpu_smoke):
-            lines.append(f"bench-step: ratio {res['ratio']:.2f}, AMoLE {res['amole_answer_tok_s']:.0f} tok/s, "
+            lines.append(f"bench-step: ratio {res['ratio']:.2f} (compiled {res['ratio_compiled']:.2f}), AMoLE "
+                         f"{res['amole_answer_tok_s']:.0f} tok/s, "
                          f"LoRA {res['lora_answer_tok_s']:.0f} tok/s, answer-position speed-up "
                          f"{res['amole_speedup']:.2f}x, peak {res.get('peak_mem_gib', float('nan')):.2f} GiB")
+    if not args.skip_1b:
+        print("== Llama-3.2-1B shape (random weights)", flush=True)
+        lines += paper_shape(args.cpu_smoke)
     if not args.skip_round:
         print("== one round, 10 clients", flush=True)
         r = one_round(args)

@@ -1,0 +1,73 @@
+"""``model.compile``: the adapter path through torch.compile gives the eager layer's outputs, load-balance term and
+gradients (to float tolerance), for new sequence lengths and expert counts too; ``auto`` is on with CUDA only."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from amole.backbones.loader import compile_adapters
+from amole.config import AdapterConfig, ModelConfig
+from amole.moe.layer import AMoLELinear
+
+D_IN, D_OUT, R = 16, 12, 4
+
+
+def pair(n: int, dropout: float) -> tuple[AMoLELinear, AMoLELinear]:
+    """Two layers with the same weights, one eager and one compiled."""
+    torch.manual_seed(0)
+    cfg = AdapterConfig(r=R, alpha=8.0, dropout=dropout, top_k=2)
+    eager = AMoLELinear(nn.Linear(D_IN, D_OUT), cfg)
+    eager.set_experts(list(range(n)), torch.randn(n, R, D_IN), torch.randn(n, D_OUT, R))
+    with torch.no_grad():
+        eager.shared_B.normal_()
+    compiled = copy.deepcopy(eager)
+    compiled.compiled = True
+    return eager, compiled
+
+
+def step(layer: AMoLELinear, x: torch.Tensor, mask: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor]:
+    layer.token_mask = mask
+    torch.manual_seed(seed)  # the same dropout mask both ways: dropout stays outside the compiled graph
+    y = layer(x)
+    out = {"y": y.detach()}
+    if layer.training:
+        (y.square().mean() + layer.lb_loss).backward()
+        out["lb"] = layer.lb_loss.detach()
+        out |= {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
+        layer.zero_grad(set_to_none=True)
+    return out
+
+
+def test_compiled_layer_equals_the_eager_one() -> None:
+    from torch._dynamo.utils import counters
+
+    eager, compiled = pair(5, dropout=0.05)
+    cases = [(True, (2, 7), True), (True, (3, 11), False), (False, (2, 9), True), (False, (4, 1), False)]
+    for n_after, (training, shape, masked) in zip((5, 5, 5, 3), cases, strict=True):
+        if n_after != compiled.num_experts:  # a new assignment: fewer experts, same compiled function
+            for layer in (eager, compiled):
+                layer.set_experts(layer.expert_ids[:n_after], layer.experts_A[:n_after], layer.experts_B[:n_after])
+        x = torch.randn(*shape, D_IN)
+        mask = (torch.rand(shape) > 0.3) if masked else None
+        want = step(eager.train(training), x, mask, seed=1)
+        got = step(compiled.train(training), x, mask, seed=1)
+        assert want.keys() == got.keys()
+        for key in want:  # relative to the tensor's scale: summation order differs in fused kernels
+            gap = (got[key] - want[key]).abs().max().item()
+            assert gap <= 1e-5 * want[key].abs().max().item() + 1e-7, (key, shape, training, gap)
+        if training:
+            assert {"experts_A", "experts_B", "router", "shared_A", "shared_B"} <= set(want)
+    assert counters["stats"]["unique_graphs"] > 0  # it did compile (a fallback to eager would pass the checks)
+
+
+def test_model_compile_choice() -> None:
+    assert compile_adapters(ModelConfig(), "cpu") is False  # auto: eager on a CPU (measured no faster)
+    assert compile_adapters(ModelConfig(), "cuda") is True  # auto: compiled where ops are launched one by one
+    assert compile_adapters(ModelConfig(compile="on"), "cpu") is True
+    assert compile_adapters(ModelConfig(compile="False"), "cuda") is False  # a YAML false arrives as a string
+    with pytest.raises(ValueError, match="model.compile 'fast'"):
+        compile_adapters(ModelConfig(compile="fast"))
