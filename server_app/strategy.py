@@ -113,14 +113,15 @@ class FedAMoLE(Strategy):
         self._privacy: dict[str, Any] = {}
         self._probes: dict[str, dict] = {}  # this round's probe statistics by client (released under DP too)
 
-    def summary(self) -> None:
+    def summary(self, num_rounds: int | None = None) -> None:
+        """The run header: strategy, clients x rounds (those this start() runs to), scenario, folder, speed options."""
         fed = self.settings.federation
         compute = self.settings.model.compute_dtype
         matmuls = {None: "", "auto": ", backbone matmuls auto (bf16 where a site's CPU has bf16 units, else fp32)"}
         compiled = {"auto": "compiled on CUDA sites, eager on CPUs"}.get(str(self.settings.model.compile).lower(),
                                                                        str(self.settings.model.compile))
         log.info("%s: %d clients x %d rounds, %s, run folder %s%s, adapter path %s (model.compile)", fed.strategy,
-                 fed.num_clients, fed.num_rounds, self.settings.scenario.name, self.run_dir,
+                 fed.num_clients, num_rounds or fed.num_rounds, self.settings.scenario.name, self.run_dir,
                  matmuls.get(compute, f", backbone matmuls {compute}"), compiled)
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class FedAMoLE(Strategy):
     def _run(self, grid: Grid, initial_arrays: ArrayRecord | None, num_rounds: int, timeout: float,
              train_config: ConfigRecord | None, evaluate_config: ConfigRecord | None) -> Result:
         fed = self.settings.federation
-        self.summary()
+        self.summary(num_rounds)
         self.registry = ClientRegistry(grid, messages.settings_json(self.settings), fed.query_timeout)
         nodes = self.registry.wait_for(fed.num_clients if self.state is None else fed.min_clients,
                                        fed.wait_for_nodes)

@@ -185,10 +185,10 @@ def print_result(run_dir: Path, settings: Any) -> None:
         print(f"Each site's model: {run_dir / 'clients'}/<site>/model ({len(models)} sites)")
         site = models[0].parent.name
         example = client_splits(settings.scenario, site, settings.federation.seed).test[0]
-        print("Try one:\n  " + shlex.join([str(Path(bin_path("amole")).relative_to(ROOT))
-                                          if Path(bin_path("amole")).is_relative_to(ROOT) else "amole", "generate",
-                                          "--model", str(models[0]), "--prompt-format", "raw", "--prompt",
-                                          example.prompt]))
+        amole = Path(bin_path("amole"))
+        print("Try one:\n  " + shlex.join([str(amole.relative_to(ROOT)) if amole.is_relative_to(ROOT) else "amole",
+                                          "generate", "--model", str(models[0]), "--prompt-format", "raw",
+                                          "--prompt", example.prompt]))
 
 
 def default_run_config() -> dict[str, str]:
