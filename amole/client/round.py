@@ -28,6 +28,7 @@ from amole.moe.model import amole_layers, export_adapters, import_adapters
 from amole.server.privacy import privatize
 from amole.site.folder import PrivateAdapters, model_folder
 from amole.site.personal import KeptInfo, keep_round
+from amole.util.memory import release_freed_memory
 from amole.util.seeds import stable_seed
 
 
@@ -95,6 +96,7 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
     model, tokenizer, splits, settings = job.model, job.tokenizer, job.splits, job.settings
     seed = stable_seed("round", settings.federation.seed, job.server_round, job.client)
     held, metrics = train_local(job, payload, seed)
+    release_freed_memory()  # the training step's buffers: back to the OS before evaluation allocates its own
     trained = time.perf_counter()
     result = evaluate(model, tokenizer, splits.test, settings.train.max_seq_len, settings.eval)
     scored = time.perf_counter()
@@ -110,6 +112,7 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
         train_s=trained - start, eval_s=scored - trained, stats_s=end - scored,
     )
     job.keep_model(result["score"], result["metric"])
+    release_freed_memory()  # between rounds the process holds its model, not the round's freed buffers
     return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})
 
 
@@ -135,6 +138,7 @@ def score(job: ClientJob, payload: Mapping[str, Tensor]) -> dict:
     import_adapters(job.model, payload)
     result = evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
     job.keep_model(result["score"], result["metric"])
+    release_freed_memory()
     return result
 
 
@@ -142,7 +146,9 @@ def score_untrained(job: ClientJob) -> dict:
     """Round 0: the client's model before any training (the seeded init; every B is zero, so it answers as the
     backbone does) scored on its test split. Nothing is kept: a site's kept model is always a trained one."""
     import_adapters(job.model, initial_adapters(job.model, job.settings))
-    return evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
+    result = evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
+    release_freed_memory()
+    return result
 
 
 def initial_adapters(model: nn.Module, settings: Settings) -> dict[str, Tensor]:
