@@ -84,10 +84,14 @@ def test_reliability_rouge_paper_scores_a_long_reference_without_crashing() -> N
     words = [rng.choice(["the", "model", "answers", "data", "site", "federation", "expert", "round"])
              for _ in range(1166)]
     reference, generated = " ".join(words), " ".join(words[:120])
-    with pytest.raises(RecursionError):
-        Rouge().get_scores(generated, reference)
-    got = rouge_paper_f(reference, generated)
     limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)  # Python's default: torch.compile raises it to 2000 in a process that compiled
+    try:
+        with pytest.raises(RecursionError):
+            Rouge().get_scores(generated, reference)
+        got = rouge_paper_f(reference, generated)
+    finally:
+        sys.setrecursionlimit(limit)
     sys.setrecursionlimit(20_000)
     try:
         want = Rouge().get_scores(generated, reference)[0]["rouge-l"]["f"]

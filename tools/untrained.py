@@ -34,7 +34,8 @@ __all__ = ["FILE_PREFIX", "load_references", "reference_key", "score_clients"]
 FILE_PREFIX = "untrained_"
 # What decides an untrained score: the backbone, the data and splits, the evaluation, the window and the seed.
 # Where files are on a machine does not.
-_MACHINE_KEYS = {"model": {"cache_dir"}, "scenario": {"local_path", "local_dir", "cache_dir"}}
+# Where things are on a machine, or how fast it runs them (model.compile: equal outputs): not the score's inputs.
+_MACHINE_KEYS = {"model": {"cache_dir", "compile"}, "scenario": {"local_path", "local_dir", "cache_dir"}}
 
 
 def reference_key(config: dict[str, Any]) -> str:
