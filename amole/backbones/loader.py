@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,7 +162,19 @@ def compile_adapters(cfg: ModelConfig, device: str | torch.device = "cpu") -> bo
     if choice not in COMPILE_CHOICES:
         raise ValueError(f"unknown model.compile {cfg.compile!r}; expected auto, on or off")
     on = COMPILE_CHOICES[choice]
-    return torch.device(device).type == "cuda" if on is None else on
+    if on is None:
+        return torch.device(device).type == "cuda"
+    if on and not can_compile(device):
+        raise ValueError("model.compile=on needs a C++ compiler on a CPU (torch.compile's inductor builds C++ "
+                         "kernels): install g++ (or set CXX) or set model.compile=off")
+    return on
+
+
+def can_compile(device: str | torch.device = "cpu") -> bool:
+    """Whether torch.compile can build kernels here: on a CPU it needs a C++ compiler (``$CXX`` or g++)."""
+    if torch.device(device).type != "cpu":
+        return True
+    return shutil.which(os.environ.get("CXX", "g++")) is not None
 
 
 def bnb_config(quantization: str, device: str, compute: torch.dtype | None = None) -> BitsAndBytesConfig | None:

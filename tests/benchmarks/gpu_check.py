@@ -77,7 +77,8 @@ def paper_shape(cpu_smoke: bool) -> list[str]:
                      f"{r.get('peak_mem_gib', float('nan')):.1f} GiB")
     eval_s, (n, new) = one_client_eval(device, shape, cpu_smoke)
     first = step_s[batches[0]]
-    per_client = {m: PAPER["steps"] * first[f"{m}_answer_s"] + eval_s for m in ("amole", "amole_compiled", "lora")}
+    per_client = {m: PAPER["steps"] * first[f"{m}_answer_s"] + eval_s for m in ("amole", "amole_compiled", "lora")
+                  if f"{m}_answer_s" in first}  # compiled: where torch.compile can build kernels
     runs = PAPER["clients"] * PAPER["rounds"]
     lines.append(f"1B shape, one client's evaluation ({n} prompts x {new} new tokens): {eval_s:.1f} s")
     lines.append("paper's schedule (10 clients x 30 rounds x 200 steps at 1x1024, one GPU, clients in turn), "
