@@ -9,11 +9,6 @@ import pytest
 from amole.util import memory
 
 
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux-only")
 def test_freed_small_buffers_go_back_to_the_os() -> None:
     if memory._libc() is None:
@@ -23,9 +18,9 @@ def test_freed_small_buffers_go_back_to_the_os() -> None:
     blocks = [bytearray(64 * 1024) for _ in range(4096)]  # 256 MB
     kept = blocks[::16]
     del blocks
-    before = _resident_mb()
+    before = memory.resident_mb()
     assert memory.release_freed_memory()
-    after = _resident_mb()
+    after = memory.resident_mb()
     assert before - after > 100, (before, after)
     assert kept  # the pinned blocks stay valid
 

@@ -24,6 +24,12 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "malloc_trim") else None
 
 
+def resident_mb() -> float:
+    """This process's resident set size now, in MB (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
 def release_freed_memory() -> bool:
     """Hand the heap's free pages back to the OS; True if any were (False where the C library cannot)."""
     libc = _libc()

@@ -23,12 +23,7 @@ import bench_step  # noqa: E402
 
 from amole.config import AdapterConfig, ModelConfig  # noqa: E402
 from amole.evaluation.generation import _greedy_batch  # noqa: E402
-from amole.util.memory import release_freed_memory  # noqa: E402
-
-
-def resident_mb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 // 2**20
+from amole.util.memory import release_freed_memory, resident_mb  # noqa: E402
 
 
 def main() -> None:
@@ -58,7 +53,7 @@ def main() -> None:
         if trim:
             release_freed_memory()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        print(f"{args.mode} cycle {cycle}: peak RSS {peak} MB, resident now {resident_mb()} MB, "
+        print(f"{args.mode} cycle {cycle}: peak RSS {peak} MB, resident now {resident_mb():.0f} MB, "
               f"{time.time() - start:.0f} s", flush=True)
 
 
