@@ -25,6 +25,7 @@ from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
 from amole.moe.model import inject
 from amole.strategies.registry import client_procedure
+from amole.util.memory import release_freed_memory
 from client_app.messages import EVALUATE, PROBE, TRAIN, ClientResult, Request
 from client_app.node import Clock, client_identity, data_choice, site_folder
 
@@ -80,8 +81,16 @@ def run_request(kind: str, request: Request, node_config: Mapping[str, Any], clo
     log.info("round %d (%s): first step %.2f s after the ClientApp started (%.2f s of it, %.2f CPU s, before its "
              "handler ran)", request.server_round, kind, timing["overhead_s"], timing["startup_s"],
              timing["startup_cpu_s"])
+    try:
+        return _dispatch(kind, job, procedure, payload, timing)
+    finally:
+        release_freed_memory()  # between messages the process holds its model, not the round's freed buffers
+
+
+def _dispatch(kind: str, job: ClientJob, procedure: Any, payload: dict[str, torch.Tensor],
+              timing: dict[str, float]) -> ClientResult:
     if kind == EVALUATE:
-        scored = score_untrained(job) if request.server_round == 0 else procedure.score(job, payload)
+        scored = score_untrained(job) if job.server_round == 0 else procedure.score(job, payload)
         return ClientResult({**score_metrics(scored), "num_examples": len(job.splits.test), **timing},
                             info={"task": job.splits.task, "metric": scored["metric"]})
     if kind == PROBE:

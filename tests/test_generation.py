@@ -7,7 +7,7 @@ import torch
 
 from amole.config import AdapterConfig
 from amole.data import pad_id_of
-from amole.evaluation.generation import _greedy_batch, generate, generate_ids, prompt_ids
+from amole.evaluation.generation import decode, generate, generate_ids, prompt_ids
 from amole.moe.bank import create_bank, payload
 from amole.moe.model import import_adapters, inject
 
@@ -60,4 +60,4 @@ def test_generation_rows_that_stop_leave_the_batch_and_the_rest_are_unchanged(ti
     want = _hf_greedy(model, tok, PROMPTS, 12, eos)
     assert any(len(r) < 12 for r in want) and any(len(r) == 12 for r in want)
     ids = prompt_ids(tok, PROMPTS, 256, 12)
-    assert _greedy_batch(model, ids, 12, eos, pad_id_of(tok)) == want
+    assert decode(model, ids, 12, eos, pad_id_of(tok), batch_size=len(ids)) == want

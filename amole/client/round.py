@@ -112,7 +112,6 @@ def train_and_score(job: ClientJob, payload: Mapping[str, Tensor]) -> RoundResul
         train_s=trained - start, eval_s=scored - trained, stats_s=end - scored,
     )
     job.keep_model(result["score"], result["metric"])
-    release_freed_memory()  # between rounds the process holds its model, not the round's freed buffers
     return RoundResult(export_adapters(model), stats, metrics, {"task": splits.task, "metric": result["metric"]})
 
 
@@ -138,7 +137,6 @@ def score(job: ClientJob, payload: Mapping[str, Tensor]) -> dict:
     import_adapters(job.model, payload)
     result = evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
     job.keep_model(result["score"], result["metric"])
-    release_freed_memory()
     return result
 
 
@@ -146,9 +144,7 @@ def score_untrained(job: ClientJob) -> dict:
     """Round 0: the client's model before any training (the seeded init; every B is zero, so it answers as the
     backbone does) scored on its test split. Nothing is kept: a site's kept model is always a trained one."""
     import_adapters(job.model, initial_adapters(job.model, job.settings))
-    result = evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
-    release_freed_memory()
-    return result
+    return evaluate(job.model, job.tokenizer, job.splits.test, job.settings.train.max_seq_len, job.settings.eval)
 
 
 def initial_adapters(model: nn.Module, settings: Settings) -> dict[str, Tensor]:

@@ -4,8 +4,10 @@ Decoding one token reads every weight of the model once, whatever the number of 
 small batches) a step of 32 rows costs about what a step of 8 does. So the prompts are sorted by length (little
 padding) and decoded ``batch_size`` at a time, and under greedy decoding a row that produced EOS leaves the batch
 (its cache rows are dropped), so a batch runs only as long as its longest answer and costs what its unfinished
-rows cost. Greedy tokens equal ``model.generate``'s (``tests/test_generation.py``); ``generation_config`` decoding
-(the paper's, which may sample) stays with ``model.generate``.
+rows cost. Each layer's keys and values go into a buffer sized for the batch's prompt and answer
+(``_BufferedLayer``): a step writes its one position instead of copying the whole cache, as ``DynamicCache``'s
+concatenation does. Greedy tokens equal ``model.generate``'s (``tests/test_generation.py``);
+``generation_config`` decoding (the paper's, which may sample) stays with ``model.generate``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import Cache, DynamicLayer
 
 from amole.backbones.loader import model_device
 from amole.data import pad_id_of
@@ -36,6 +39,48 @@ def left_pad(rows: Sequence[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+class _BufferedLayer(DynamicLayer):
+    """One layer's keys and values, written into a buffer that holds the whole batch's decode.
+
+    ``DynamicLayer`` concatenates every step, copying the layer's whole cache once per new token; here a step writes
+    only its token's keys and values, and attention reads a view of the filled part.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        rows, heads, _, dim = key_states.shape
+        self._k = key_states.new_empty(rows, heads, self.capacity, dim)
+        self._v = value_states.new_empty(rows, value_states.shape[1], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def _views(self) -> None:
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV buffer of {self.capacity} positions cannot take position {end}")
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self._views()
+
+
 @torch.no_grad()
 def _greedy_batch(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: int, eos_id: int | None,
                   pad: int) -> list[list[int]]:
@@ -44,9 +89,10 @@ def _greedy_batch(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: i
     ids, mask = left_pad(rows, pad)
     # Positions as model.generate computes them: the count of real tokens before, padding at 1.
     positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
-    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev), use_cache=True,
-                logits_to_keep=1)
-    cache = out.past_key_values
+    cache = Cache(layers=[_BufferedLayer(ids.shape[1] + max_new_tokens)
+                          for _ in range(model.config.get_text_config().num_hidden_layers)])
+    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
     alive = torch.arange(len(rows))  # which input rows are still in the batch
     next_pos = mask.sum(1)
     answers: list[list[int]] = [[] for _ in rows]
@@ -78,26 +124,33 @@ def _sampled_batch(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: 
     return out[:, ids.shape[1]:].cpu().tolist()
 
 
-def generate_ids(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
-                 decoding: str = "greedy", batch_size: int = GEN_BATCH_SIZE) -> list[list[int]]:
-    """The new token ids of every prompt, in the prompts' order, through the first EOS (greedy rows stop there;
-    sampled rows may carry padding after it)."""
+def decode(model: nn.Module, rows: Sequence[list[int]], max_new_tokens: int, eos_id: int | None, pad: int,
+           decoding: str = "greedy", batch_size: int = GEN_BATCH_SIZE) -> list[list[int]]:
+    """The new token ids after each row of prompt token ids, in the rows' order: rows sorted by length and decoded
+    ``batch_size`` at a time. Greedy rows end with their EOS (kept) or at ``max_new_tokens``; ``eos_id=None`` runs
+    every row to full length. Sampled rows (``generation_config``) may carry padding after their EOS."""
     if decoding not in DECODINGS:
         raise ValueError(f"unknown eval.decoding {decoding!r}; expected one of {DECODINGS}")
     if batch_size < 1:
         raise ValueError(f"eval.gen_batch_size must be positive, got {batch_size}")
-    ids = prompt_ids(tokenizer, prompts, max_len, max_new_tokens)
-    pad, eos = pad_id_of(tokenizer), tokenizer.eos_token_id
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-    answers: list[list[int]] = [[] for _ in ids]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+    answers: list[list[int]] = [[] for _ in rows]
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        rows = [ids[i] for i in chunk]
-        new = (_greedy_batch(model, rows, max_new_tokens, eos, pad) if decoding == "greedy"
-               else _sampled_batch(model, rows, max_new_tokens, pad))
+        batch = [rows[i] for i in chunk]
+        new = (_greedy_batch(model, batch, max_new_tokens, eos_id, pad) if decoding == "greedy"
+               else _sampled_batch(model, batch, max_new_tokens, pad))
         for i, a in zip(chunk, new, strict=True):
             answers[i] = a
     return answers
+
+
+def generate_ids(model: nn.Module, tokenizer, prompts: Sequence[str], max_len: int, max_new_tokens: int,
+                 decoding: str = "greedy", batch_size: int = GEN_BATCH_SIZE) -> list[list[int]]:
+    """The new token ids of every prompt, in the prompts' order, through the first EOS (greedy rows stop there;
+    sampled rows may carry padding after it)."""
+    ids = prompt_ids(tokenizer, prompts, max_len, max_new_tokens)
+    return decode(model, ids, max_new_tokens, tokenizer.eos_token_id, pad_id_of(tokenizer), decoding, batch_size)
 
 
 def answer_length(new_ids: Sequence[int], eos_id: int | None) -> int:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402
 
 from amole.config import AdapterConfig, ModelConfig  # noqa: E402
-from amole.evaluation.generation import _greedy_batch  # noqa: E402
+from amole.evaluation.generation import decode  # noqa: E402
 from amole.util.memory import release_freed_memory, resident_mb  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main() -> None:
         if trim:
             release_freed_memory()
         model.eval()
-        _greedy_batch(model, torch.randint(3, 40000, (32, 150 + cycle * 9)).tolist(), 8, None, 0)
+        decode(model, torch.randint(3, 40000, (32, 150 + cycle * 9)).tolist(), 8, None, 0)
         if trim:
             release_freed_memory()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

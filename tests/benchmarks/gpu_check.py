@@ -89,18 +89,17 @@ def paper_shape(cpu_smoke: bool) -> list[str]:
 def one_client_eval(device: str, shape: dict, cpu_smoke: bool) -> tuple[float, tuple[int, int]]:
     """Seconds to answer one client's test prompts greedily with the AMoLE model (the round's evaluate phase)."""
     from amole.config import AdapterConfig, ModelConfig
-    from amole.evaluation.generation import _greedy_batch
+    from amole.evaluation.generation import decode
 
     mcfg = ModelConfig(name="tiny-llama", dtype="bfloat16" if device == "cuda" else "float32", tiny=dict(shape))
     model, _ = bench_step.amole_model(mcfg, AdapterConfig(num_experts=8, top_k=2), held=8, device=device)
     model.eval()
     n, plen, new = (4, 16, 4) if cpu_smoke else (PAPER["test"], PAPER["prompt"], PAPER["new_tokens"])
     rows = torch.randint(3, model.config.vocab_size, (n, plen)).tolist()
-    _greedy_batch(model, rows[:2], 2, None, 0)  # warm-up
+    decode(model, rows[:2], 2, None, 0)  # warm-up
     bench_step.sync(torch.device(device))
     start = time.perf_counter()
-    for s in range(0, n, 32):
-        _greedy_batch(model, rows[s : s + 32], new, None, 0)  # eos None: every answer runs to full length
+    decode(model, rows, new, None, 0, batch_size=32)  # eos None: every answer runs to full length
     bench_step.sync(torch.device(device))
     del model
     return time.perf_counter() - start, (n, new)
