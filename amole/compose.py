@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from amole.config import AmoleConfig, Settings
+from amole.config import AmoleConfig, Settings, check_choices
 from amole.strategies.registry import METHODS, check_fixed, preset
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -82,6 +82,7 @@ def settings_from_cfg(cfg: Any) -> Settings:
         values.pop(key, None)  # type: ignore[union-attr]
     try:
         settings = Settings.from_dict(values)  # type: ignore[arg-type]
+        check_choices(settings)
         check_fixed(settings)
     except ValueError as err:  # unknown sections (a `+key=`), or a key the strategy fixes set otherwise
         raise ConfigError(str(err)) from None

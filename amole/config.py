@@ -203,6 +203,28 @@ class Settings:
         return asdict(self)
 
 
+# Settings whose value names a choice. Checked when settings are composed, so a typo fails in `amole config` and
+# before a run starts instead of at model load on every site; the loader and evaluation map these same names.
+CHOICES: dict[tuple[str, str], tuple[str | None, ...]] = {
+    ("model", "quantization"): ("none", "8bit", "4bit"),
+    ("model", "dtype"): ("float32", "bfloat16", "float16"),
+    ("model", "compute_dtype"): (None, "auto", "float32", "bfloat16", "float16"),
+    ("model", "compile"): ("auto", "on", "off", "true", "false"),  # any case
+    ("eval", "decoding"): ("greedy", "generation_config"),
+    ("eval", "rouge"): ("rouge_score", "rouge_paper"),
+}
+
+
+def check_choices(settings: Settings) -> None:
+    """Refuse a value that is none of its setting's choices, naming the setting and the choices."""
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(settings, section), key)
+        seen = str(value).lower() if key == "compile" else value
+        if seen not in allowed:
+            names = ", ".join("null" if a is None else a for a in allowed)
+            raise ValueError(f"unknown {section}.{key} {value!r}; expected one of: {names}")
+
+
 def from_dict(cls: type, values: dict[str, Any] | None) -> Any:
     """Build dataclass ``cls`` from a (Hydra) mapping, rejecting unknown keys with a clear error."""
     values = dict(values or {})

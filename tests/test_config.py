@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from amole.compose import CONF_DIR, GROUPS, ConfigError, compose, compose_cfg, overrides_from_run_config
-from amole.config import AmoleConfig
+from amole.config import CHOICES, AmoleConfig
 from amole.site.cli import main as cli
 from amole.strategies.registry import METHODS, check_fixed, method_named, names
 
@@ -74,11 +74,24 @@ def test_config_strategy_presets_come_from_the_registry() -> None:
     (["nogroup=x"], "unknown key or group 'nogroup'; groups: model, scenario"),
     (["train.steps=abc"], "train.steps=abc: Value 'abc'"),
     (["federation.num_clients"], "write key=value"),
+    (["model.compile=maybe"], "unknown model.compile 'maybe'; expected one of: auto, on, off"),
+    (["model.compute_dtype=bf16"], "unknown model.compute_dtype 'bf16'; expected one of: null, auto, float32"),
+    (["model.quantization=3bit"], "unknown model.quantization '3bit'; expected one of: none, 8bit, 4bit"),
+    (["eval.decoding=beam"], "unknown eval.decoding 'beam'"),
 ])
 def test_config_errors_name_the_problem_in_one_line(overrides, message) -> None:
     with pytest.raises(ConfigError) as err:
         compose(overrides)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_config_every_named_choice_composes() -> None:
+    for (section, key), allowed in CHOICES.items():
+        for value in allowed:
+            got = compose([f"{section}.{key}={'null' if value is None else value}"])
+            seen = getattr(getattr(got, section), key)
+            assert (seen.lower() if key == "compile" else seen) == value, (section, key, value)
+    assert compose(["model.compile=ON"]).model.compile == "ON"  # any case, as the loader reads it
 
 
 def test_config_a_user_setting_is_never_silently_changed() -> None:

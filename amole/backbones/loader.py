@@ -45,12 +45,12 @@ from amole.backbones.dense_backbone import cpu_has_units, dequantize_frozen
 from amole.backbones.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
 from amole.backbones.quantized_cache import load_quantized
 from amole.backbones.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
-from amole.config import ModelConfig
+from amole.config import CHOICES, ModelConfig
 from amole.moe.model import target_linears
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("none", "8bit", "4bit")
+QUANTIZATIONS = CHOICES[("model", "quantization")]
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from amole.backbones.loader import model_device
+from amole.config import CHOICES
 from amole.data import pad_id_of
 
-DECODINGS = ("greedy", "generation_config")
+DECODINGS = CHOICES[("eval", "decoding")]
 GEN_BATCH_SIZE = 32  # eval.gen_batch_size when unset
 
 
