@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 SITES = (1, 2, 3)
-TASKS = {1: "hyperbaton", 2: "sports_understanding", 3: "object_counting"}
+TASKS = {1: "matrixshapes", 2: "qa_wikidata", 3: "word_sorting"}
 CERTS = "/app/certificates"
 
 
