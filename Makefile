@@ -104,14 +104,17 @@ experiments-small: model
 # (without it the scenario falls back to ~/.cache/amole/dolly, then to the hub).
 DOLLY_PATH ?=
 MEDIUM_RUNS ?= $(HOME)/.cache/amole/runs/medium
+# The committed runs multiplied the backbone in fp32: MEDIUM_COMPUTE=null keeps that on every host, so a clone skips
+# them; MEDIUM_COMPUTE=auto runs bf16 where the CPU has the units (named apart, `...-bfloat16`).
+MEDIUM_COMPUTE ?= null
 MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=$(MEDIUM_RUNS) \
-	experiment.archive_dir=docs/runs/medium
+	experiment.archive_dir=docs/runs/medium model.compute_dtype=$(MEDIUM_COMPUTE)
 # Dolly's prompts and answers run to the 256-token window: 460 s per client round on one core, 77 min a run, so
 # its runs train on 128-token windows (the answer kept, the prompt cut from the left; ~40 min a run).
 MEDIUM_DOLLY := scenario=dolly_dir1 train.max_seq_len=128 $(if $(DOLLY_PATH),++scenario.local_path=$(DOLLY_PATH))
 # Before each seed's runs, the untrained backbone is scored on the same test splits (tools.untrained, ~7 min a
 # scenario and seed; clients already in docs/runs/medium/untrained/ are skipped).
-UNTRAINED := $(PY) -m tools.untrained --out docs/runs/medium/untrained budget=cpu_medium model=smollm2
+UNTRAINED := $(PY) -m tools.untrained --out docs/runs/medium/untrained budget=cpu_medium model=smollm2 model.compute_dtype=$(MEDIUM_COMPUTE)
 experiments-medium: model
 	$(UNTRAINED) scenario=bigbench_cpu seed=0
 	$(MEDIUM) strategy=fedamole,fedit_ft,local scenario=bigbench_cpu seed=0

@@ -80,9 +80,9 @@ class ModelConfig:
     quantization: str = "none"  # none | 8bit | 4bit
     dtype: str = "float32"  # compute dtype of the adapters and non-quantized weights
     dense_on_cpu: bool = True  # CPU only: hold the quantized backbone dequantized (same values, BLAS matmuls)
-    compute_dtype: str | None = None  # quantized backbones: matmul dtype of the frozen linears (None: fp32 on CPU,
-    # bf16 on CUDA). bfloat16 speeds CPUs that have bf16 matmul units (AMX, AVX512-BF16); auto: bfloat16 on those,
-    # None elsewhere, decided by each site on its own hardware.
+    compute_dtype: str | None = "auto"  # quantized backbones: matmul dtype of the frozen linears. auto: bfloat16 on
+    # CPUs with bf16 matmul units (AMX, AVX512-BF16), else the usual rule (fp32 on a CPU, bitsandbytes' bf16 on CUDA),
+    # decided by each site on its own hardware; null: always the usual rule; or a dtype.
     compile: str = "auto"  # torch.compile the adapter path (far fewer ops a step): on | off | auto (on with CUDA,
     # where a step is bound by launching ops; off on a CPU, where it measured no faster and costs ~25 s start-up)
     cache_dir: str | None = None

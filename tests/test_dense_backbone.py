@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from amole.backbones.dense_backbone import CastLinear, dequantize_frozen
-from amole.backbones.loader import bnb_config, compute_dtype, load_base_model
+from amole.backbones.loader import bnb_config, compute_dtype, compute_dtype_here, load_base_model
 from amole.config import AdapterConfig, ModelConfig
 from amole.moe.model import inject, trainable_parameters
 
@@ -136,7 +136,7 @@ def test_auto_compute_picks_bf16_only_on_a_cpu_with_bf16_units(has_units: bool, 
     assert any(isinstance(m, CastLinear) for m in model.modules()) == has_units
 
 
-def test_a_bf16_compute_run_is_named_apart() -> None:
+def test_a_bf16_compute_run_is_named_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     """An experiment run with another compute dtype is another run: it must not resume or skip the fp32 one."""
     from amole.compose import compose
     from tools.experiment import run_name
@@ -144,4 +144,12 @@ def test_a_bf16_compute_run_is_named_apart() -> None:
     base = ["budget=demo", "scenario=bigbench_demo", "seed=0"]
     assert run_name(compose([*base, "model.compute_dtype=null"])) == "bigbench_demo-fedamole-s0"
     assert run_name(compose([*base, "model.compute_dtype=bfloat16"])) == "bigbench_demo-fedamole-s0-bfloat16"
-    assert run_name(compose(base)) == "bigbench_demo-fedamole-s0-auto"  # the demo's: bf16 on some CPUs
+    # The default, auto, is decided on the host that simulates the federation: the name says what ran.
+    for has_units, suffix in ((True, "-bfloat16"), (False, "")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda h=has_units: h)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda h=has_units: h)
+        settings = compose(base)
+        assert settings.model.compute_dtype == "auto"
+        settings.model.compute_dtype = compute_dtype_here(settings.model, "cpu")
+        assert run_name(settings) == "bigbench_demo-fedamole-s0" + suffix
+        assert compute_dtype_here(settings.model, "cuda") == settings.model.compute_dtype  # a decided value stays

@@ -47,6 +47,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from amole.backbones.loader import compute_dtype_here
 from amole.compose import CONF_DIR, GROUPS, settings_from_cfg
 from amole.config import Settings
 from amole.util.atomic import write_text
@@ -147,6 +148,8 @@ def _run_job(cfg: DictConfig, tag: str, command: str, job_overrides: Sequence[st
              choices: dict[str, str] | None) -> JobResult:
     try:
         settings = settings_from_cfg(cfg)
+        # Every simulated client runs on this host: decide `auto` here, once, so the name and tables say it.
+        settings.model.compute_dtype = compute_dtype_here(settings.model)
         opts = experiment_options(cfg)
     except Exception as err:  # a config error: name the job, go on with the next
         print(f"{tag} FAILED: invalid config for overrides {list(job_overrides)}: {err}", flush=True)

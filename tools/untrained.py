@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from amole.backbones.loader import compute_dtype_here
 from amole.compose import compose
 from amole.config import Settings
 from amole.util.atomic import write_text
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="the runs' overrides (budget=..., scenario=..., seed=...)")
     args = p.parse_args(argv)
     settings = compose(args.overrides)
+    settings.model.compute_dtype = compute_dtype_here(settings.model)  # as tools.experiment names its runs
     clients = args.clients or [str(c) for c in range(settings.federation.num_clients)]
     path = reference_path(Path(args.out), settings)
     doc = score_clients(settings, clients, path)

@@ -151,6 +151,15 @@ def compute_dtype(cfg: ModelConfig, device: str = "cpu") -> torch.dtype | None:
     return DTYPES[cfg.compute_dtype]
 
 
+def compute_dtype_here(cfg: ModelConfig, device: str | None = None) -> str | None:
+    """``model.compute_dtype`` with ``auto`` decided for this machine (``bfloat16`` or null): what a federation
+    simulated on one host runs in, so its run name, stored config and tables say it."""
+    if cfg.compute_dtype != "auto":
+        return cfg.compute_dtype
+    picked = compute_dtype(cfg, device or default_device())
+    return None if picked is None else str(picked).removeprefix("torch.")
+
+
 COMPILE_CHOICES = {"auto": None, "on": True, "true": True, "off": False, "false": False}
 
 
