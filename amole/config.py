@@ -242,6 +242,8 @@ def from_dict(cls: type, values: dict[str, Any] | None) -> Any:
 # before keeps loading.
 _RETIRED = {"federation": ("evaluate", "communicate"), "fusion": ("private_adapter",)}
 _RENAMED = {("federation", "client_state_dir"): "site_dir"}
+# Keys whose default changed: a stored config without the key ran with the old default, and resumes with it.
+_OLD_DEFAULTS = {("model", "compute_dtype"): None}  # "auto" since 2026-12-07
 
 
 def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +254,9 @@ def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
     for (section, old), new in _RENAMED.items():
         if old in (values.get(section) or {}):
             values[section][new] = values[section].pop(old)
+    for (section, key), old_default in _OLD_DEFAULTS.items():
+        if isinstance(values.get(section), dict):
+            values[section].setdefault(key, old_default)
     return values
 
 

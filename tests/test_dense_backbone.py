@@ -25,9 +25,11 @@ def _bnb_layers(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_dense_backbone_gives_the_quantized_logits(quantization: str) -> None:
-    quantized, _ = load_base_model(ModelConfig(name="tiny-llama", quantization=quantization, dense_on_cpu=False),
-                                   device="cpu")
-    dense, _ = load_base_model(ModelConfig(name="tiny-llama", quantization=quantization), device="cpu")
+    # fp32 both ways (compute_dtype null): the same values, whatever bf16 units the CPU has
+    quantized, _ = load_base_model(ModelConfig(name="tiny-llama", quantization=quantization, dense_on_cpu=False,
+                                               compute_dtype=None), device="cpu")
+    dense, _ = load_base_model(ModelConfig(name="tiny-llama", quantization=quantization, compute_dtype=None),
+                               device="cpu")
     assert _bnb_layers(quantized) > 0 and _bnb_layers(dense) == 0
     with torch.no_grad():
         a, b = quantized(**_batch()).logits, dense(**_batch()).logits
@@ -52,8 +54,8 @@ def _adapted(model: nn.Module) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
 def test_dense_backbone_trains_like_the_quantized_one() -> None:
     grads = []
     for dense in (False, True):
-        model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", dense_on_cpu=dense),
-                                   device="cpu")
+        model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", dense_on_cpu=dense,
+                                               compute_dtype=None), device="cpu")
         grads.append(_adapted(model)[1])
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
@@ -108,7 +110,7 @@ def test_bf16_compute_on_a_cpu_without_bf16_units_warns(has_units: bool, monkeyp
         model, _ = load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype="bfloat16"),
                                    device="cpu")
         load_base_model(ModelConfig(name="tiny-llama", quantization="none", dtype="bfloat16"), device="cpu")
-        load_base_model(ModelConfig(name="tiny-llama", quantization="4bit"), device="cpu")  # fp32: never warns
+        load_base_model(ModelConfig(name="tiny-llama", quantization="4bit", compute_dtype=None), device="cpu")  # fp32
     warned = [r.getMessage() for r in caplog.records if r.name == "amole.backbones.loader"]
     assert len(warned) == (0 if has_units else 2)
     assert not warned or "without bfloat16 matmul units" in warned[0] and "slower" in warned[0]
@@ -128,6 +130,8 @@ def test_auto_compute_picks_bf16_only_on_a_cpu_with_bf16_units(has_units: bool, 
     assert compute_dtype(auto, "cpu") == (torch.bfloat16 if has_units else None)
     assert compute_dtype(auto, "cuda") is None
     assert compute_dtype(ModelConfig(name="tiny-llama", quantization="none", compute_dtype="auto"), "cpu") is None
+    # bitsandbytes' own CPU kernels (the backbone not held dequantized) keep their usual rule
+    assert compute_dtype(ModelConfig(name="tiny-llama", quantization="4bit", dense_on_cpu=False), "cpu") is None
     with caplog.at_level("INFO", logger="amole.backbones.loader"):
         model, _ = load_base_model(auto, device="cpu")
     said = [r.getMessage() for r in caplog.records if r.name == "amole.backbones.loader"]

@@ -207,6 +207,8 @@ def test_a_null_setting_counts_as_absent_in_every_comparison() -> None:
     assert config_mismatch(old, new) == []
     assert budget_fingerprint(old) == budget_fingerprint(new) != budget_fingerprint(bf16)
     assert reference_key(old) == reference_key(new) != reference_key(bf16)
+    from amole.config import Settings
+    assert "compute_dtype" not in CONFIG["model"] and Settings.from_dict(old).model.compute_dtype is None  # as it ran
     assert config_mismatch(old, bf16) == ["model.compute_dtype: None in the run, 'bfloat16' now"]
     tupled = json.loads(json.dumps(CONFIG))
     tupled["adapter"]["target_modules"], old["adapter"]["target_modules"] = ("q", "v"), ["q", "v"]

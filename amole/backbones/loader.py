@@ -134,13 +134,14 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
 def compute_dtype(cfg: ModelConfig, device: str = "cpu") -> torch.dtype | None:
     """``model.compute_dtype``: what a quantized backbone's frozen linears multiply in (None: the usual rule, fp32
     on a CPU and bitsandbytes' bf16 on CUDA). ``auto`` picks bf16 on a CPU with bf16 matmul units (AMX,
-    AVX512-BF16), where it is ~7x faster per matmul, and the usual rule elsewhere: each site decides on its own
+    AVX512-BF16), where it is 2-7x faster per matmul, for the backbone held dequantized (``model.dense_on_cpu``,
+    where amole casts around each matmul itself), and the usual rule elsewhere: each site decides on its own
     hardware."""
     if cfg.compute_dtype is None:
         return None
     if cfg.compute_dtype == "auto":
         on_cpu = torch.device(device).type == "cpu"
-        fast = on_cpu and cfg.quantization != "none" and cpu_has_units(torch.bfloat16)
+        fast = on_cpu and cfg.quantization != "none" and cfg.dense_on_cpu and cpu_has_units(torch.bfloat16)
         return torch.bfloat16 if fast else None
     if cfg.compute_dtype not in DTYPES:
         raise ValueError(f"unknown model.compute_dtype {cfg.compute_dtype!r}; expected null, auto or one of "
