@@ -126,3 +126,16 @@ def test_config_installing_adds_no_generic_top_level_package() -> None:
         for path in (ROOT / folder).rglob("*.py"):
             text = path.read_text()
             assert "from tools" not in text and "import tools" not in text, path
+
+
+def test_config_choices_are_the_names_the_loader_and_evaluation_map() -> None:
+    """CHOICES (checked at compose time) and the maps that turn each name into behaviour list the same names."""
+    from amole.backbones import loader
+    from amole.evaluation import generation, rouge_l
+
+    assert set(CHOICES[("model", "quantization")]) == set(loader.QUANTIZATIONS)
+    assert set(CHOICES[("model", "dtype")]) == set(loader.DTYPES)
+    assert set(CHOICES[("model", "compute_dtype")]) == {None, "auto", *loader.DTYPES}
+    assert set(CHOICES[("model", "compile")]) == set(loader.COMPILE_CHOICES)
+    assert set(CHOICES[("eval", "decoding")]) == set(generation.DECODINGS)
+    assert set(CHOICES[("eval", "rouge")]) == set(rouge_l.IMPLEMENTATIONS)
