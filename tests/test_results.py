@@ -210,6 +210,10 @@ def test_tables_split_by_scenario_and_budget(tmp_path: Path) -> None:
     cfg, key = rows[0]["_config"], rows[0]["_fingerprint"]
     assert budget_fingerprint({**cfg, "scenario": {**cfg["scenario"], "first_examples": None}}) == key
     assert budget_fingerprint({**cfg, "scenario": {**cfg["scenario"], "first_examples": 9}}) != key
+    # A number stored as 16 in one config and 16.0 in another (two versions of the runner) is one value.
+    # (The untrained references' keys follow the same rule: test_results_yardstick.)
+    alpha = {**cfg, "adapter": {**cfg["adapter"], "alpha": 16}}
+    assert budget_fingerprint(alpha) == budget_fingerprint({**cfg, "adapter": {**cfg["adapter"], "alpha": 16.0}})
 
 
 def test_cli_without_runs(tmp_path: Path, capsys) -> None:

@@ -99,6 +99,34 @@ def test_yardstick_that_cannot_be_computed_is_said_so(tmp_path: Path) -> None:
     assert "could not be computed: skipped (--no-yardstick)" in md
 
 
+def test_kept_yardstick_serves_a_machine_without_the_data(tmp_path: Path, monkeypatch, capsys) -> None:
+    """tools.yardstick --out keeps each client's cells under a key of the settings that decide them (where the data
+    sits is not one); results uses them for runs of those settings when the data cannot be rebuilt here."""
+    from tools.yardstick import main as yardstick_main
+
+    runs = fake_runs(tmp_path)
+    overrides = ["model=tiny", "scenario=synthetic", "budget=smoke", f"scenario.tasks=[{','.join(TASKS)}]",
+                 "federation.num_clients=2"]
+    for seed in (0, 1):
+        assert yardstick_main(["--out", str(runs / "yardstick"), *overrides, f"federation.seed={seed}",
+                               "scenario.local_dir=/elsewhere"]) == 0
+    assert "kept in" in capsys.readouterr().out
+    live = write_results(runs, tmp_path / "live")[0]["md"].read_text()
+    assert "Mean yardstick over clients (mean over seeds 0, 1): **0.4062**." in live
+    # Another machine: the data cannot be rebuilt (any rebuild fails), the kept cells give the same table.
+    monkeypatch.setattr("tools.results_yardstick._client_yardstick",
+                        lambda *a: pytest.fail("rebuilt data although the cells are kept"))
+    kept = write_results(runs, tmp_path / "kept")[0]["md"].read_text()
+    assert kept.split("**Yardstick**")[1] == live.split("**Yardstick**")[1]
+    # Without the file, the table says why it has none.
+    for path in (runs / "yardstick").iterdir():
+        path.unlink()
+    monkeypatch.setattr("tools.results_yardstick._client_yardstick", lambda *a: (_ for _ in ()).throw(
+        FileNotFoundError("no data here")))
+    assert "could not be computed: seed 0, client 0: FileNotFoundError: no data here" in write_results(
+        runs, tmp_path / "none")[0]["md"].read_text()
+
+
 def test_untrained_scores_join_the_tables_of_the_runs_they_match(tmp_path: Path, monkeypatch) -> None:
     """tools.untrained scores the bare backbone per client into a file keyed by the settings that decide the
     score; results matches it to runs by their stored config, shows it per client and counts who beats it."""
@@ -147,18 +175,39 @@ def test_untrained_scores_join_the_tables_of_the_runs_they_match(tmp_path: Path,
 
 
 def test_committed_untrained_references_keep_their_keys() -> None:
-    """A setting added later must not orphan the untrained scores already committed: each file's key is still the
-    one its stored config gives (else results silently drops the untrained column)."""
+    """A setting added later, or a rule of the key, must not orphan the untrained scores already committed: each
+    file is indexed under the key its stored config gives today (else results silently drops the untrained
+    column)."""
     import json
 
     import tools.untrained as untrained
 
-    files = sorted((Path(__file__).parents[1] / "docs" / "runs").rglob(f"{untrained.FILE_PREFIX}*.json"))
+    runs_dir = Path(__file__).parents[1] / "docs" / "runs"
+    files = sorted(runs_dir.rglob(f"{untrained.FILE_PREFIX}*.json"))
     assert files, "no committed untrained reference to check"
+    refs = untrained.load_references([runs_dir])
     for path in files:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        assert untrained.reference_key(doc["config"]) == doc["key"], path.name
-        assert path.stem.endswith(f"-{doc['key']}"), path.name
+        assert set(doc["clients"]) <= set(refs[untrained.reference_key(doc["config"])]), path.name
+        assert path.stem.startswith(f"{untrained.FILE_PREFIX}{doc['scenario']}-s{doc['seed']}-"), path.name
+
+
+def test_every_committed_run_finds_its_untrained_reference() -> None:
+    """A run whose scenario, seed and backbone precision have a committed untrained file is matched to it, whatever
+    version of the runner stored its config (16 or 16.0 for a whole-number setting)."""
+    import json
+
+    import tools.untrained as untrained
+
+    runs_dir = Path(__file__).parents[1] / "docs" / "runs"
+    have = set()
+    for path in runs_dir.rglob(f"{untrained.FILE_PREFIX}*.json"):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        have.add((doc["scenario"], str(doc["seed"]), doc["config"]["model"].get("compute_dtype")))
+    rows = [r for r in collect(runs_dir) if r["status"] == "completed"]
+    wanted = [r for r in rows if (r["scenario"], str(r["seed"]), r["_config"]["model"].get("compute_dtype")) in have]
+    assert wanted
+    assert [Path(r["run_dir"]).name for r in wanted if not r["_untrained"]] == []
 
 
 def test_a_bf16_compute_run_gets_its_own_table_that_says_so(tmp_path: Path) -> None:

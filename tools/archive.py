@@ -5,12 +5,16 @@
 A sweep of many CPU-hours outlives one machine: with ``experiment.archive_dir`` set, the experiment runner copies
 every run it completes into the archive and skips a run the archive already holds complete with the same config,
 so a fresh clone goes on with the runs that are missing instead of starting over. ``make results`` reads the
-archive together with ``runs/`` (tools.results).
+archive together with ``runs/`` (tools.results), and the reference files kept beside the runs (the untrained
+model's scores, tools.untrained; the no-model yardsticks, tools.yardstick).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +49,17 @@ def archive_run(run_dir: Path, archive_dir: Path) -> Path:
             with atomic_path(dest / name) as tmp:
                 shutil.copyfile(run_dir / name, tmp)
     return dest
+
+
+def reference_docs(dirs: Sequence[Path], pattern: str) -> Iterator[dict[str, Any]]:
+    """Each reference file (JSON) matching ``pattern`` under ``dirs``; an unreadable one is reported and skipped."""
+    for base in dirs:
+        for path in sorted(Path(base).rglob(pattern)) if Path(base).is_dir() else []:
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(doc.get("key"), str) or not isinstance(doc.get("clients"), dict):
+                    raise KeyError("key or clients")
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                print(f"skipping {path}: {type(err).__name__}: {err}", file=sys.stderr)
+                continue
+            yield doc

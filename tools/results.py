@@ -52,6 +52,7 @@ from tools.results_table import (
     write_csv,
 )
 from tools.untrained import load_references, reference_key
+from tools.yardstick import load_yardsticks, yardstick_key
 
 __all__ = ["BASELINES", "EXPERIMENT_FILE", "NOT_BUDGET", "RUN_COLUMNS", "STRATEGY_ORDER", "SUMMARY_COLUMNS",
            "budget_fingerprint", "collect", "load_run", "main", "relative_gain", "round_score", "summarize",
@@ -93,7 +94,7 @@ def budget_fingerprint(config: dict[str, Any]) -> str:
     """The config without the keys a strategy, a seed or a machine may change (see NOT_BUDGET), as JSON.
 
     A key set to null counts as absent (tools.config_keys): runs stored before a setting existed group with runs
-    that leave it unset."""
+    that leave it unset. Numbers compare by value: a config stored as 16 and one stored as 16.0 share a table."""
     return json.dumps(significant(config, NOT_BUDGET), sort_keys=True, default=str)
 
 
@@ -168,7 +169,8 @@ def collect(runs_dir: Path | Sequence[Path]) -> list[dict[str, Any]]:
     """Every run under ``runs_dir`` (one folder or several: a folder with metrics.json, at any depth; hidden
     folders skipped), each with the untrained backbone's scores for its settings where an ``untrained_*.json``
     under ``runs_dir`` has them (``tools.untrained``). A run found twice (in ``runs/`` and in the archive,
-    tools.archive) counts once: the copy with the most rounds, the first listed on a tie."""
+    tools.archive) counts once: the copy with the most rounds, the first listed on a tie. Each also gets the
+    yardstick cells kept for its settings (``yardstick_*.json``, tools.yardstick --out)."""
     dirs = [Path(runs_dir)] if isinstance(runs_dir, str | Path) else [Path(d) for d in runs_dir]
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for base in dirs:
@@ -184,12 +186,14 @@ def collect(runs_dir: Path | Sequence[Path]) -> list[dict[str, Any]]:
             key = (path.parent.name, str(row["budget"]))
             if key not in rows or row["rounds_done"] > rows[key]["rounds_done"]:
                 rows[key] = row
-    refs = load_references(dirs)
+    refs, kept = load_references(dirs), load_yardsticks(dirs)
     for row in rows.values():
         try:
             row["_untrained"] = refs.get(reference_key(row["_config"]), {})
-        except Exception:  # noqa: BLE001 - a config that does not load has no untrained scores; the table says why
-            row["_untrained"] = {}
+            row["_yardstick"] = kept.get(yardstick_key(row["_config"]), {})
+        except Exception:  # noqa: BLE001 - a config that does not load has no references; the table says why
+            row.setdefault("_untrained", {})
+            row["_yardstick"] = {}
     return list(rows.values())
 
 

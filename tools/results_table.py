@@ -19,6 +19,7 @@ from tools.results_diagnostics import diagnostics
 from tools.results_headline import headline_lines
 from tools.results_numbers import finite, fmt, in_order, mean
 from tools.results_plot import plot_file_name, plot_rounds
+from tools.results_rsea import rsea_lines
 from tools.results_yardstick import (
     above_counts,
     above_untrained,
@@ -334,6 +335,7 @@ def render(rows: Sequence[dict[str, Any]], runs_dir: str, command: str, notes: s
         text, srows = render_table(group, out_dir, taken, yardstick)
         parts.append(text)
         summary_rows += srows
+    parts += rsea_lines(rows)
     if notes:
         parts.append(notes.rstrip() + "\n")
     if rows:

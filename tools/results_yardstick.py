@@ -3,8 +3,11 @@
 A client's yardstick is the better of two scores that need no model (:mod:`tools.yardstick`): always giving the
 answer most common in its own training split, and, for multiple choice, the expected accuracy of a uniform
 guess. Its test split is rebuilt from the config stored in the run's metrics.json, so the yardstick is scored on
-the very examples the run scored. A strategy that only learns each client's answer distribution reaches the
-yardstick; "above it by more than two standard errors" is the count that says a strategy learned more.
+the very examples the run scored; where a ``yardstick_*.json`` beside the runs keeps the cells of those settings
+(``tools.yardstick --out``), they are used instead, so a table keeps its yardstick on a machine without the data.
+
+A strategy that only learns each client's answer distribution reaches the yardstick; "above it by more than two
+standard errors" is the count that says a strategy learned more.
 
 A client score's standard error is the one its evaluation recorded (``score_se``: sample std over its test
 examples / sqrt(n)); runs from before it was recorded fall back to the binomial sqrt(p(1-p)/n) for accuracy
@@ -22,7 +25,7 @@ from typing import Any
 from amole.config import ScenarioConfig, Settings, from_dict
 from amole.data.scenario import client_splits, task_name
 from tools.results_numbers import finite, fmt, in_order, mean
-from tools.yardstick import majority_score
+from tools.yardstick import client_cell
 
 __all__ = ["above_counts", "above_untrained", "client_se", "render_yardstick", "run_yardsticks", "table_untrained",
            "table_yardsticks", "yardstick_by_client"]
@@ -33,21 +36,18 @@ Cell = dict[str, Any]  # task, metric, test_n, majority, uniform (None for gener
 @lru_cache(maxsize=512)
 def _client_yardstick(scenario_json: str, rouge: str, seed: int, client: str) -> Cell:
     """The yardstick of one client of one scenario and seed (cached: strategies of a table share their data)."""
-    splits = client_splits(from_dict(ScenarioConfig, json.loads(scenario_json)), client, seed)
-    if not splits.train or not splits.test:
-        raise ValueError(f"client {client} has {len(splits.train)} training and {len(splits.test)} test examples")
-    majority, uniform, metric = majority_score(splits, rouge)
-    return {"task": splits.task, "metric": metric, "test_n": len(splits.test), "majority": majority,
-            "uniform": uniform, "yardstick": max(majority, uniform if uniform is not None else -math.inf)}
+    return client_cell(client_splits(from_dict(ScenarioConfig, json.loads(scenario_json)), client, seed), rouge)
 
 
 def run_yardsticks(run: dict[str, Any]) -> tuple[dict[str, Cell], list[str]]:
-    """Per client of the run's last round, its yardstick; and why any client's could not be computed."""
+    """Per client of the run's last round, its yardstick: kept for the run's settings (``run["_yardstick"]``,
+    tools.yardstick --out), else computed from the data; and why any client's could not be had."""
     try:
         settings = Settings.from_dict(run["_config"])
     except Exception as err:  # noqa: BLE001 - any unreadable config is reported in the table, never a crash
         return {}, [f"the run's stored config does not load ({type(err).__name__}: {err})"]
     scenario = json.dumps(settings.to_dict()["scenario"], sort_keys=True)
+    kept = run.get("_yardstick") or {}
     cells, why = {}, []
     for client, record in run["_last_clients"].items():
         try:
@@ -55,7 +55,8 @@ def run_yardsticks(run: dict[str, Any]) -> tuple[dict[str, Cell], list[str]]:
             if record.get("task") and record["task"] != expected:
                 raise ValueError(f"the run's client {client} had task {record['task']!r}, the stored scenario gives "
                                  f"it {expected!r} (its node brought its own task or data)")
-            cells[client] = _client_yardstick(scenario, settings.eval.rouge, settings.federation.seed, client)
+            cells[client] = kept.get(client) or _client_yardstick(scenario, settings.eval.rouge,
+                                                                  settings.federation.seed, client)
         except Exception as err:  # noqa: BLE001 - e.g. the data is not on this machine: say so, go on
             why.append(f"client {client}: {type(err).__name__}: {err}")
     return cells, why

@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import platform
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from amole.backbones.loader import compute_dtype_here
 from amole.compose import compose
 from amole.config import Settings
 from amole.util.atomic import write_text
+from tools.archive import reference_docs
 from tools.config_keys import significant
 
 __all__ = ["FILE_PREFIX", "load_references", "reference_key", "score_clients"]
@@ -92,20 +92,20 @@ def score_clients(settings: Settings, clients: Iterable[str], path: Path) -> dic
 def load_references(dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any]]]:
     """key -> client -> record, from every ``untrained_*.json`` under ``dirs`` (unreadable files are reported)."""
     refs: dict[str, dict[str, dict[str, Any]]] = {}
-    for base in dirs:
-        for path in sorted(Path(base).rglob(f"{FILE_PREFIX}*.json")) if Path(base).is_dir() else []:
-            try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-                refs.setdefault(str(doc["key"]), {}).update(doc["clients"])
-            except (ValueError, KeyError, TypeError) as err:
-                print(f"skipping {path}: {type(err).__name__}: {err}", file=sys.stderr)
+    for doc in reference_docs(dirs, f"{FILE_PREFIX}*.json"):
+        try:  # the key today's rule gives the stored settings: files keyed by an older rule still match
+            key = reference_key(doc["config"])
+        except Exception:  # noqa: BLE001 - no loadable config: the key the file was written with
+            key = doc["key"]
+        refs.setdefault(key, {}).update(doc["clients"])
     return refs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the scores file (e.g. docs/runs/medium/untrained)")
-    p.add_argument("--clients", nargs="*", default=None, help="default: every client of the scenario")
+    p.add_argument("--clients", type=lambda s: s.split(","), default=None,
+                   help="comma-separated client ids (0,1,3); default: every client of the scenario")
     p.add_argument("overrides", nargs="*", help="the runs' overrides (budget=..., scenario=..., seed=...)")
     args = p.parse_args(argv)
     settings = compose(args.overrides)
