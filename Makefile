@@ -107,14 +107,16 @@ MEDIUM_RUNS ?= $(HOME)/.cache/amole/runs/medium
 # The committed runs multiplied the backbone in fp32: MEDIUM_COMPUTE=null keeps that on every host, so a clone skips
 # them; MEDIUM_COMPUTE=auto runs bf16 where the CPU has the units (named apart, `...-bfloat16`).
 MEDIUM_COMPUTE ?= null
-MEDIUM := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=$(MEDIUM_RUNS) \
-	experiment.archive_dir=docs/runs/medium model.compute_dtype=$(MEDIUM_COMPUTE)
+MEDIUM_ANY := $(PY) -m tools.experiment -m budget=cpu_medium model=smollm2 federation.runs_dir=$(MEDIUM_RUNS) \
+	experiment.archive_dir=docs/runs/medium
+MEDIUM := $(MEDIUM_ANY) model.compute_dtype=$(MEDIUM_COMPUTE)
 # Dolly's prompts and answers run to the 256-token window: 460 s per client round on one core, 77 min a run, so
 # its runs train on 128-token windows (the answer kept, the prompt cut from the left; ~40 min a run).
 MEDIUM_DOLLY := scenario=dolly_dir1 train.max_seq_len=128 $(if $(DOLLY_PATH),++scenario.local_path=$(DOLLY_PATH))
 # Before each seed's runs, the untrained backbone is scored on the same test splits (tools.untrained, ~7 min a
 # scenario and seed; clients already in docs/runs/medium/untrained/ are skipped).
-UNTRAINED := $(PY) -m tools.untrained --out docs/runs/medium/untrained budget=cpu_medium model=smollm2 model.compute_dtype=$(MEDIUM_COMPUTE)
+UNTRAINED_ANY := $(PY) -m tools.untrained --out docs/runs/medium/untrained budget=cpu_medium model=smollm2
+UNTRAINED := $(UNTRAINED_ANY) model.compute_dtype=$(MEDIUM_COMPUTE)
 experiments-medium: model
 	$(UNTRAINED) scenario=bigbench_cpu seed=0
 	$(MEDIUM) strategy=fedamole,fedit_ft,local scenario=bigbench_cpu seed=0
@@ -138,18 +140,25 @@ experiments-medium-3k: model
 
 # Issue 33: does re-assigning experts (RSEA) help? fedamole against its static and random ablations at seeds 1 and 2
 # on bigbench_cpu_3k and dolly_dir1 (seed 0 of each is in docs/runs/medium/), then the most heterogeneous Dolly split
-# (alpha=0.1) with fedamole, local and fedit_ft at seed 0. fp32 like the seed-0 runs they pair with. ~6 h on 2 cores;
-# resumable like experiments-medium. Needs BIGBENCH_DIR and DOLLY_PATH (local copies).
+# (alpha=0.1) with fedamole, local and fedit_ft at seed 0. Seed 1 ran in fp32 like seed 0 (MEDIUM_COMPUTE=null);
+# seed 2 and alpha=0.1 run with RSEA_COMPUTE=auto: bf16 matmuls where the CPU has the units (3-4x faster on 2 cores,
+# named apart, `...-bfloat16`), so seed 2's three strategies, Dolly's fedamole included, share one precision and pair
+# with each other (tools.results_rsea pools the pairs over precisions). Resumable like experiments-medium. Needs
+# BIGBENCH_DIR and DOLLY_PATH (local copies).
+RSEA_COMPUTE ?= auto
+RSEA := $(MEDIUM_ANY) model.compute_dtype=$(RSEA_COMPUTE)
+RSEA_UNTRAINED := $(UNTRAINED_ANY) model.compute_dtype=$(RSEA_COMPUTE)
+RSEA_3K := scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR))
 experiments-rsea: model
 	@test -n "$(BIGBENCH_DIR)" -a -n "$(DOLLY_PATH)" || { echo "set BIGBENCH_DIR=<BIG-bench task files> and DOLLY_PATH=<dolly jsonl>"; exit 2; }
-	$(UNTRAINED) scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=1
-	$(MEDIUM) strategy=fedamole,static,random scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=1
+	$(UNTRAINED) $(RSEA_3K) seed=1
+	$(MEDIUM) strategy=fedamole,static,random $(RSEA_3K) seed=1
 	$(MEDIUM) strategy=static,random $(MEDIUM_DOLLY) seed=1
-	$(UNTRAINED) scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=2
-	$(MEDIUM) strategy=fedamole,static,random scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR)) seed=2
-	$(MEDIUM) strategy=static,random $(MEDIUM_DOLLY) seed=2
-	$(UNTRAINED) $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
-	$(MEDIUM) strategy=fedamole,local,fedit_ft $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
+	$(RSEA_UNTRAINED) $(RSEA_3K) seed=2 && $(RSEA_UNTRAINED) $(MEDIUM_DOLLY) seed=2
+	$(RSEA) strategy=fedamole,static,random $(RSEA_3K) seed=2
+	$(RSEA) strategy=fedamole,static,random $(MEDIUM_DOLLY) seed=2
+	$(RSEA_UNTRAINED) $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
+	$(RSEA) strategy=fedamole,local,fedit_ft $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
 results: $(STAMP)
