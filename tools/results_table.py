@@ -16,7 +16,7 @@ from typing import Any
 from amole.strategies.registry import names as strategy_names
 from amole.util.atomic import atomic_path
 from tools.results_diagnostics import diagnostics
-from tools.results_headline import headline_lines
+from tools.results_headline import headline_lines, paired_on
 from tools.results_numbers import finite, fmt, in_order, mean
 from tools.results_plot import plot_file_name, plot_rounds
 from tools.results_rsea import rsea_lines
@@ -273,18 +273,7 @@ def render_table(runs: Sequence[dict[str, Any]], out_dir: Path | None = None, ta
 
 def paired_difference(runs: Sequence[dict[str, Any]], a: str, b: str) -> tuple[float, float, int]:
     """Mean and standard error of ``a - b`` over last-round client scores paired by (seed, client)."""
-    last = {(r["strategy"], str(r["seed"])): r["_last_clients"] for r in runs if r["status"] == "completed"}
-    diffs = []
-    for (strategy, seed), clients in last.items():
-        other = last.get((b, seed)) if strategy == a else None
-        for c, v in clients.items() if other else ():
-            pair = finite([v.get("score"), other.get(c, {}).get("score")])
-            if len(pair) == 2:
-                diffs.append(pair[0] - pair[1])
-    if not diffs:
-        return math.nan, math.nan, 0
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= 2 else math.nan
-    return mean(diffs), se, len(diffs)
+    return paired_on(runs, a, b, last=True)
 
 
 def paired_sentence(runs: Sequence[dict[str, Any]], a: str, b: str) -> str:
