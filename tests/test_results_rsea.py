@@ -44,6 +44,8 @@ def test_pairs_stay_within_seed_and_precision_and_pool(tmp_path: Path) -> None:
     assert f"| static | fp32 | {m:+.4f} ± {se:.4f} (4) |" in lines
     m, se = _stats([0.0, 0.1])
     assert f"| random | bfloat16 | {m:+.4f} ± {se:.4f} (2) |" in lines
+    # Where: per client, mean over the three seeds (static: client 0 +0.1, +0.1, +0.2; client 1 0, -0.1, 0).
+    assert "fedamole − static: 0 +0.133, 1 -0.033; fedamole − random: 0 +0.133, 1 -0.033." in lines
     assert "Seeds (with the backbone's matmul precision) where an ablation ran: 0 fp32, 1 fp32, 2 bfloat16." in lines
     # The two precisions stay two tables; the pooled section follows them.
     md = write_results(tmp_path / "runs", tmp_path / "docs")[0]["md"].read_text()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tools.results_headline import paired_on
+from tools.results_numbers import finite, in_order, mean
 
 __all__ = ["rsea_lines"]
 
@@ -37,6 +38,19 @@ def _difference(runs: Sequence[dict[str, Any]], other: str, last: bool) -> str:
     if n < 2:
         return "–"
     return f"{d:+.4f} ± {se:.4f} ({n}){' *' if abs(d) > 2 * se else ''}"
+
+
+def _by_client(runs: Sequence[dict[str, Any]], other: str) -> str:
+    """FedAMoLE − ``other`` per client at the last round, mean over the seeds both ran: where it helps."""
+    last = {(r["strategy"], r["seed"]): r["_last_clients"] for r in runs}
+    diffs: dict[str, list[float]] = {}
+    for (strategy, seed), clients in last.items():
+        if strategy == "fedamole" and (other, seed) in last:
+            for c, v in clients.items():
+                pair = finite([v.get("score"), last[(other, seed)].get(c, {}).get("score")])
+                if len(pair) == 2:
+                    diffs.setdefault(c, []).append(pair[0] - pair[1])
+    return ", ".join(f"{c} {mean(diffs[c]):+.3f}" for c in in_order(diffs))
 
 
 def rsea_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -65,7 +79,8 @@ def rsea_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                 last, best = _difference(group, other, True), _difference(group, other, False)
                 if last != "–" or best != "–":
                     out.append(f"| {other} | {label} | {last} | {best} |")
-        out.append("")
+        out += ["", "By client, last round, mean over the seeds (task and data as in the tables above): " + "; ".join(
+            f"fedamole − {o}: {_by_client(tagged, o)}" for o in ABLATIONS if _by_client(tagged, o)) + ".", ""]
     if not out:
         return []
     return ["## Does re-assigning experts help? FedAMoLE against its ablations", "",
