@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,12 @@ def archive_run(run_dir: Path, archive_dir: Path) -> Path:
     return dest
 
 
-def reference_docs(dirs: Sequence[Path], pattern: str) -> Iterator[dict[str, Any]]:
-    """Each reference file (JSON) matching ``pattern`` under ``dirs``; an unreadable one is reported and skipped."""
+def reference_scores(dirs: Sequence[Path], pattern: str,
+                     key: Callable[[dict[str, Any]], str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """key -> client -> record, from every reference file (JSON: key, config, clients) matching ``pattern`` under
+    ``dirs``. A file is filed under the key ``key`` gives its stored config today, so files keyed by an older rule
+    still match; one without a loadable config under the key it was written with. Unreadable files are reported."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
     for base in dirs:
         for path in sorted(Path(base).rglob(pattern)) if Path(base).is_dir() else []:
             try:
@@ -62,4 +66,9 @@ def reference_docs(dirs: Sequence[Path], pattern: str) -> Iterator[dict[str, Any
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 print(f"skipping {path}: {type(err).__name__}: {err}", file=sys.stderr)
                 continue
-            yield doc
+            try:
+                filed = key(doc["config"])
+            except Exception:  # noqa: BLE001 - no loadable config: the key the file was written with
+                filed = doc["key"]
+            found.setdefault(filed, {}).update(doc["clients"])
+    return found

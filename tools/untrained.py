@@ -27,7 +27,7 @@ from amole.backbones.loader import compute_dtype_here
 from amole.compose import compose
 from amole.config import Settings
 from amole.util.atomic import write_text
-from tools.archive import reference_docs
+from tools.archive import reference_scores
 from tools.config_keys import significant
 
 __all__ = ["FILE_PREFIX", "load_references", "reference_key", "score_clients"]
@@ -91,14 +91,7 @@ def score_clients(settings: Settings, clients: Iterable[str], path: Path) -> dic
 
 def load_references(dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any]]]:
     """key -> client -> record, from every ``untrained_*.json`` under ``dirs`` (unreadable files are reported)."""
-    refs: dict[str, dict[str, dict[str, Any]]] = {}
-    for doc in reference_docs(dirs, f"{FILE_PREFIX}*.json"):
-        try:  # the key today's rule gives the stored settings: files keyed by an older rule still match
-            key = reference_key(doc["config"])
-        except Exception:  # noqa: BLE001 - no loadable config: the key the file was written with
-            key = doc["key"]
-        refs.setdefault(key, {}).update(doc["clients"])
-    return refs
+    return reference_scores(dirs, f"{FILE_PREFIX}*.json", reference_key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from amole.data import ClientSplits
 from amole.data.scenario import client_splits
 from amole.evaluation.rouge_l import metric_name, rouge_l_f
 from amole.util.atomic import write_text
-from tools.archive import reference_docs
+from tools.archive import reference_scores
 from tools.config_keys import significant
 
 __all__ = ["FILE_PREFIX", "client_cell", "load_yardsticks", "majority_score", "yardstick_key"]
@@ -72,14 +72,7 @@ def yardstick_key(config: dict[str, Any]) -> str:
 
 def load_yardsticks(dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any]]]:
     """key -> client -> cell, from every ``yardstick_*.json`` under ``dirs``."""
-    stored: dict[str, dict[str, dict[str, Any]]] = {}
-    for doc in reference_docs(dirs, f"{FILE_PREFIX}*.json"):
-        try:  # the key today's rule gives the stored settings: files keyed by an older rule still match
-            key = yardstick_key(doc["config"])
-        except Exception:  # noqa: BLE001 - no loadable config: the key the file was written with
-            key = doc["key"]
-        stored.setdefault(key, {}).update(doc["clients"])
-    return stored
+    return reference_scores(dirs, f"{FILE_PREFIX}*.json", yardstick_key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
