@@ -71,8 +71,8 @@ def rsea_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                 f"Seeds (with the backbone's matmul precision) where an ablation ran: {', '.join(seeds)}.", "",
                 "| fedamole − | precision | last round | best round incl. round 0 (paper's headline) |",
                 "|---|---|---|---|"]
-        precisions = sorted({_precision(r) for r in runs if r["strategy"] != "fedamole"})
         for other in ABLATIONS:
+            precisions = sorted({_precision(r) for r in runs if r["strategy"] == other})
             rows_for = [("all, pooled", tagged)] + ([(p, [r for r in tagged if r["seed"].endswith(f" {p}")])
                                                     for p in precisions] if len(precisions) > 1 else [])
             for label, group in rows_for:
