@@ -258,3 +258,15 @@ def test_headline_best_round_includes_round_zero_and_pairs_both_metrics() -> Non
     assert n == 2 and math.isclose(d, ((0.2 - 0.6) + (0.2 - 0.7)) / 2)
     text = "\n".join(headline_lines([worse, recorded], ["fedamole", "static"], None))
     assert "| fedamole | 0.2000 | 0.5000 (round 0) | 0 |" in text and "fedamole − static: last round" in text
+
+
+def test_machine_line_names_the_cpu_where_recorded() -> None:
+    """CPU timings differ several-fold between 2-core hosts: the table names the CPU model where the run recorded
+    it (tools.resources.host_info), and stays as it was for runs from before."""
+    from tools.resources import host_info
+    from tools.results_table import host_line
+
+    assert "cpu" in host_info()
+    runs = [{"_host": {"cpus": 2, "memory_gb": 23.5, "gpus": [], "cpu": "AMD EPYC"}},
+            {"_host": {"cpus": 2, "memory_gb": 23.5, "gpus": []}}]
+    assert host_line(runs) == "2 CPU cores (AMD EPYC), 23.5 GB RAM, no GPU; 2 CPU cores, 23.5 GB RAM, no GPU"

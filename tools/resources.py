@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -100,9 +101,21 @@ class MemorySampler:
         return out
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), since CPU timings differ several-fold between hosts of one
+    core count; None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def host_info() -> dict[str, Any]:
     """The machine a run ran on, so a table of timings and peaks says what hardware they mean."""
-    info: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count(),
+    info: dict[str, Any] = {"host": platform.node(), "cpu": cpu_model(), "cpus": os.cpu_count(),
                             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpus": []}
     if shutil.which("nvidia-smi"):
         try:

@@ -173,7 +173,8 @@ def host_line(runs: Sequence[dict[str, Any]]) -> str:
         if not h:
             continue
         gpus = ", ".join(h.get("gpus") or []) or "no GPU"
-        text = f"{h.get('cpus', '?')} CPU cores, {h.get('memory_gb', '?')} GB RAM, {gpus}"
+        cpu = f" ({h['cpu']})" if h.get("cpu") else ""
+        text = f"{h.get('cpus', '?')} CPU cores{cpu}, {h.get('memory_gb', '?')} GB RAM, {gpus}"
         if text not in hosts:
             hosts.append(text)
     return "; ".join(hosts) if hosts else "not recorded"
