@@ -140,11 +140,11 @@ experiments-medium-3k: model
 
 # Issue 33: does re-assigning experts (RSEA) help? fedamole against its static and random ablations at seeds 1 and 2
 # on bigbench_cpu_3k and dolly_dir1 (seed 0 of each is in docs/runs/medium/), then the most heterogeneous Dolly split
-# (alpha=0.1) with fedamole, local and fedit_ft at seed 0. Seed 1 ran in fp32 like seed 0 (MEDIUM_COMPUTE=null);
-# seed 2 and alpha=0.1 run with RSEA_COMPUTE=auto: bf16 matmuls where the CPU has the units (3-4x faster on 2 cores,
-# named apart, `...-bfloat16`), so seed 2's three strategies, Dolly's fedamole included, share one precision and pair
-# with each other (tools.results_rsea pools the pairs over precisions). Resumable like experiments-medium. Needs
-# BIGBENCH_DIR and DOLLY_PATH (local copies).
+# (alpha=0.1) with fedamole, local and fedit_ft at seed 0. Seed 1 ran in fp32 like seed 0 (MEDIUM_COMPUTE=null); seed
+# 2 and alpha=0.1 run with RSEA_COMPUTE=auto: bf16 matmuls where the CPU has the units (2-2.7x faster per matmul on an
+# AMD EPYC, named apart, `...-bfloat16`), so seed 2's three strategies, Dolly's fedamole included, share one precision
+# and pair with each other (tools.results_rsea pools the pairs over precisions). Resumable like experiments-medium.
+# Needs BIGBENCH_DIR and DOLLY_PATH (local copies).
 RSEA_COMPUTE ?= auto
 RSEA := $(MEDIUM_ANY) model.compute_dtype=$(RSEA_COMPUTE)
 RSEA_UNTRAINED := $(UNTRAINED_ANY) model.compute_dtype=$(RSEA_COMPUTE)
