@@ -16,7 +16,7 @@ from typing import Any
 
 from tools.results_numbers import finite, fmt, in_order, mean
 
-__all__ = ["headline", "headline_lines", "paired_on"]
+__all__ = ["headline", "headline_lines", "paired_diffs", "paired_on"]
 
 
 def _round0(run: dict[str, Any]) -> dict[str, float]:
@@ -36,9 +36,9 @@ def headline(run: dict[str, Any]) -> tuple[int | None, dict[str, float]]:
     return (best, rounds[best]) if best is not None else (None, {})
 
 
-def paired_on(runs: Sequence[dict[str, Any]], a: str, b: str, last: bool) -> tuple[float, float, int]:
-    """Mean and standard error of ``a − b`` over client scores paired by (seed, client): at the last round, or at
-    each run's best round incl. round 0."""
+def paired_diffs(runs: Sequence[dict[str, Any]], a: str, b: str, last: bool) -> list[tuple[str, float]]:
+    """(client, ``a − b``) for each client score paired by (seed, client): at the last round, or at each run's best
+    round incl. round 0."""
     per = {}
     for r in runs:
         if r["status"] == "completed":
@@ -50,7 +50,13 @@ def paired_on(runs: Sequence[dict[str, Any]], a: str, b: str, last: bool) -> tup
         for c, v in scores.items() if other else ():
             pair = finite([v, other.get(c)])
             if len(pair) == 2:
-                diffs.append(pair[0] - pair[1])
+                diffs.append((c, pair[0] - pair[1]))
+    return diffs
+
+
+def paired_on(runs: Sequence[dict[str, Any]], a: str, b: str, last: bool) -> tuple[float, float, int]:
+    """Mean and standard error of ``a − b`` over client scores paired by (seed, client) (``paired_diffs``)."""
+    diffs = [d for _, d in paired_diffs(runs, a, b, last)]
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= 2 else math.nan
     return (mean(diffs) if diffs else math.nan), se, len(diffs)
 

@@ -14,8 +14,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tools.results_headline import paired_on
-from tools.results_numbers import finite, in_order, mean
+from tools.results_headline import paired_diffs, paired_on
+from tools.results_numbers import in_order, mean
 
 __all__ = ["rsea_lines"]
 
@@ -42,14 +42,9 @@ def _difference(runs: Sequence[dict[str, Any]], other: str, last: bool) -> str:
 
 def _by_client(runs: Sequence[dict[str, Any]], other: str) -> str:
     """FedAMoLE − ``other`` per client at the last round, mean over the seeds both ran: where it helps."""
-    last = {(r["strategy"], r["seed"]): r["_last_clients"] for r in runs}
     diffs: dict[str, list[float]] = {}
-    for (strategy, seed), clients in last.items():
-        if strategy == "fedamole" and (other, seed) in last:
-            for c, v in clients.items():
-                pair = finite([v.get("score"), last[(other, seed)].get(c, {}).get("score")])
-                if len(pair) == 2:
-                    diffs.setdefault(c, []).append(pair[0] - pair[1])
+    for c, d in paired_diffs(runs, "fedamole", other, last=True):
+        diffs.setdefault(c, []).append(d)
     return ", ".join(f"{c} {mean(diffs[c]):+.3f}" for c in in_order(diffs))
 
 
