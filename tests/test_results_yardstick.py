@@ -121,8 +121,10 @@ def test_kept_yardstick_serves_a_machine_without_the_data(tmp_path: Path, monkey
     # Without the file, the table says why it has none.
     for path in (runs / "yardstick").iterdir():
         path.unlink()
-    monkeypatch.setattr("tools.results_yardstick._client_yardstick", lambda *a: (_ for _ in ()).throw(
-        FileNotFoundError("no data here")))
+    def no_data(*_: object) -> None:
+        raise FileNotFoundError("no data here")
+
+    monkeypatch.setattr("tools.results_yardstick._client_yardstick", no_data)
     assert "could not be computed: seed 0, client 0: FileNotFoundError: no data here" in write_results(
         runs, tmp_path / "none")[0]["md"].read_text()
 
