@@ -148,6 +148,8 @@ experiments-medium-3k: model
 RSEA_COMPUTE ?= auto
 RSEA := $(MEDIUM_ANY) model.compute_dtype=$(RSEA_COMPUTE)
 RSEA_UNTRAINED := $(UNTRAINED_ANY) model.compute_dtype=$(RSEA_COMPUTE)
+# The no-model yardstick's cells (seconds), kept beside the runs so a table shows it without the data.
+YARDSTICK := $(PY) -m tools.yardstick --out docs/runs/medium/yardstick budget=cpu_medium
 RSEA_3K := scenario=bigbench_cpu_3k scenario.local_dir=$(abspath $(BIGBENCH_DIR))
 experiments-rsea: model
 	@test -n "$(BIGBENCH_DIR)" -a -n "$(DOLLY_PATH)" || { echo "set BIGBENCH_DIR=<BIG-bench task files> and DOLLY_PATH=<dolly jsonl>"; exit 2; }
@@ -158,6 +160,7 @@ experiments-rsea: model
 	$(RSEA) strategy=fedamole,static,random $(RSEA_3K) seed=2
 	$(RSEA) strategy=fedamole,static,random $(MEDIUM_DOLLY) seed=2
 	$(RSEA_UNTRAINED) $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
+	$(YARDSTICK) $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
 	$(RSEA) strategy=fedamole,local,fedit_ft $(subst dolly_dir1,dolly_dir0.1,$(MEDIUM_DOLLY)) seed=0
 
 # docs/results.md, docs/results.csv (per table and strategy) and docs/results_runs.csv from runs/experiments/.
