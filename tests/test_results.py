@@ -257,7 +257,11 @@ def test_headline_best_round_includes_round_zero_and_pairs_both_metrics() -> Non
     d, _, n = paired_on([worse, recorded], "fedamole", "static", last=True)
     assert n == 2 and math.isclose(d, ((0.2 - 0.6) + (0.2 - 0.7)) / 2)
     text = "\n".join(headline_lines([worse, recorded], ["fedamole", "static"], None))
-    assert "| fedamole | 0.2000 | 0.5000 (round 0) | 0 |" in text and "fedamole − static: last round" in text
+    assert "| fedamole | 0.2000 | 0.5000 (seed 0: round 0) | 0 |" in text and "fedamole − static: last round" in text
+    # A seed whose round 0 is unknown is named as left out of the best-round mean, not silently averaged away.
+    unknown = {**run("fedamole", {1: {"0": 0.4, "1": 0.4}}, {}), "seed": 1}
+    text = "\n".join(headline_lines([worse, unknown], ["fedamole"], None))
+    assert "| fedamole | 0.3000 | 0.5000 (seed 0: round 0; seed 1: no round 0) | 0, 1 |" in text
 
 
 def test_machine_line_names_the_cpu_where_recorded() -> None:

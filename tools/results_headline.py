@@ -70,12 +70,16 @@ def headline_lines(runs: Sequence[dict[str, Any]], strategies: list[str], best_b
         return []
     lines = ["Two headline metrics: the **last round** (ours, above) and the **best round incl. round 0** (the "
              "paper's: the best of rounds 0–R by mean client score, chosen on the test set; round 0 is the untrained "
-             "model). Means over seeds; the round each seed's best was reached in brackets.", "",
+             "model). Means over seeds; in brackets, the round each seed's best was reached in, and the seeds left "
+             "out of the mean because round 0 is unknown for them (no recorded round 0 and no untrained reference "
+             "at that precision).", "",
              "| strategy | last round | best round incl. round 0 (paper's headline) | seeds |", "|---|---|---|---|"]
     for s in strategies:
-        rs = [r for r in done if r["strategy"] == s]
-        best = [(mean(finite(heads[id(r)][1].values())), heads[id(r)][0]) for r in rs if heads[id(r)][0] is not None]
-        cell = (f"{fmt(mean([b for b, _ in best]))} (round {', '.join(str(n) for _, n in best)})" if best else "–")
+        rs = sorted((r for r in done if r["strategy"] == s), key=lambda r: str(r["seed"]))
+        best = [(mean(finite(heads[id(r)][1].values())), f"seed {r['seed']}: round {heads[id(r)][0]}")
+                for r in rs if heads[id(r)][0] is not None]
+        unknown = [f"seed {r['seed']}: no round 0" for r in rs if heads[id(r)][0] is None]
+        cell = (f"{fmt(mean([b for b, _ in best]))} ({'; '.join([n for _, n in best] + unknown)})" if best else "–")
         lines.append(f"| {s} | {fmt(mean(finite(r['final_score'] for r in rs)))} | {cell} | "
                      f"{', '.join(in_order({str(r['seed']) for r in rs}))} |")
     others = [s for s in ("static", "random", best_baseline) if s and s in strategies and s != "fedamole"]
