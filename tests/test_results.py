@@ -262,6 +262,9 @@ def test_headline_best_round_includes_round_zero_and_pairs_both_metrics() -> Non
     unknown = {**run("fedamole", {1: {"0": 0.4, "1": 0.4}}, {}), "seed": 1}
     text = "\n".join(headline_lines([worse, unknown], ["fedamole"], None))
     assert "| fedamole | 0.3000 | 0.5000 (seed 0: round 0; seed 1: no round 0) | 0, 1 |" in text
+    # Seeds in the cell in the seed column's numeric order (2 before 10).
+    ten, two = ({**worse, "seed": 10}, {**worse, "seed": 2})
+    assert "(seed 2: round 0; seed 10: round 0) | 2, 10 |" in "\n".join(headline_lines([ten, two], ["fedamole"], None))
 
 
 def test_machine_line_names_the_cpu_where_recorded() -> None:

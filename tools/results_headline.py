@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from tools.results_numbers import finite, fmt, in_order, mean
+from tools.results_numbers import finite, fmt, id_key, in_order, mean
 
 __all__ = ["headline", "headline_lines", "paired_diffs", "paired_on"]
 
@@ -75,7 +75,7 @@ def headline_lines(runs: Sequence[dict[str, Any]], strategies: list[str], best_b
              "at that precision).", "",
              "| strategy | last round | best round incl. round 0 (paper's headline) | seeds |", "|---|---|---|---|"]
     for s in strategies:
-        rs = sorted((r for r in done if r["strategy"] == s), key=lambda r: str(r["seed"]))
+        rs = sorted((r for r in done if r["strategy"] == s), key=lambda r: id_key(str(r["seed"])))
         best = [(mean(finite(heads[id(r)][1].values())), f"seed {r['seed']}: round {heads[id(r)][0]}")
                 for r in rs if heads[id(r)][0] is not None]
         unknown = [f"seed {r['seed']}: no round 0" for r in rs if heads[id(r)][0] is None]

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["finite", "fmt", "mean"]
+__all__ = ["finite", "fmt", "id_key", "in_order", "mean"]
 
 
 def finite(xs: Iterable[Any]) -> list[float]:
@@ -37,6 +37,11 @@ def fmt(x: Any, spec: str = ".4f", empty: str = "–") -> str:
     return format(v, spec) if math.isfinite(v) else empty
 
 
+def id_key(x: str) -> tuple[int, str]:
+    """Sort key of a client or seed id (a numeric string) in numeric order: 2 before 10."""
+    return len(x), x
+
+
 def in_order(ids: Iterable[str]) -> list[str]:
     """Client or seed ids (numeric strings) in numeric order: 2 before 10."""
-    return sorted(ids, key=lambda x: (len(x), x))
+    return sorted(ids, key=id_key)
