@@ -126,7 +126,8 @@ class AMoLELinear(nn.Module):
         if self.router is None and self.shared_A is None:  # no adapter at all: the frozen layer alone
             self.lb_loss = None
             return y
-        x = x.to(self.experts_A.dtype)
+        if x.dtype != self.experts_A.dtype:  # a no-op to() is still an op dispatched per module per step
+            x = x.to(self.experts_A.dtype)
         own = self._own_masks()
         mask = self._mask_for(x)
         fn = adapter_update
@@ -148,7 +149,7 @@ class AMoLELinear(nn.Module):
         m = self.token_mask
         if m is None or tuple(m.shape) != tuple(x.shape[:-1]):
             return None
-        return m.to(device=x.device, dtype=torch.bool)
+        return m if m.dtype == torch.bool and m.device == x.device else m.to(device=x.device, dtype=torch.bool)
 
     @torch.no_grad()
     def _accumulate(self, t: Tensor, e: Tensor, mask: Tensor | None) -> None:

@@ -14,8 +14,9 @@ on the CPU and, where CUDA is available, on the GPU.
 
     python tests/benchmarks/bench_step.py [--steps 6] [--quantization none 4bit] [--answer-tokens 8]
 Also stepped: the same AMoLE with its adapter path compiled (``model.compile=on``, CUDA's default). Last line:
-``step: amole_over_lora=<x> compiled_over_lora=<x> ops_over_lora=<x> ops_compiled_over_lora=<x> [cpu_bf16_speedup=<x>]``
-(the largest step-time ratios measured, i.e. the least flattering ones; top-level ops per step from
+``step: amole_over_lora=<x> compiled_over_lora=<x> ops_over_lora=<x> ops_compiled_over_lora=<x>
+host_over_lora=<x> host_compiled_over_lora=<x> [cpu_bf16_speedup=<x>]`` (the largest step-time ratios measured,
+i.e. the least flattering ones; top-level ops per step and host time per step at negligible arithmetic from
 ``op_count.py`` with the tiny model; the bf16 backbone's speed-up where a quantized CPU model was stepped).
 """
 
@@ -57,21 +58,25 @@ def lora_model(mcfg: ModelConfig, acfg: AdapterConfig, device: str):
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
-def loss_of(model, batch: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
-    """The LM loss (plus AMoLE's load-balance term) the way ``mode`` computes it."""
+def loss_of(model, batch: dict[str, torch.Tensor], mode: str, forward: Callable | None = None) -> torch.Tensor:
+    """The LM loss (plus AMoLE's load-balance term) the way ``mode`` computes it; ``forward``: the model compiled
+    whole (``full`` mode: the boolean answer-position gather would split its graph)."""
     with token_mask(model, batch["attention_mask"]):
-        lm = model(**batch).loss if mode == "full" else lm_loss(model, batch)
+        if forward is not None:
+            lm = forward(**batch).loss
+        else:
+            lm = model(**batch).loss if mode == "full" else lm_loss(model, batch)
     return lm + 0.001 * load_balance_loss(model).to(lm.device)
 
 
-def step_fn(model, params, batch, mode: str) -> Callable[[], float]:
+def step_fn(model, params, batch, mode: str, forward: Callable | None = None) -> Callable[[], float]:
     opt = torch.optim.Adam(params, lr=1e-5)
     model.train()
 
     def step() -> float:
         sync(batch["input_ids"].device)
         t0 = time.perf_counter()
-        loss = loss_of(model, batch, mode)
+        loss = loss_of(model, batch, mode, forward)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -106,9 +111,11 @@ def loss_gap(model, batch: dict[str, torch.Tensor]) -> float:
 
 def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps: int, warmup: int,
             answer_tokens: int = 8, model_name: str = "smollm2-135m", dtype: str | None = None,
-            tiny: dict | None = None) -> dict[str, float]:
+            tiny: dict | None = None, whole: bool = False) -> dict[str, float]:
     """Median step seconds and tokens/s per model and mode, the AMoLE/LoRA ratio and the answer-mode speed-up.
-    ``tiny``: the shape of a randomly initialised ``tiny-llama`` model (e.g. Llama-3.2-1B's, in gpu_check.py)."""
+    ``tiny``: the shape of a randomly initialised ``tiny-llama`` model (e.g. Llama-3.2-1B's, in gpu_check.py).
+    ``whole``: also AMoLE and LoRA each through ``torch.compile`` whole (full-logit loss; not a setting yet:
+    op_count.py measures what it saves the host)."""
     dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
     mcfg = ModelConfig(name=model_name, quantization=quantization, dtype=dtype, tiny=dict(tiny or {}))
     acfg = AdapterConfig(num_experts=8, top_k=2)
@@ -144,6 +151,14 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
             fp32, bf16 = lm_loss(a_model, batch).item(), lm_loss(b_model, batch).item()
             a_model.train(), b_model.train()
     steppers = {(m, mode): step_fn(model, params, batch, mode) for m, model, params in models for mode in MODES}
+    if whole and can_compile(device):  # whole-model compile: their own copies, so the eager models stay eager
+        for m, build in (("amole_whole", amole_model), ("lora_whole", None)):
+            w_model, w_params = (build(mcfg, acfg, held=8, device=device) if build
+                                 else lora_model(mcfg, acfg, device=device))
+            with torch.no_grad():
+                for w, a in zip(w_params, a_params if build else l_params, strict=True):
+                    w.copy_(a)
+            steppers[m, "full"] = step_fn(w_model, w_params, batch, "full", torch.compile(w_model, dynamic=False))
     for _ in range(warmup):
         for step in steppers.values():
             step()
@@ -164,6 +179,9 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
     out["ratio_full"] = med["amole", "full"] / med["lora", "full"]
     out["ratio_compiled"] = (med["amole_compiled", "answer"] / med["lora", "answer"] if c_model is not None
                              else float("nan"))  # no C++ compiler here: not stepped
+    if ("amole_whole", "full") in med:  # against LoRA compiled whole, and against LoRA as users run it (eager)
+        out["ratio_whole"] = med["amole_whole", "full"] / med["lora_whole", "full"]
+        out["ratio_whole_vs_eager_lora"] = med["amole_whole", "full"] / med["lora", "full"]
     out["amole_speedup"] = med["amole", "full"] / med["amole", "answer"]
     out["lora_speedup"] = med["lora", "full"] / med["lora", "answer"]
     out["amole_loss_gap"], out["lora_loss_gap"] = gaps["amole"], gaps["lora"]
@@ -193,6 +211,10 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
     print(f"  amole/lora step ratio {out['ratio']:.3f} (full logits {out['ratio_full']:.3f}; adapter path compiled "
           f"{out['ratio_compiled']:.3f})"
           + (f" | peak GPU memory {out['peak_mem_gib']:.2f} GiB" if device == "cuda" else ""), flush=True)
+    if "ratio_whole" in out:
+        print(f"  compiled whole (full logits): AMoLE {med['amole_whole', 'full'] * 1e3:.1f} ms, LoRA "
+              f"{med['lora_whole', 'full'] * 1e3:.1f} ms: {out['ratio_whole']:.3f}; against eager LoRA "
+              f"{out['ratio_whole_vs_eager_lora']:.3f}", flush=True)
     del a_model, l_model, c_model, models
     return out
 
@@ -214,13 +236,16 @@ def main() -> None:
     import op_count  # beside this file; it imports this module, so not at the top
 
     ops = op_count.counts("tiny-llama", 8)
+    host = dict(ops["host"])
     print("ratios: " + " ".join(f"{d}/{q}={r['ratio']:.2f} (compiled {r['ratio_compiled']:.2f})"
                                 for (d, q), r in res.items()))
     bf16 = [r["bf16_speedup"] for r in res.values() if "bf16_speedup" in r]
     print(f"step: amole_over_lora={max(r['ratio'] for r in res.values()):.2f} "
           f"compiled_over_lora={max(r['ratio_compiled'] for r in res.values()):.2f} "
           f"ops_over_lora={ops['amole eager'][0] / ops['lora'][0]:.2f} "
-          f"ops_compiled_over_lora={ops['amole compiled'][0] / ops['lora'][0]:.2f}"
+          f"ops_compiled_over_lora={ops['amole compiled'][0] / ops['lora'][0]:.2f} "
+          f"host_over_lora={host['amole eager'] / host['lora']:.2f} "
+          f"host_compiled_over_lora={host['amole compiled'] / host['lora']:.2f}"
           + (f" cpu_bf16_speedup={max(bf16):.2f}" if bf16 else "") + f" ({'+'.join(sorted({d for d, _ in res}))})")
 
 

@@ -2,6 +2,8 @@
 
 1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE (eager and with ``model.compile``) and peft
    LoRA (full-logit and answer-position loss), the AMoLE/LoRA ratios and peak GPU memory (``bench_step.measure``);
+   with the bf16 backbone also AMoLE and LoRA each compiled whole (``torch.compile`` of the model: no op left for
+   the host to issue one by one, op_count.py's host-time measure);
 1b. the same at Llama-3.2-1B's shape with random weights (nothing to download): batch 1 x 1024 (the paper's) and
    16 x 512, one client's evaluation timed, and the paper's schedule (10 clients x 30 rounds x 200 steps) projected;
 2. one round of ``budget=gpu`` with 10 clients at reduced local steps: by default in this process through
@@ -56,9 +58,10 @@ def default_model_dir() -> Path:
 
 def bench(model: str, cpu_smoke: bool) -> list[dict[str, float]]:
     if cpu_smoke:
-        return [bench_step.measure("cpu", "none", 2, 32, steps=1, warmup=1, answer_tokens=4, model_name=model)]
+        return [bench_step.measure("cpu", "none", 2, 32, steps=1, warmup=1, answer_tokens=4, model_name=model,
+                                   whole=True)]
     return [bench_step.measure("cuda", q, 16, 512, steps=5, warmup=2, answer_tokens=8, model_name=model,
-                               dtype="bfloat16") for q in ("none", "4bit")]
+                               dtype="bfloat16", whole=q == "none") for q in ("none", "4bit")]
 
 
 def paper_shape(cpu_smoke: bool) -> list[str]:
@@ -184,7 +187,10 @@ def main() -> None:
             lines.append(f"bench-step: ratio {res['ratio']:.2f} (compiled {res['ratio_compiled']:.2f}), AMoLE "
                          f"{res['amole_answer_tok_s']:.0f} tok/s, "
                          f"LoRA {res['lora_answer_tok_s']:.0f} tok/s, answer-position speed-up "
-                         f"{res['amole_speedup']:.2f}x, peak {res.get('peak_mem_gib', float('nan')):.2f} GiB")
+                         f"{res['amole_speedup']:.2f}x, peak {res.get('peak_mem_gib', float('nan')):.2f} GiB"
+                         + (f"; compiled whole: {res['ratio_whole']:.2f} against LoRA compiled whole, "
+                            f"{res['ratio_whole_vs_eager_lora']:.2f} against eager LoRA" if "ratio_whole" in res
+                            else ""))
     if not args.skip_1b:
         print("== Llama-3.2-1B shape (random weights)", flush=True)
         lines += paper_shape(args.cpu_smoke)

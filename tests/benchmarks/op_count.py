@@ -2,11 +2,17 @@
 issuing ops one by one (each a dispatch, most a kernel launch), not by arithmetic (docs/gpu-check.md).
 
 Counts the top-level aten ops (those not called by another aten op) of bench-step's forward, loss and backward
-under torch's profiler, after a warm-up pass. The optimizer is left out: on a GPU torch's Adam updates all
-parameters in a few multi-tensor launches, on a CPU it loops per tensor. SmolLM2 on 2026-12-04: AMoLE 11,866 ops,
-LoRA 5,923, ~23 us an op on an H200; after that day's layer changes AMoLE 11,086 (6,494 that compute or copy).
-Counted both ways ``model.compile`` runs it: eager (a CPU's default) and compiled (CUDA's default), where the adapter
-path is one compiled graph forward and one backward (its fused kernels are not aten ops; its matmuls still are).
+under torch's profiler, after a warm-up pass, with the gradients set to None first as the training loop does. The
+optimizer is left out: on a GPU torch's Adam updates all parameters in a few multi-tensor launches, on a CPU it
+loops per tensor. SmolLM2 on 2026-12-04: AMoLE 11,866 ops, LoRA 5,923, ~23 us an op on an H200; after that day's
+layer changes AMoLE 11,086 (6,494 that compute or copy). Counted both ways ``model.compile`` runs it: eager (a CPU's
+default) and compiled (CUDA's default), where the adapter path is one compiled graph forward and one backward (its
+fused kernels are not aten ops; its matmuls still are).
+
+A count weighs every op alike, but an op issued from Python (a forward, a compiled graph's wrapper, a hand-written
+backward) costs the host more than one the autograd engine issues from C++. So the same step is also timed where
+its arithmetic is negligible (batch 1 x 4 tokens): what is left is the host's work per step, the part of a
+launch-bound GPU step that a CPU can measure (a GPU adds a launch per kernel). Interleaved medians.
 Runs on the CPU in a minute with the tiny model, a few with SmolLM2 (compiling included):
 
     python tests/benchmarks/op_count.py [--model tiny-llama] [--experts 8]
@@ -15,7 +21,10 @@ Runs on the CPU in a minute with the tiny model, a few with SmolLM2 (compiling i
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +37,7 @@ import bench_step  # noqa: E402
 
 from amole.backbones.loader import can_compile  # noqa: E402
 from amole.config import AdapterConfig, ModelConfig  # noqa: E402
-from amole.moe.model import amole_layers  # noqa: E402
+from amole.moe.model import amole_layers, load_balance_loss, token_mask  # noqa: E402
 
 # Ops that only make a new view of existing memory: a host dispatch each, but no kernel on a GPU.
 VIEWS = frozenset(f"aten::{op}" for op in (
@@ -44,12 +53,22 @@ def _is_copy_free(event) -> bool:
     return event.name in ("aten::to", "aten::contiguous") and not event.cpu_children
 
 
-def top_level_ops(model, batch) -> tuple[int, int]:
-    """(all top-level aten ops, those that compute or copy) of one forward + loss + backward."""
+def step_fn(model, batch, forward: Callable | None = None) -> Callable[[], None]:
+    """One forward + loss + backward as the training loop runs it (gradients set to None first); ``forward``: the
+    model through ``torch.compile`` whole."""
     def step() -> None:
-        bench_step.loss_of(model, batch, "full").backward()
+        model.zero_grad(set_to_none=True)
+        with token_mask(model, batch["attention_mask"]):
+            lm = (model if forward is None else forward)(**batch).loss
+        (lm + 0.001 * load_balance_loss(model)).backward()
 
     model.train()
+    return step
+
+
+def top_level_ops(model, batch) -> tuple[int, int]:
+    """(all top-level aten ops, those that compute or copy) of one forward + loss + backward."""
+    step = step_fn(model, batch)
     step()  # warm-up: lazy initialisation stays out of the count
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -58,22 +77,52 @@ def top_level_ops(model, batch) -> tuple[int, int]:
     return len(top), sum(not _is_copy_free(e) for e in top)
 
 
-def counts(model_name: str, experts: int) -> dict[str, tuple[int, int]]:
+def set_compiled(model, on: bool) -> None:
+    for layer in amole_layers(model).values():
+        layer.compiled = on
+
+
+def host_seconds(amole, lora, vocab: int, repeats: int = 7, inner: int = 20) -> dict[str, float]:
+    """Median seconds of a step at batch 1 x 4 tokens, where the arithmetic is negligible, interleaved: AMoLE eager
+    and with its adapter path compiled (the same model, switched between steps; the compiled function is built
+    once), LoRA; and, where torch.compile can build kernels, AMoLE and LoRA each compiled whole (one graph for the
+    model's forward and one for its backward: what the host saves when nothing runs op by op)."""
+    batch = bench_step.make_batch(1, 4, 2, vocab, "cpu")
+    variants = {"amole eager": (amole, False, None), "amole compiled": (amole, can_compile("cpu"), None),
+                "lora": (lora, None, None)}
+    if can_compile("cpu"):
+        variants["amole whole model compiled"] = (amole, False, torch.compile(amole, dynamic=False))
+        variants["lora whole model compiled"] = (lora, None, torch.compile(lora, dynamic=False))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (model, compiled, forward) in variants.items():
+            if compiled is not None:
+                set_compiled(model, compiled)
+            step = step_fn(model, batch, forward)
+            step()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                step()
+            times[name].append((time.perf_counter() - t0) / inner)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def counts(model_name: str, experts: int) -> dict[str, tuple]:
     """Top-level ops of one step: AMoLE eager (model.compile off, a CPU's default), AMoLE compiled (on, CUDA's
-    default) and peft LoRA, on the same batch."""
+    default) and peft LoRA, on the same batch; and each one's host seconds a step (``host``)."""
     mcfg = ModelConfig(name=model_name, quantization="none", dtype="float32")
     acfg = AdapterConfig(num_experts=experts, top_k=2)
-    out = {}
+    out: dict[str, tuple] = {}
     model, _ = bench_step.amole_model(mcfg, acfg, held=experts, device="cpu")
-    batch = bench_step.make_batch(2, 32, 4, model.config.vocab_size, "cpu")
+    vocab = model.config.vocab_size
+    batch = bench_step.make_batch(2, 32, 4, vocab, "cpu")
     out["amole eager"] = top_level_ops(model, batch)
-    for layer in amole_layers(model).values():
-        layer.compiled = can_compile("cpu")  # without a C++ compiler the "compiled" count is the eager one again
+    set_compiled(model, can_compile("cpu"))  # without a C++ compiler the "compiled" count is the eager one again
     out["amole compiled"] = top_level_ops(model, batch)  # the warm-up step compiles
-    del model
-    model, _ = bench_step.lora_model(mcfg, acfg, device="cpu")
-    out["lora"] = top_level_ops(model, batch)
-    out["modules"] = (model.config.num_hidden_layers * len(acfg.target_modules),) * 2
+    lora, _ = bench_step.lora_model(mcfg, acfg, device="cpu")
+    out["lora"] = top_level_ops(lora, batch)
+    out["modules"] = (lora.config.num_hidden_layers * len(acfg.target_modules),) * 2
+    out["host"] = tuple(host_seconds(model, lora, vocab).items())
     return out
 
 
@@ -90,8 +139,16 @@ def main() -> None:
             a = c[variant][i]
             print(f"{what} per forward + backward: {variant} {a}, LoRA {lo} (ratio {a / lo:.2f}); {modules} adapted "
                   f"modules, {(a - lo) / modules:.0f} more per module")
+    host = dict(c["host"])
+    print("host time a step at 1 x 4 tokens (arithmetic negligible; this CPU, interleaved medians): "
+          + ", ".join(f"{name} {sec * 1e3:.2f} ms" for name, sec in host.items()))
     print(f"ops: eager_over_lora={c['amole eager'][0] / c['lora'][0]:.2f} "
-          f"compiled_over_lora={c['amole compiled'][0] / c['lora'][0]:.2f}")
+          f"compiled_over_lora={c['amole compiled'][0] / c['lora'][0]:.2f} "
+          f"host_eager_over_lora={host['amole eager'] / host['lora']:.2f} "
+          f"host_compiled_over_lora={host['amole compiled'] / host['lora']:.2f}"
+          + (f" host_whole_over_lora={host['amole whole model compiled'] / host['lora']:.2f} "
+             f"host_whole_over_lora_whole={host['amole whole model compiled'] / host['lora whole model compiled']:.2f}"
+             if "amole whole model compiled" in host else ""))
 
 
 if __name__ == "__main__":
