@@ -2,8 +2,8 @@
 
 1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE (eager and with ``model.compile``) and peft
    LoRA (full-logit and answer-position loss), the AMoLE/LoRA ratios and peak GPU memory (``bench_step.measure``);
-   with the bf16 backbone also AMoLE and LoRA each compiled whole (``torch.compile`` of the model: no op left for
-   the host to issue one by one, op_count.py's host-time measure);
+   with ``--whole-model`` also AMoLE and LoRA each compiled whole with the bf16 backbone (``torch.compile`` of the
+   model: no op left for the host to issue one by one, op_count.py's host-time measure; minutes of compiling);
 1b. the same at Llama-3.2-1B's shape with random weights (nothing to download): batch 1 x 1024 (the paper's) and
    16 x 512, one client's evaluation timed, and the paper's schedule (10 clients x 30 rounds x 200 steps) projected;
 2. one round of ``budget=gpu`` with 10 clients at reduced local steps: by default in this process through
@@ -56,12 +56,12 @@ def default_model_dir() -> Path:
     return shared if shared.is_dir() else cache_root() / "models" / "smollm2-135m"
 
 
-def bench(model: str, cpu_smoke: bool) -> list[dict[str, float]]:
+def bench(model: str, cpu_smoke: bool, whole: bool) -> list[dict[str, float]]:
     if cpu_smoke:
         return [bench_step.measure("cpu", "none", 2, 32, steps=1, warmup=1, answer_tokens=4, model_name=model,
-                                   whole=True)]
+                                   whole=whole)]
     return [bench_step.measure("cuda", q, 16, 512, steps=5, warmup=2, answer_tokens=8, model_name=model,
-                               dtype="bfloat16", whole=q == "none") for q in ("none", "4bit")]
+                               dtype="bfloat16", whole=whole and q == "none") for q in ("none", "4bit")]
 
 
 def paper_shape(cpu_smoke: bool) -> list[str]:
@@ -168,6 +168,8 @@ def main() -> None:
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--skip-round", action="store_true")
     p.add_argument("--skip-1b", action="store_true", help="skip the Llama-3.2-1B-shaped step and projection")
+    p.add_argument("--whole-model", action="store_true",
+                   help="bench-step also steps AMoLE and LoRA compiled whole (bf16; minutes of compiling)")
     p.add_argument("override", nargs="*", help="more Hydra overrides for the round")
     args = p.parse_args()
     start = time.perf_counter()
@@ -183,7 +185,7 @@ def main() -> None:
     lines = []
     if not args.skip_bench:
         print("== bench-step", flush=True)
-        for res in bench(model, args.cpu_smoke):
+        for res in bench(model, args.cpu_smoke, args.whole_model):
             lines.append(f"bench-step: ratio {res['ratio']:.2f} (compiled {res['ratio_compiled']:.2f}), AMoLE "
                          f"{res['amole_answer_tok_s']:.0f} tok/s, "
                          f"LoRA {res['lora_answer_tok_s']:.0f} tok/s, answer-position speed-up "

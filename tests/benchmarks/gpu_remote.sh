@@ -84,7 +84,7 @@ stash)
     stash .gpu/c2 .gpu/c3
     ;;
 bench)
-    random_model && $PY tests/benchmarks/gpu_check.py --model-dir /tmp/smollm2-random --skip-round
+    random_model && $PY tests/benchmarks/gpu_check.py --model-dir /tmp/smollm2-random --skip-round "${@:2}"
     ;;
 round)
     if $PY tests/benchmarks/gpu_bundle.py unpack --pieces $W --out /tmp/smollm2; then
@@ -97,7 +97,7 @@ round)
     $PY tests/benchmarks/gpu_check.py --model-dir $M --bigbench-dir $W/bigbench --skip-bench "${@:2}"
     ;;
 *)
-    echo "usage: $0 prepare [MODEL_DIR BIGBENCH_DIR] | setup | stash | bench | round [gpu_check overrides]" >&2
+    echo "usage: $0 prepare [MODEL_DIR BIGBENCH_DIR] | setup | stash | bench [--whole-model] | round [gpu_check overrides]" >&2
     exit 2
     ;;
 esac
