@@ -37,7 +37,7 @@ import bench_step  # noqa: E402
 
 from amole.backbones.loader import can_compile  # noqa: E402
 from amole.config import AdapterConfig, ModelConfig  # noqa: E402
-from amole.moe.model import amole_layers, load_balance_loss, token_mask  # noqa: E402
+from amole.moe.model import amole_layers  # noqa: E402
 
 # Ops that only make a new view of existing memory: a host dispatch each, but no kernel on a GPU.
 VIEWS = frozenset(f"aten::{op}" for op in (
@@ -58,9 +58,7 @@ def step_fn(model, batch, forward: Callable | None = None) -> Callable[[], None]
     model through ``torch.compile`` whole."""
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        with token_mask(model, batch["attention_mask"]):
-            lm = (model if forward is None else forward)(**batch).loss
-        (lm + 0.001 * load_balance_loss(model)).backward()
+        bench_step.loss_of(model, batch, "full", forward).backward()
 
     model.train()
     return step
