@@ -79,3 +79,42 @@ def test_model_compile_on_without_a_compiler_says_so(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
         compile_adapters(ModelConfig(compile="on"), "cpu")
+
+
+@pytest.mark.skipif(not can_compile("cpu"), reason="torch.compile needs a C++ compiler on a CPU")
+@pytest.mark.timeout(600)
+def test_compiled_path_compiles_a_bounded_set_of_variants_and_reuses_them() -> None:
+    """Layers of two widths, assignments of 1 to 5 experts, training and evaluation, one-token and longer inputs:
+    a bounded set of graphs, under the recompile limit (past it the layers would quietly run eager); then new
+    expert counts and lengths compile nothing more."""
+    from torch._dynamo.utils import counters
+
+    from amole.moe.layer import RECOMPILE_LIMIT
+
+    torch.manual_seed(0)
+    cfg = AdapterConfig(r=R, alpha=8.0, dropout=0.0, top_k=2)
+    layers = [AMoLELinear(nn.Linear(D_IN, d_out), cfg) for d_out in (D_OUT, D_IN)]
+    for layer in layers:
+        layer.compiled = True
+
+    def sweep(counts: tuple[int, ...], lengths: tuple[int, ...]) -> None:
+        for n in counts:
+            for layer in layers:
+                layer.set_experts(list(range(n)), torch.randn(n, R, D_IN), torch.randn(n, layer.out_features, R))
+            for length in lengths:
+                x = torch.randn(2, length, D_IN)
+                for training in (True, False):
+                    with torch.set_grad_enabled(training):
+                        h = x.requires_grad_(training and length > 1)  # the first adapted layer's input needs none
+                        for layer in layers:
+                            y = layer.train(training)(h)
+                        if training:
+                            (y.square().mean() + layers[0].lb_loss).backward()
+
+    counters.clear()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # a quiet fallback to eager fails here
+        sweep((1, 2, 3, 5), (1, 4, 7))
+        graphs = counters["stats"]["unique_graphs"]
+        assert 0 < graphs < RECOMPILE_LIMIT
+        sweep((4, 6), (3, 9))  # new expert counts and lengths
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -265,8 +265,19 @@ def _gated_own_masks(x: Tensor, gates: Tensor, experts_A: Tensor, top_k: int, dr
     return dense.scatter(-2, top_i.unsqueeze(-1).expand(*top_i.shape, r), code * top_p.unsqueeze(-1)).flatten(-2)
 
 
+# What one process's layers and phases ask of the compiled adapter path, each a variant torch.compile keeps apart:
+# grad mode (training, evaluation), which inputs need gradients (the first adapted layer's do not), sizes of 1
+# (a decode step's one token, a module holding one expert). ~10 in a round; past torch's default limit of 8 the
+# remaining calls would quietly run eager.
+RECOMPILE_LIMIT = 64
+
+
 @functools.cache
 def compiled_adapter_update() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
     """:func:`adapter_update` through ``torch.compile`` (one compiled function for every layer of the process;
-    sequence lengths and expert counts are dynamic, so new shapes reuse it)."""
+    sequence lengths, layer widths and expert counts are dynamic, so new shapes reuse it)."""
+    # The experts and the shared expert are nn.Parameters, whose shapes torch.compile guards as constants by
+    # default: every new expert count (each assignment) and each layer width would compile again.
+    torch._dynamo.config.force_parameter_static_shapes = False
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(adapter_update, dynamic=True)
