@@ -58,6 +58,13 @@ def lora_model(mcfg: ModelConfig, acfg: AdapterConfig, device: str):
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
+@torch.no_grad()
+def copy_weights(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """Give a second model the first one's adapter weights, so that the two are stepped from the same point."""
+    for d, s in zip(dst, src, strict=True):
+        d.copy_(s)
+
+
 def loss_of(model, batch: dict[str, torch.Tensor], mode: str, forward: Callable | None = None) -> torch.Tensor:
     """The LM loss (plus AMoLE's load-balance term) the way ``mode`` computes it; ``forward``: the model compiled
     whole (``full`` mode: the boolean answer-position gather would split its graph)."""
@@ -128,9 +135,7 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
     c_model = None
     if can_compile(device):
         c_model, c_params = amole_model(mcfg, acfg, held=8, device=device)
-        with torch.no_grad():
-            for c, a in zip(c_params, a_params, strict=True):
-                c.copy_(a)
+        copy_weights(c_params, a_params)
         for layer in amole_layers(c_model).values():
             layer.compiled = True
         models.append(("amole_compiled", c_model, c_params))
@@ -139,9 +144,7 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
         models.append(("amole_kernel", k_model, k_params))
         # and with bf16 matmuls in the frozen backbone (model.compute_dtype), from the same adapter weights
         b_model, b_params = amole_model(replace(mcfg, compute_dtype="bfloat16"), acfg, held=8, device=device)
-        with torch.no_grad():
-            for b, a in zip(b_params, a_params, strict=True):
-                b.copy_(a)
+        copy_weights(b_params, a_params)
         models.append(("amole_bf16", b_model, b_params))
     batch = make_batch(batch_size, seq_len, answer_tokens, min(49000, a_model.config.vocab_size), device)
     gaps = {"amole": loss_gap(a_model, batch), "lora": loss_gap(l_model, batch)}
@@ -152,12 +155,10 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
             a_model.train(), b_model.train()
     steppers = {(m, mode): step_fn(model, params, batch, mode) for m, model, params in models for mode in MODES}
     if whole and can_compile(device):  # whole-model compile: their own copies, so the eager models stay eager
-        for m, build in (("amole_whole", amole_model), ("lora_whole", None)):
-            w_model, w_params = (build(mcfg, acfg, held=8, device=device) if build
-                                 else lora_model(mcfg, acfg, device=device))
-            with torch.no_grad():
-                for w, a in zip(w_params, a_params if build else l_params, strict=True):
-                    w.copy_(a)
+        wholes = {"amole_whole": (amole_model(mcfg, acfg, held=8, device=device), a_params),
+                  "lora_whole": (lora_model(mcfg, acfg, device=device), l_params)}
+        for m, ((w_model, w_params), src) in wholes.items():
+            copy_weights(w_params, src)
             steppers[m, "full"] = step_fn(w_model, w_params, batch, "full", torch.compile(w_model, dynamic=False))
     for _ in range(warmup):
         for step in steppers.values():
@@ -236,7 +237,7 @@ def main() -> None:
     import op_count  # beside this file; it imports this module, so not at the top
 
     ops = op_count.counts("tiny-llama", 8)
-    host = dict(ops["host"])
+    host = ops["host"]
     print("ratios: " + " ".join(f"{d}/{q}={r['ratio']:.2f} (compiled {r['ratio_compiled']:.2f})"
                                 for (d, q), r in res.items()))
     bf16 = [r["bf16_speedup"] for r in res.values() if "bf16_speedup" in r]

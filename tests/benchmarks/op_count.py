@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -91,12 +92,13 @@ def host_seconds(amole, lora, vocab: int, repeats: int = 7, inner: int = 20) -> 
     if can_compile("cpu"):
         variants["amole whole model compiled"] = (amole, False, torch.compile(amole, dynamic=False))
         variants["lora whole model compiled"] = (lora, None, torch.compile(lora, dynamic=False))
+    steps = {name: step_fn(model, batch, forward) for name, (model, _, forward) in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        for name, (model, compiled, forward) in variants.items():
+        for name, (model, compiled, _) in variants.items():
             if compiled is not None:
                 set_compiled(model, compiled)
-            step = step_fn(model, batch, forward)
+            step = steps[name]
             step()
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -105,12 +107,12 @@ def host_seconds(amole, lora, vocab: int, repeats: int = 7, inner: int = 20) -> 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def counts(model_name: str, experts: int) -> dict[str, tuple]:
+def counts(model_name: str, experts: int) -> dict[str, Any]:
     """Top-level ops of one step: AMoLE eager (model.compile off, a CPU's default), AMoLE compiled (on, CUDA's
     default) and peft LoRA, on the same batch; and each one's host seconds a step (``host``)."""
     mcfg = ModelConfig(name=model_name, quantization="none", dtype="float32")
     acfg = AdapterConfig(num_experts=experts, top_k=2)
-    out: dict[str, tuple] = {}
+    out: dict[str, Any] = {}
     model, _ = bench_step.amole_model(mcfg, acfg, held=experts, device="cpu")
     vocab = model.config.vocab_size
     batch = bench_step.make_batch(2, 32, 4, vocab, "cpu")
@@ -120,7 +122,7 @@ def counts(model_name: str, experts: int) -> dict[str, tuple]:
     lora, _ = bench_step.lora_model(mcfg, acfg, device="cpu")
     out["lora"] = top_level_ops(lora, batch)
     out["modules"] = (lora.config.num_hidden_layers * len(acfg.target_modules),) * 2
-    out["host"] = tuple(host_seconds(model, lora, vocab).items())
+    out["host"] = host_seconds(model, lora, vocab)
     return out
 
 
@@ -137,7 +139,7 @@ def main() -> None:
             a = c[variant][i]
             print(f"{what} per forward + backward: {variant} {a}, LoRA {lo} (ratio {a / lo:.2f}); {modules} adapted "
                   f"modules, {(a - lo) / modules:.0f} more per module")
-    host = dict(c["host"])
+    host = c["host"]
     print("host time a step at 1 x 4 tokens (arithmetic negligible; this CPU, interleaved medians): "
           + ", ".join(f"{name} {sec * 1e3:.2f} ms" for name, sec in host.items()))
     print(f"ops: eager_over_lora={c['amole eager'][0] / c['lora'][0]:.2f} "
