@@ -83,8 +83,9 @@ class ModelConfig:
     compute_dtype: str | None = "auto"  # quantized backbones: matmul dtype of the frozen linears. auto: bfloat16 on
     # CPUs with bf16 matmul units (AMX, AVX512-BF16), else the usual rule (fp32 on a CPU, bitsandbytes' bf16 on CUDA),
     # decided by each site on its own hardware; null: always the usual rule; or a dtype.
-    compile: str = "auto"  # torch.compile the adapter path (far fewer ops a step): on | off | auto (on with CUDA,
-    # where a step is bound by launching ops; off on a CPU, where it measured no faster and costs ~25 s start-up)
+    compile: str = "auto"  # torch.compile: on (the adapter path: far fewer ops a step) | model (training's forward
+    # compiled whole) | off | auto (on with CUDA, where a step is bound by launching ops; off on a CPU, where it
+    # measured no faster and costs ~25 s start-up)
     cache_dir: str | None = None
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for name == "tiny-llama"
 
@@ -209,7 +210,7 @@ CHOICES: dict[tuple[str, str], tuple[str | None, ...]] = {
     ("model", "quantization"): ("none", "8bit", "4bit"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("model", "compute_dtype"): (None, "auto", "float32", "bfloat16", "float16"),
-    ("model", "compile"): ("auto", "on", "off", "true", "false"),  # any case
+    ("model", "compile"): ("auto", "on", "off", "true", "false", "model"),  # any case
     ("eval", "decoding"): ("greedy", "generation_config"),
     ("eval", "rouge"): ("rouge_score", "rouge_paper"),
 }

@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from amole.backbones.loader import compile_adapters, load_base_model, model_device
+from amole.backbones.loader import compile_mode, load_base_model, model_device
 from amole.client.round import ClientJob, score_metrics, score_untrained
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
-from amole.moe.model import inject
+from amole.moe.model import expert_slots, inject
 from amole.strategies.registry import client_procedure
 from amole.util.memory import release_freed_memory
 from client_app.messages import EVALUATE, PROBE, TRAIN, ClientResult, Request
@@ -33,17 +33,18 @@ log = logging.getLogger("amole.client")
 
 
 @lru_cache(maxsize=1)
-def _model_for(model_json: str, adapter_json: str) -> tuple[Any, Any]:
+def _model_for(model_json: str, adapter_json: str, slots: int) -> tuple[Any, Any]:
     settings = Settings.from_dict({"model": json.loads(model_json), "adapter": json.loads(adapter_json)})
     model, tokenizer = load_base_model(settings.model)
-    inject(model, settings.adapter, compiled=compile_adapters(settings.model, model_device(model)))
+    inject(model, settings.adapter, compile=compile_mode(settings.model, model_device(model)), slots=slots)
     return model, tokenizer
 
 
 def injected_model(settings: Settings) -> tuple[Any, Any]:
     """The frozen (optionally quantized) base model with AMoLE layers, cached per model/adapter config."""
     d = settings.to_dict()
-    return _model_for(json.dumps(d["model"], sort_keys=True), json.dumps(d["adapter"], sort_keys=True))
+    return _model_for(json.dumps(d["model"], sort_keys=True), json.dumps(d["adapter"], sort_keys=True),
+                      expert_slots(settings.adapter, settings.assign))
 
 
 @lru_cache(maxsize=64)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from amole.backbones.loader import can_compile, compile_adapters
+from amole.backbones.loader import can_compile, compile_mode
 from amole.config import AdapterConfig, ModelConfig
 from amole.moe.layer import AMoLELinear
 
@@ -66,19 +66,22 @@ def test_compiled_layer_equals_the_eager_one() -> None:
 
 
 def test_model_compile_choice() -> None:
-    assert compile_adapters(ModelConfig(), "cpu") is False  # auto: eager on a CPU (measured no faster)
-    assert compile_adapters(ModelConfig(), "cuda") is True  # auto: compiled where ops are launched one by one
+    assert compile_mode(ModelConfig(), "cpu") == "off"  # auto: eager on a CPU (measured no faster)
+    assert compile_mode(ModelConfig(), "cuda") == "adapters"  # auto: compiled where ops are launched one by one
     if can_compile("cpu"):
-        assert compile_adapters(ModelConfig(compile="on"), "cpu") is True
-    assert compile_adapters(ModelConfig(compile="False"), "cuda") is False  # a YAML false arrives as a string
+        assert compile_mode(ModelConfig(compile="on"), "cpu") == "adapters"
+        assert compile_mode(ModelConfig(compile="Model"), "cpu") == "model"
+    assert compile_mode(ModelConfig(compile="model"), "cuda") == "model"
+    assert compile_mode(ModelConfig(compile="False"), "cuda") == "off"  # a YAML false arrives as a string
     with pytest.raises(ValueError, match="model.compile 'fast'"):
-        compile_adapters(ModelConfig(compile="fast"))
+        compile_mode(ModelConfig(compile="fast"))
 
 
-def test_model_compile_on_without_a_compiler_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("choice", ["on", "model"])
+def test_model_compile_without_a_compiler_says_so(monkeypatch: pytest.MonkeyPatch, choice: str) -> None:
     monkeypatch.setenv("CXX", "no-such-compiler-here")
-    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
-        compile_adapters(ModelConfig(compile="on"), "cpu")
+    with pytest.raises(ValueError, match=f"model.compile={choice} needs a C\\+\\+ compiler"):
+        compile_mode(ModelConfig(compile=choice), "cpu")
 
 
 @pytest.mark.skipif(not can_compile("cpu"), reason="torch.compile needs a C++ compiler on a CPU")
@@ -118,3 +121,71 @@ def test_compiled_path_compiles_a_bounded_set_of_variants_and_reuses_them() -> N
         assert 0 < graphs < RECOMPILE_LIMIT
         sweep((4, 6), (3, 9))  # new expert counts and lengths
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def _assign(model: nn.Module, seed: int) -> None:
+    """A new assignment: 1 to 4 experts a module, fresh adapter values, the same in every model given ``seed``."""
+    from amole.moe.model import amole_layers
+
+    g = torch.Generator().manual_seed(seed)
+    for i, (_, layer) in enumerate(sorted(amole_layers(model).items())):
+        n = 1 + (seed + i) % 4
+        ids = sorted(torch.randperm(6, generator=g)[:n].tolist())
+        layer.set_experts(ids, torch.randn(n, layer.r, layer.in_features, generator=g) * 0.1,
+                          torch.randn(n, layer.out_features, layer.r, generator=g) * 0.1)
+        with torch.no_grad():
+            for p in (layer.router, layer.shared_A, layer.shared_B):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _batches(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        length = int(torch.randint(17, 40, (1,), generator=g))
+        ids = torch.randint(0, 256, (2, length), generator=g)
+        labels = ids.clone()
+        labels[:, : length // 2] = -100
+        attention = torch.ones_like(ids)
+        attention[1, -3:] = 0
+        labels[1, -3:] = -100
+        yield {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+@pytest.mark.skipif(not can_compile("cpu"), reason="torch.compile needs a C++ compiler on a CPU")
+@pytest.mark.timeout(600)
+def test_model_compiled_whole_trains_as_eager_and_reassignments_reuse_its_graphs() -> None:
+    """``model.compile=model``: the same losses and trained adapters as eager training (no dropout, so no random
+    draws that differ), and a second round with other expert counts and lengths compiles nothing new; evaluation
+    after training runs the eager decoder again."""
+    from torch._dynamo.utils import counters
+
+    from amole.backbones.loader import load_base_model
+    from amole.client.train import train_steps
+    from amole.config import TrainConfig
+    from amole.moe.model import compiled_whole, export_adapters, inject
+
+    acfg = AdapterConfig(r=4, alpha=8.0, dropout=0.0, num_experts=6, top_k=2)
+    models = {}
+    for mode in ("off", "model"):
+        model, _ = load_base_model(ModelConfig(name="tiny-llama", tiny={"num_hidden_layers": 1}))
+        inject(model, acfg, compile=mode, slots=4)
+        models[mode] = model
+    assert compiled_whole(models["model"]) and not compiled_whole(models["off"])
+    cfg = TrainConfig(steps=3, lr=1e-3)
+    counters.clear()
+    for server_round in (1, 2):
+        got = {}
+        for mode, model in models.items():
+            _assign(model, server_round)
+            metrics = train_steps(model, _batches(server_round), cfg, server_round)
+            got[mode] = (metrics, export_adapters(model))
+        if server_round == 1:
+            graphs = counters["stats"]["unique_graphs"]
+            assert graphs > 0  # it did compile
+        for key in ("train_loss", "train_lb_loss"):
+            assert got["model"][0][key] == pytest.approx(got["off"][0][key], rel=1e-5), key
+        assert got["model"][1].keys() == got["off"][1].keys()
+        for name, want in got["off"][1].items():
+            torch.testing.assert_close(got["model"][1][name], want, rtol=1e-4, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == graphs  # new expert counts and lengths: the same graphs
+    assert "forward" not in vars(models["model"].get_decoder())  # evaluation sees the eager forward

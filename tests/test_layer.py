@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -144,3 +145,45 @@ def test_set_experts_rejects_wrong_shapes_and_duplicates() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         layer.set_experts([0, 0], torch.zeros(2, R, D_IN), torch.zeros(2, D_OUT, R))
     assert layer.expert_ids == [1, 4]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+@pytest.mark.parametrize("router_input", ["dropped", "clean"])
+def test_fixed_expert_slots_change_nothing_but_shapes(n: int, router_input: str) -> None:
+    """``model.compile=model`` keeps a module's experts in 6 fixed slots: same output, load-balance term, gradients,
+    statistics and export as the held experts alone; the empty slots get exactly zero gradients (Adam leaves them
+    zero), also when fewer than top-k experts are held."""
+    from amole.moe.model import export_adapters
+
+    exact = make_layer(n)
+    exact.router_input = router_input
+    if router_input == "clean" and n >= 2:  # its own dropout masks per routed slot: the same draws both ways
+        exact.dropout = nn.Dropout(0.1)
+    slotted = copy.deepcopy(exact)
+    slotted.slots = 6
+    slotted.set_experts(exact.expert_ids, exact.experts_A, exact.experts_B)
+    assert slotted.experts_A.shape[0] == 6 and slotted.num_experts == n
+    x, mask = torch.randn(3, 5, D_IN), torch.rand(3, 5) > 0.3
+    for layer in (exact, slotted):
+        layer.token_mask = mask
+        torch.manual_seed(1)
+        y = layer(x)
+        (y.square().mean() + layer.lb_loss).backward()
+    torch.manual_seed(2)
+    want = exact(x)
+    torch.manual_seed(2)
+    torch.testing.assert_close(slotted(x), want)
+    torch.testing.assert_close(slotted.lb_loss, exact.lb_loss)
+    for name in ("router", "shared_A", "shared_B"):
+        torch.testing.assert_close(getattr(slotted, name).grad, getattr(exact, name).grad)
+    for name in ("experts_A", "experts_B"):
+        grad = getattr(slotted, name).grad
+        torch.testing.assert_close(grad[:n], getattr(exact, name).grad)
+        assert grad[n:].abs().max() == 0 if n < 6 else True
+    torch.testing.assert_close(export_adapters(slotted), export_adapters(exact))
+    for layer in (exact, slotted):
+        layer.eval().collect_stats = True
+        with torch.no_grad():
+            layer(x)
+    torch.testing.assert_close(slotted.stat_experts, exact.stat_experts)
+    torch.testing.assert_close(slotted.stat_router, exact.stat_router)

@@ -161,23 +161,28 @@ def compute_dtype_here(cfg: ModelConfig, device: str | None = None) -> str | Non
     return None if picked is None else str(picked).removeprefix("torch.")
 
 
-COMPILE_CHOICES = {"auto": None, "on": True, "true": True, "off": False, "false": False}
+COMPILE_CHOICES = {"auto": None, "on": "adapters", "true": "adapters", "off": "off", "false": "off",
+                   "model": "model"}
 
 
-def compile_adapters(cfg: ModelConfig, device: str | torch.device = "cpu") -> bool:
-    """``model.compile``: whether the adapter path runs through ``torch.compile``. ``auto`` turns it on with CUDA,
-    where a step is bound by issuing ops (one compiled graph replaces ~90 ops a layer; tests/benchmarks/op_count.py),
-    and off on a CPU, where matmuls dominate: there it measured no faster and adds ~25 s of compiling a process."""
+def compile_mode(cfg: ModelConfig, device: str | torch.device = "cpu") -> str:
+    """``model.compile`` as run here: ``off``, ``adapters`` (the adapter path through ``torch.compile``) or ``model``
+    (the training forward compiled whole, experts in fixed slots so reassignments reuse the graph).
+
+    ``auto`` compiles the adapter path with CUDA, where a step is bound by issuing ops (one compiled graph replaces
+    ~90 ops a layer; tests/benchmarks/op_count.py), and nothing on a CPU, where matmuls dominate: there it measured
+    no faster and adds ~25 s of compiling a process. ``model`` is opt-in until a GPU has timed it (docs/gpu-check.md).
+    """
     choice = str(cfg.compile).lower()
     if choice not in COMPILE_CHOICES:
-        raise ValueError(f"unknown model.compile {cfg.compile!r}; expected auto, on or off")
-    on = COMPILE_CHOICES[choice]
-    if on is None:
-        return torch.device(device).type == "cuda"
-    if on and not can_compile(device):
-        raise ValueError("model.compile=on needs a C++ compiler on a CPU (torch.compile's inductor builds C++ "
+        raise ValueError(f"unknown model.compile {cfg.compile!r}; expected auto, on, off or model")
+    mode = COMPILE_CHOICES[choice]
+    if mode is None:
+        return "adapters" if torch.device(device).type == "cuda" else "off"
+    if mode != "off" and not can_compile(device):
+        raise ValueError(f"model.compile={choice} needs a C++ compiler on a CPU (torch.compile's inductor builds C++ "
                          "kernels): install g++ (or set CXX) or set model.compile=off")
-    return on
+    return mode
 
 
 def can_compile(device: str | torch.device = "cpu") -> bool:

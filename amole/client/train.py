@@ -6,7 +6,9 @@ per round, not per step: ``lr * lr_decay ** (round - 1)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -14,9 +16,28 @@ from tqdm import tqdm
 
 from amole.client.losses import lm_loss
 from amole.config import TrainConfig
-from amole.moe.model import load_balance_loss, token_mask, trainable_parameters
+from amole.moe.model import compiled_whole, load_balance_loss, token_mask, trainable_parameters
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel and foreach norms
+
+
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable[..., object]] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def compiled_decoder(model: nn.Module) -> Iterator[None]:
+    """Run the model's decoder (every layer up to the LM head) through ``torch.compile`` while training
+    (``model.compile=model``): its forward and backward as one graph each. The LM head stays outside: it runs
+    at the answer positions only, a gather whose size depends on the data, which would split the graph.
+    Evaluation and generation, outside this block, stay eager."""
+    decoder = model.get_decoder()
+    if decoder not in _COMPILED:  # once per model: sequence lengths are dynamic, parameter shapes fixed
+        _COMPILED[decoder] = torch.compile(decoder.forward, dynamic=True)
+    decoder.forward = _COMPILED[decoder]
+    try:
+        yield
+    finally:
+        del decoder.forward  # back to the class's eager forward
 
 
 def round_lr(cfg: TrainConfig, server_round: int) -> float:
@@ -46,23 +67,24 @@ def train_steps(
     model.train()
     sums = {"total_loss": 0.0, "loss": 0.0, "lb_loss": 0.0}
     tokens = 0
-    for _ in tqdm(range(cfg.steps), desc=f"round {server_round} train", disable=not progress, leave=False):
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        with token_mask(model, batch["attention_mask"]):
-            lm = lm_loss(model, batch)  # the LM head runs at answer positions only
-        lb = load_balance_loss(model).to(lm.device)
-        loss = lm + cfg.lb_coef * lb
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"local loss became {loss.item()} in round {server_round}: lower the lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=fused or None)
-        optimizer.step()
-        sums["total_loss"] += loss.item()
-        sums["loss"] += lm.item()
-        sums["lb_loss"] += lb.item()
-        tokens += int((batch["labels"] != -100).sum())
+    with compiled_decoder(model) if compiled_whole(model) else nullcontext():
+        for _ in tqdm(range(cfg.steps), desc=f"round {server_round} train", disable=not progress, leave=False):
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            with token_mask(model, batch["attention_mask"]):
+                lm = lm_loss(model, batch)  # the LM head runs at answer positions only
+            lb = load_balance_loss(model).to(lm.device)
+            loss = lm + cfg.lb_coef * lb
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"local loss became {loss.item()} in round {server_round}: lower the lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=fused or None)
+            optimizer.step()
+            sums["total_loss"] += loss.item()
+            sums["loss"] += lm.item()
+            sums["lb_loss"] += lb.item()
+            tokens += int((batch["labels"] != -100).sum())
     steps = max(cfg.steps, 1)
     metrics = {f"train_{k}": v / steps for k, v in sums.items()}
     metrics["train_tokens"] = float(tokens)

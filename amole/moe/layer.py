@@ -14,6 +14,11 @@ through one stacked B matmul: no Python loop over experts in the forward pass.
 ``clean`` (the official code) routes on the clean x and gives the shared expert and each of a token's top-k
 experts its own dropout mask (x expanded to (tokens, k, d), one mask per slot, one matmul through all held A,
 then a gather). The two differ only while training with dropout > 0 (cost measured in docs/fidelity.md).
+
+``slots`` (``model.compile=model``): the held experts sit in a fixed number of slots, the rest zero and kept out
+of the softmax, so that every assignment of up to ``slots`` experts gives the layer the same parameter shapes and
+a model compiled whole does not compile again each time the server reassigns experts. Same outputs, gradients and
+load-balance term as the held experts alone (the empty slots get exactly zero gradients, so Adam leaves them zero).
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ class AMoLELinear(nn.Module):
         self.lb_loss: Tensor | None = None
         self.collect_stats = False
         self.compiled = False  # model.compile: the adapter path through torch.compile (set by inject)
+        self.slots = 0  # fixed expert capacity (model.compile=model, set by inject); 0: exactly the held experts
+        self.register_buffer("held", None, persistent=False)  # (slots,) bool: which slots hold an expert
         self.reset_stats()
 
     # -- expert set ---------------------------------------------------------------------------------------
@@ -106,8 +113,15 @@ class AMoLELinear(nn.Module):
             raise ValueError("this layer has no router (num_experts=0), so it cannot hold routed experts")
         like = self.experts_A
         self.expert_ids = list(ids)
-        self.experts_A = nn.Parameter(A.detach().to(like.device, like.dtype).clone())
-        self.experts_B = nn.Parameter(B.detach().to(like.device, like.dtype).clone())
+        A, B = A.detach().to(like.device, like.dtype), B.detach().to(like.device, like.dtype)
+        size = max(self.slots, n) if n else 0  # no expert held: nothing to route, no slots to mask
+        # with slots, a mask even when all are full: None would be another graph
+        self.held = torch.arange(size, device=like.device) < n if self.slots and n else None
+        if size > n:
+            A = torch.cat([A, A.new_zeros(size - n, *A.shape[1:])])
+            B = torch.cat([B, B.new_zeros(size - n, *B.shape[1:])])
+        self.experts_A = nn.Parameter(A.clone())
+        self.experts_B = nn.Parameter(B.clone())
         self.reset_stats()
 
     @property
@@ -135,7 +149,7 @@ class AMoLELinear(nn.Module):
             fn = compiled_adapter_update()
         out, self.lb_loss, t, e = fn(
             y, x if own else self.dropout(x), self.router, self.shared_A, self.shared_B, self.experts_A,
-            self.experts_B, mask, self.top_k, self.scaling, self.training, self.dropout if own else None)
+            self.experts_B, mask, self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
         if self.collect_stats and t is not None:
             self._accumulate(t, e, mask)
         return out
@@ -154,7 +168,7 @@ class AMoLELinear(nn.Module):
     @torch.no_grad()
     def _accumulate(self, t: Tensor, e: Tensor, mask: Tensor | None) -> None:
         t = t.reshape(-1, self.r)
-        e = e.reshape(t.shape[0], self.num_experts, self.r)  # explicit token count: n may be 0 (a probe)
+        e = e.reshape(t.shape[0], -1, self.r)[:, : self.num_experts]  # explicit token count: n may be 0 (a probe)
         if mask is not None:
             keep = mask.reshape(-1)
             t, e = t[keep], e[keep]
@@ -176,15 +190,15 @@ def _cat(tensors: list[Tensor], dim: int) -> Tensor:
 
 def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor | None, shared_B: Tensor | None,
                    experts_A: Tensor, experts_B: Tensor, mask: Tensor | None, top_k: int, scaling: float,
-                   training: bool, own_dropout: nn.Module | None = None
+                   training: bool, own_dropout: nn.Module | None = None, held: Tensor | None = None
                    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """The layer's output ``y + s * delta(h)``, its load-balance term (training) and the router/expert codes.
 
     A pure function of tensors, so that ``model.compile`` can hand it to ``torch.compile`` whole (one fused graph
     forward and one backward instead of ~30 and ~60 ops, the cost where a step is bound by launching ops). ``h``
     is the adapter input: dropped out, or clean with ``own_dropout`` (``router_input: clean``) giving the shared
-    expert and each routed slot its own mask. The codes ``t`` (router) and ``e`` (experts, (..., n, r)) feed the
-    embedding statistics.
+    expert and each routed slot its own mask. ``held``: which of the ``n`` expert slots hold an expert (None: all).
+    The codes ``t`` (router) and ``e`` (experts, (..., n, r)) feed the embedding statistics.
     """
     n, r, d_in = experts_A.shape
     keys = [k for k in (router, shared_A) if k is not None]
@@ -202,7 +216,7 @@ def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor
     Bs = [shared_B] if n_shared else []
     lb = None
     if n > 0:
-        gates, lb = route(e, t, mask, top_k, training)
+        gates, lb = route(e, t, mask, top_k, training, held)
         if own_dropout is not None:
             codes.append(_gated_own_masks(h, gates, experts_A, top_k, own_dropout))
         else:
@@ -215,32 +229,42 @@ def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor
     return out, lb, t if n_router else None, e
 
 
-def route(e: Tensor, t: Tensor, mask: Tensor | None, top_k: int, training: bool) -> tuple[Tensor, Tensor | None]:
+def route(e: Tensor, t: Tensor, mask: Tensor | None, top_k: int, training: bool,
+          held: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere; and the
-    load-balance term while training.
+    load-balance term while training. ``held``: which slots hold an expert (empty ones get probability 0).
 
     The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
     the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
     """
     n, r = e.shape[-2], e.shape[-1]
     logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(r)
+    if held is not None:  # exp(-inf) = 0: the softmax over the held experts alone, and no gradient to the rest
+        logits = logits.masked_fill(~held, -math.inf)
     probs = torch.softmax(logits.float(), dim=-1)
     top_i = probs.topk(min(top_k, n), dim=-1).indices
     slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
     kept = probs * slots
     gates = kept / kept.sum(-1, keepdim=True)
-    lb = load_balance(probs, slots, mask, top_k) if training else None
+    lb = load_balance(probs, slots, mask, top_k, held) if training else None
     return gates.to(e.dtype), lb
 
 
-def load_balance(probs: Tensor, slots: Tensor, mask: Tensor | None, top_k: int) -> Tensor:
+def load_balance(probs: Tensor, slots: Tensor, mask: Tensor | None, top_k: int,
+                 held: Tensor | None = None) -> Tensor:
     """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward (``slots``: 0/1 top-k).
 
     Padding is weighted out rather than indexed out: boolean indexing would make a GPU wait for the host.
+    With ``held``, n and k count the held experts only, as tensors (a Python number would be compiled in as a
+    constant); an empty slot picked when fewer than k are held has P_i = 0 and adds nothing.
     """
-    n = probs.shape[-1]
+    n: int | Tensor = probs.shape[-1]
     probs, slots = probs.reshape(-1, n), slots.reshape(-1, n)
-    k = min(top_k, n)
+    if held is not None:
+        n = held.sum().to(probs.dtype)
+        k = n.clamp_max(top_k)
+    else:
+        k = min(top_k, n)
     if mask is None:
         tokens = max(probs.shape[0], 1)
         return torch.dot(probs.sum(0), slots.sum(0)) * (n / (tokens * tokens * k))

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from amole.config import AdapterConfig
+from amole.config import AdapterConfig, AssignConfig
 from amole.moe import keys
 from amole.moe.layer import AMoLELinear
 
@@ -33,24 +33,42 @@ def target_linears(model: nn.Module, target_modules: tuple[str, ...] | list[str]
     return found
 
 
-def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = None,
-           compiled: bool = False) -> dict[str, AMoLELinear]:
+COMPILE_MODES = ("off", "adapters", "model")  # what amole.backbones.loader.compile_mode decides
+
+
+def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = None, compile: str = "off",
+           slots: int = 0) -> dict[str, AMoLELinear]:
     """Freeze ``model`` and wrap every target linear layer in an AMoLELinear (in place); return them by name.
 
-    The adapters' dtype is ``dtype`` if given, else ``cfg.dtype`` (float32 unless the protocol says otherwise);
-    ``compiled``: their adapter path runs through ``torch.compile`` (``model.compile``, see
-    :func:`amole.backbones.loader.compile_adapters`)."""
+    The adapters' dtype is ``dtype`` if given, else ``cfg.dtype`` (float32 unless the protocol says otherwise).
+    ``compile`` (``model.compile``, see :func:`amole.backbones.loader.compile_mode`): ``adapters`` runs their adapter
+    path through ``torch.compile``; ``model`` has training compile the model whole (:func:`compiled_whole`), each
+    module's experts in ``slots`` fixed slots (:func:`expert_slots`) so that new assignments reuse the graph."""
     if not cfg.shared_expert and cfg.num_experts == 0:
         raise ValueError("an adapter with neither a shared expert nor routed experts trains nothing")
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {compile!r}; expected one of {COMPILE_MODES}")
     for p in model.parameters():
         p.requires_grad_(False)
     for name in target_linears(model, cfg.target_modules):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer = AMoLELinear(getattr(parent, child), cfg, dtype)
-        layer.compiled = compiled
+        layer.compiled = compile == "adapters"
+        layer.slots = slots if compile == "model" else 0
         setattr(parent, child, layer)
+    model.amole_compile_whole = compile == "model"
     return amole_layers(model)
+
+
+def expert_slots(adapter: AdapterConfig, assign: AssignConfig) -> int:
+    """Expert slots per module for ``model.compile=model``: the most routed experts the server assigns a client."""
+    return min(adapter.num_experts, assign.max_experts)
+
+
+def compiled_whole(model: nn.Module) -> bool:
+    """Whether training runs this model through ``torch.compile`` whole (``model.compile=model``)."""
+    return bool(getattr(model, "amole_compile_whole", False))
 
 
 def amole_layers(model: nn.Module) -> dict[str, AMoLELinear]:

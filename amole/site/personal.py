@@ -303,7 +303,7 @@ def load_personalized(
     what the folder was trained with (a bare model name compares the name only; the embedding fingerprint
     still catches other weights behind the same name).
     """
-    from amole.backbones.loader import compile_adapters, load_base_model, model_device
+    from amole.backbones.loader import compile_mode, load_base_model, model_device
     from amole.moe.model import import_adapters, inject
 
     meta = read_meta(path)
@@ -316,7 +316,8 @@ def load_personalized(
         raise PersonalModelError(f"{meta['folder']} was trained on other weights than the base model "
                                  f"{model_cfg.name!r} loads here (embedding fingerprints differ)")
     dtype = getattr(torch, meta.get("adapter_dtype", "float32"))
-    inject(model, adapter_config_of(meta), dtype, compiled=compile_adapters(model_cfg, model_device(model)))
+    mode = compile_mode(model_cfg, model_device(model))  # compiling the model whole is for training only
+    inject(model, adapter_config_of(meta), dtype, compile="off" if mode == "model" else mode)
     try:
         import_adapters(model, tensors)
     except (KeyError, ValueError) as err:

@@ -26,6 +26,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
@@ -34,6 +35,7 @@ from peft import LoraConfig, get_peft_model
 from amole.backbones.dense_backbone import cpu_has_units
 from amole.backbones.loader import can_compile, load_base_model
 from amole.client.losses import lm_loss
+from amole.client.train import compiled_decoder
 from amole.config import AdapterConfig, ModelConfig
 from amole.moe.bank import create_bank, payload
 from amole.moe.model import amole_layers, import_adapters, inject, load_balance_loss, token_mask, trainable_parameters
@@ -41,9 +43,10 @@ from amole.moe.model import amole_layers, import_adapters, inject, load_balance_
 MODES = ("full", "answer")
 
 
-def amole_model(mcfg: ModelConfig, acfg: AdapterConfig, held: int, device: str):
+def amole_model(mcfg: ModelConfig, acfg: AdapterConfig, held: int, device: str, compile: str = "off"):
+    """AMoLE holding ``held`` experts a module; ``compile="model"``: in fixed slots for the model compiled whole."""
     model, _ = load_base_model(mcfg, device=device)
-    layers = inject(model, acfg)
+    layers = inject(model, acfg, compile=compile, slots=acfg.num_experts)
     shapes = {n: (m.in_features, m.out_features) for n, m in layers.items()}
     bank = {k: torch.randn_like(v) * 0.02 for k, v in create_bank(shapes, acfg, seed=0).items()}
     import_adapters(model, payload(bank, {n: list(range(held)) for n in layers}))
@@ -65,25 +68,22 @@ def copy_weights(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
         d.copy_(s)
 
 
-def loss_of(model, batch: dict[str, torch.Tensor], mode: str, forward: Callable | None = None) -> torch.Tensor:
-    """The LM loss (plus AMoLE's load-balance term) the way ``mode`` computes it; ``forward``: the model compiled
-    whole (``full`` mode: the boolean answer-position gather would split its graph)."""
-    with token_mask(model, batch["attention_mask"]):
-        if forward is not None:
-            lm = forward(**batch).loss
-        else:
-            lm = model(**batch).loss if mode == "full" else lm_loss(model, batch)
+def loss_of(model, batch: dict[str, torch.Tensor], mode: str, whole: bool = False) -> torch.Tensor:
+    """The LM loss (plus AMoLE's load-balance term) the way ``mode`` computes it; ``whole``: the decoder through
+    ``torch.compile`` as ``model.compile=model`` trains (amole.client.train.compiled_decoder)."""
+    with compiled_decoder(model) if whole else nullcontext(), token_mask(model, batch["attention_mask"]):
+        lm = model(**batch).loss if mode == "full" else lm_loss(model, batch)
     return lm + 0.001 * load_balance_loss(model).to(lm.device)
 
 
-def step_fn(model, params, batch, mode: str, forward: Callable | None = None) -> Callable[[], float]:
+def step_fn(model, params, batch, mode: str, whole: bool = False) -> Callable[[], float]:
     opt = torch.optim.Adam(params, lr=1e-5)
     model.train()
 
     def step() -> float:
         sync(batch["input_ids"].device)
         t0 = time.perf_counter()
-        loss = loss_of(model, batch, mode, forward)
+        loss = loss_of(model, batch, mode, whole)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -121,8 +121,8 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
             tiny: dict | None = None, whole: bool = False) -> dict[str, float]:
     """Median step seconds and tokens/s per model and mode, the AMoLE/LoRA ratio and the answer-mode speed-up.
     ``tiny``: the shape of a randomly initialised ``tiny-llama`` model (e.g. Llama-3.2-1B's, in gpu_check.py).
-    ``whole``: also AMoLE and LoRA each through ``torch.compile`` whole (full-logit loss; not a setting yet:
-    op_count.py measures what it saves the host)."""
+    ``whole``: also AMoLE (``model.compile=model``: experts in fixed slots) and LoRA each with the decoder through
+    ``torch.compile`` (answer-position loss, as training runs it)."""
     dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
     mcfg = ModelConfig(name=model_name, quantization=quantization, dtype=dtype, tiny=dict(tiny or {}))
     acfg = AdapterConfig(num_experts=8, top_k=2)
@@ -154,12 +154,12 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
             fp32, bf16 = lm_loss(a_model, batch).item(), lm_loss(b_model, batch).item()
             a_model.train(), b_model.train()
     steppers = {(m, mode): step_fn(model, params, batch, mode) for m, model, params in models for mode in MODES}
-    if whole and can_compile(device):  # whole-model compile: their own copies, so the eager models stay eager
-        wholes = {"amole_whole": (amole_model(mcfg, acfg, held=8, device=device), a_params),
+    if whole and can_compile(device):  # compiled whole: their own copies, so the eager models stay eager
+        wholes = {"amole_whole": (amole_model(mcfg, acfg, held=8, device=device, compile="model"), a_params),
                   "lora_whole": (lora_model(mcfg, acfg, device=device), l_params)}
         for m, ((w_model, w_params), src) in wholes.items():
             copy_weights(w_params, src)
-            steppers[m, "full"] = step_fn(w_model, w_params, batch, "full", torch.compile(w_model, dynamic=False))
+            steppers[m, "answer"] = step_fn(w_model, w_params, batch, "answer", whole=True)
     for _ in range(warmup):
         for step in steppers.values():
             step()
@@ -180,9 +180,9 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
     out["ratio_full"] = med["amole", "full"] / med["lora", "full"]
     out["ratio_compiled"] = (med["amole_compiled", "answer"] / med["lora", "answer"] if c_model is not None
                              else float("nan"))  # no C++ compiler here: not stepped
-    if ("amole_whole", "full") in med:  # against LoRA compiled whole, and against LoRA as users run it (eager)
-        out["ratio_whole"] = med["amole_whole", "full"] / med["lora_whole", "full"]
-        out["ratio_whole_vs_eager_lora"] = med["amole_whole", "full"] / med["lora", "full"]
+    if ("amole_whole", "answer") in med:  # against LoRA compiled whole, and against LoRA as users run it (eager)
+        out["ratio_whole"] = med["amole_whole", "answer"] / med["lora_whole", "answer"]
+        out["ratio_whole_vs_eager_lora"] = med["amole_whole", "answer"] / med["lora", "answer"]
     out["amole_speedup"] = med["amole", "full"] / med["amole", "answer"]
     out["lora_speedup"] = med["lora", "full"] / med["lora", "answer"]
     out["amole_loss_gap"], out["lora_loss_gap"] = gaps["amole"], gaps["lora"]
@@ -213,8 +213,8 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
           f"{out['ratio_compiled']:.3f})"
           + (f" | peak GPU memory {out['peak_mem_gib']:.2f} GiB" if device == "cuda" else ""), flush=True)
     if "ratio_whole" in out:
-        print(f"  compiled whole (full logits): AMoLE {med['amole_whole', 'full'] * 1e3:.1f} ms, LoRA "
-              f"{med['lora_whole', 'full'] * 1e3:.1f} ms: {out['ratio_whole']:.3f}; against eager LoRA "
+        print(f"  decoder compiled whole (model.compile=model): AMoLE {med['amole_whole', 'answer'] * 1e3:.1f} ms, "
+              f"LoRA {med['lora_whole', 'answer'] * 1e3:.1f} ms: {out['ratio_whole']:.3f}; against eager LoRA "
               f"{out['ratio_whole_vs_eager_lora']:.3f}", flush=True)
     del a_model, l_model, c_model, models
     return out

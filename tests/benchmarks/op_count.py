@@ -54,12 +54,12 @@ def _is_copy_free(event) -> bool:
     return event.name in ("aten::to", "aten::contiguous") and not event.cpu_children
 
 
-def step_fn(model, batch, forward: Callable | None = None) -> Callable[[], None]:
-    """One forward + loss + backward as the training loop runs it (gradients set to None first); ``forward``: the
-    model through ``torch.compile`` whole."""
+def step_fn(model, batch, whole: bool = False) -> Callable[[], None]:
+    """One forward + loss + backward as the training loop runs it (gradients set to None first); ``whole``: the
+    decoder through ``torch.compile`` (``model.compile=model``)."""
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        bench_step.loss_of(model, batch, "full", forward).backward()
+        bench_step.loss_of(model, batch, "answer" if whole else "full", whole).backward()
 
     model.train()
     return step
@@ -81,18 +81,20 @@ def set_compiled(model, on: bool) -> None:
         layer.compiled = on
 
 
-def host_seconds(amole, lora, vocab: int, repeats: int = 7, inner: int = 20) -> dict[str, float]:
+def host_seconds(amole, lora, vocab: int, whole: tuple | None = None, repeats: int = 7,
+                 inner: int = 20) -> dict[str, float]:
     """Median seconds of a step at batch 1 x 4 tokens, where the arithmetic is negligible, interleaved: AMoLE eager
     and with its adapter path compiled (the same model, switched between steps; the compiled function is built
-    once), LoRA; and, where torch.compile can build kernels, AMoLE and LoRA each compiled whole (one graph for the
-    model's forward and one for its backward: what the host saves when nothing runs op by op)."""
+    once), LoRA; and ``whole``, (AMoLE with experts in fixed slots, LoRA) each with the decoder compiled whole
+    (``model.compile=model``: one graph for its forward and one for its backward, what the host saves when nothing
+    runs op by op)."""
     batch = bench_step.make_batch(1, 4, 2, vocab, "cpu")
-    variants = {"amole eager": (amole, False, None), "amole compiled": (amole, can_compile("cpu"), None),
-                "lora": (lora, None, None)}
-    if can_compile("cpu"):
-        variants["amole whole model compiled"] = (amole, False, torch.compile(amole, dynamic=False))
-        variants["lora whole model compiled"] = (lora, None, torch.compile(lora, dynamic=False))
-    steps = {name: step_fn(model, batch, forward) for name, (model, _, forward) in variants.items()}
+    variants = {"amole eager": (amole, False, False), "amole compiled": (amole, can_compile("cpu"), False),
+                "lora": (lora, None, False)}
+    if whole is not None:
+        variants["amole whole model compiled"] = (whole[0], None, True)
+        variants["lora whole model compiled"] = (whole[1], None, True)
+    steps = {name: step_fn(model, batch, w) for name, (model, _, w) in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, (model, compiled, _) in variants.items():
@@ -122,7 +124,11 @@ def counts(model_name: str, experts: int) -> dict[str, Any]:
     lora, _ = bench_step.lora_model(mcfg, acfg, device="cpu")
     out["lora"] = top_level_ops(lora, batch)
     out["modules"] = (lora.config.num_hidden_layers * len(acfg.target_modules),) * 2
-    out["host"] = host_seconds(model, lora, vocab)
+    whole = None
+    if can_compile("cpu"):
+        whole = (bench_step.amole_model(mcfg, acfg, held=experts, device="cpu", compile="model")[0],
+                 bench_step.lora_model(mcfg, acfg, device="cpu")[0])
+    out["host"] = host_seconds(model, lora, vocab, whole)
     return out
 
 
