@@ -118,9 +118,10 @@ class FedAMoLE(Strategy):
         fed = self.settings.federation
         compute = self.settings.model.compute_dtype
         matmuls = {None: "", "auto": ", backbone matmuls auto (bf16 where a site's CPU has bf16 units, else fp32)"}
-        compiled = {"auto": "compiled on CUDA sites, eager on CPUs"}.get(str(self.settings.model.compile).lower(),
-                                                                       str(self.settings.model.compile))
-        log.info("%s: %d clients x %d rounds, %s, run folder %s%s, adapter path %s (model.compile)", fed.strategy,
+        choice = str(self.settings.model.compile).lower()
+        compiled = {"auto": "adapter path compiled on CUDA sites, eager on CPUs", "on": "adapter path compiled",
+                    "true": "adapter path compiled", "model": "training's decoder compiled whole"}.get(choice, "eager")
+        log.info("%s: %d clients x %d rounds, %s, run folder %s%s, %s (model.compile)", fed.strategy,
                  fed.num_clients, num_rounds or fed.num_rounds, self.settings.scenario.name, self.run_dir,
                  matmuls.get(compute, f", backbone matmuls {compute}"), compiled)
 
