@@ -83,9 +83,9 @@ class ModelConfig:
     compute_dtype: str | None = "auto"  # quantized backbones: matmul dtype of the frozen linears. auto: bfloat16 on
     # CPUs with bf16 matmul units (AMX, AVX512-BF16), else the usual rule (fp32 on a CPU, bitsandbytes' bf16 on CUDA),
     # decided by each site on its own hardware; null: always the usual rule; or a dtype.
-    compile: str = "auto"  # torch.compile: on (the adapter path: far fewer ops a step) | model (training's forward
-    # compiled whole) | off | auto (on with CUDA, where a step is bound by launching ops; off on a CPU, where it
-    # measured no faster and costs ~25 s start-up)
+    compile: str = "auto"  # torch.compile: model (training's decoder compiled whole) | on (the adapter path only)
+    # | off | auto (model with CUDA, where a step is bound by the host issuing ops; off on a CPU, where matmuls
+    # dominate and compiling costs minutes)
     cache_dir: str | None = None
     tiny: dict[str, Any] = field(default_factory=dict)  # LlamaConfig overrides for name == "tiny-llama"
 

@@ -119,8 +119,9 @@ class FedAMoLE(Strategy):
         compute = self.settings.model.compute_dtype
         matmuls = {None: "", "auto": ", backbone matmuls auto (bf16 where a site's CPU has bf16 units, else fp32)"}
         choice = str(self.settings.model.compile).lower()
-        compiled = {"auto": "adapter path compiled on CUDA sites, eager on CPUs", "on": "adapter path compiled",
-                    "true": "adapter path compiled", "model": "training's decoder compiled whole"}.get(choice, "eager")
+        compiled = {"auto": "training's decoder compiled whole on CUDA sites, eager on CPUs",
+                    "on": "adapter path compiled", "true": "adapter path compiled",
+                    "model": "training's decoder compiled whole"}.get(choice, "eager")
         log.info("%s: %d clients x %d rounds, %s, run folder %s%s, %s (model.compile)", fed.strategy,
                  fed.num_clients, num_rounds or fed.num_rounds, self.settings.scenario.name, self.run_dir,
                  matmuls.get(compute, f", backbone matmuls {compute}"), compiled)

@@ -67,7 +67,7 @@ def test_compiled_layer_equals_the_eager_one() -> None:
 
 def test_model_compile_choice() -> None:
     assert compile_mode(ModelConfig(), "cpu") == "off"  # auto: eager on a CPU (measured no faster)
-    assert compile_mode(ModelConfig(), "cuda") == "adapters"  # auto: compiled where ops are launched one by one
+    assert compile_mode(ModelConfig(), "cuda") == "model"  # auto: compiled where the host issuing ops is the cost
     if can_compile("cpu"):
         assert compile_mode(ModelConfig(compile="on"), "cpu") == "adapters"
         assert compile_mode(ModelConfig(compile="Model"), "cpu") == "model"
@@ -189,3 +189,26 @@ def test_model_compiled_whole_trains_as_eager_and_reassignments_reuse_its_graphs
             torch.testing.assert_close(got["model"][1][name], want, rtol=1e-4, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == graphs  # new expert counts and lengths: the same graphs
     assert "forward" not in vars(models["model"].get_decoder())  # evaluation sees the eager forward
+
+
+def test_a_model_that_fails_to_compile_says_which_setting_to_change() -> None:
+    """A backend or op torch.compile cannot take: one error naming model.compile, the eager forward restored."""
+    from amole.backbones.loader import load_base_model
+    from amole.client.train import train_steps
+    from amole.config import TrainConfig
+    from amole.moe.model import inject
+
+    model, _ = load_base_model(ModelConfig(name="tiny-llama", tiny={"num_hidden_layers": 1}))
+    inject(model, AdapterConfig(r=4, alpha=8.0, num_experts=6), compile="model", slots=4)
+    _assign(model, 1)
+
+    def fails(*args, **kwargs):
+        raise torch._dynamo.exc.TorchDynamoException("an op inductor cannot lower")
+
+    decoder = model.get_decoder()
+    decoder.amole_compiled_forward = fails
+    with pytest.raises(RuntimeError, match="an op inductor cannot lower; set model.compile=on or off"):
+        train_steps(model, _batches(1), TrainConfig(steps=1), 1)
+    assert "forward" not in vars(decoder)
+    model.amole_compile_whole = False  # the setting changed to off: the same model trains eagerly
+    train_steps(model, _batches(1), TrainConfig(steps=1), 1)

@@ -6,8 +6,7 @@ per round, not per step: ``lr * lr_decay ** (round - 1)``.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -21,9 +20,6 @@ from amole.moe.model import compiled_whole, load_balance_loss, token_mask, train
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel and foreach norms
 
 
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable[..., object]] = weakref.WeakKeyDictionary()
-
-
 @contextmanager
 def compiled_decoder(model: nn.Module) -> Iterator[None]:
     """Run the model's decoder (every layer up to the LM head) through ``torch.compile`` while training
@@ -31,11 +27,14 @@ def compiled_decoder(model: nn.Module) -> Iterator[None]:
     at the answer positions only, a gather whose size depends on the data, which would split the graph.
     Evaluation and generation, outside this block, stay eager."""
     decoder = model.get_decoder()
-    if decoder not in _COMPILED:  # once per model: sequence lengths are dynamic, parameter shapes fixed
-        _COMPILED[decoder] = torch.compile(decoder.forward, dynamic=True)
-    decoder.forward = _COMPILED[decoder]
+    if not hasattr(decoder, "amole_compiled_forward"):  # once per model: lengths are dynamic, parameter shapes fixed
+        decoder.amole_compiled_forward = torch.compile(decoder.forward, dynamic=True)
+    decoder.forward = decoder.amole_compiled_forward
     try:
         yield
+    except torch._dynamo.exc.TorchDynamoException as err:  # compiling failed (an op or a backend it cannot take)
+        raise RuntimeError(f"torch.compile could not compile this model for training (model.compile=model, CUDA's "
+                           f"default): {type(err).__name__}: {err}; set model.compile=on or off") from err
     finally:
         del decoder.forward  # back to the class's eager forward
 

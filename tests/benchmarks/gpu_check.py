@@ -1,9 +1,10 @@
 """`make gpu-check`: what one CUDA GPU does with this project, in one offline run of a few minutes.
 
-1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE (eager and with ``model.compile``) and peft
-   LoRA (full-logit and answer-position loss), the AMoLE/LoRA ratios and peak GPU memory (``bench_step.measure``);
-   with ``--whole-model`` also AMoLE and LoRA each compiled whole with the bf16 backbone (``torch.compile`` of the
-   model: no op left for the host to issue one by one, op_count.py's host-time measure; minutes of compiling);
+1. bench-step on CUDA, bf16 and NF4: step time and tokens/s of AMoLE (eager and with its adapter path compiled) and
+   peft LoRA (full-logit and answer-position loss), the AMoLE/LoRA ratios and peak GPU memory
+   (``bench_step.measure``); with the bf16 backbone also AMoLE and LoRA each with the decoder compiled whole
+   (``model.compile=model``, CUDA's default: no op left for the host to issue one by one; ``--no-whole-model``
+   skips it and its compiling);
 1b. the same at Llama-3.2-1B's shape with random weights (nothing to download): batch 1 x 1024 (the paper's) and
    16 x 512, one client's evaluation timed, and the paper's schedule (10 clients x 30 rounds x 200 steps) projected;
 2. one round of ``budget=gpu`` with 10 clients at reduced local steps: by default in this process through
@@ -64,7 +65,7 @@ def bench(model: str, cpu_smoke: bool, whole: bool) -> list[dict[str, float]]:
                                dtype="bfloat16", whole=whole and q == "none") for q in ("none", "4bit")]
 
 
-def paper_shape(cpu_smoke: bool) -> list[str]:
+def paper_shape(cpu_smoke: bool, whole: bool) -> list[str]:
     """AMoLE (eager and compiled) against LoRA at Llama-3.2-1B's shape, batch 1 x 1024 (the paper's) and 16 x 512;
     one client's evaluation (50 prompts, 64 new tokens, no early EOS: random weights) timed with our decoder; the
     paper's schedule projected from both."""
@@ -73,9 +74,11 @@ def paper_shape(cpu_smoke: bool) -> list[str]:
     lines, step_s = [], {}
     for bs, seq in batches:
         r = bench_step.measure(device, "none", bs, seq, steps=1 if cpu_smoke else 5, warmup=1 if cpu_smoke else 2,
-                               model_name="tiny-llama", dtype=None, tiny=shape)
+                               model_name="tiny-llama", dtype=None, tiny=shape, whole=whole)
         step_s[bs, seq] = r
-        lines.append(f"1B shape {bs}x{seq}: AMoLE/LoRA {r['ratio']:.2f} eager, {r['ratio_compiled']:.2f} compiled | "
+        lines.append(f"1B shape {bs}x{seq}: AMoLE/LoRA {r['ratio']:.2f} eager, {r['ratio_compiled']:.2f} adapter path "
+                     f"compiled" + (f", {r['ratio_whole_vs_eager_lora']:.2f} decoder compiled whole (against LoRA "
+                                    f"compiled whole {r['ratio_whole']:.2f})" if "ratio_whole" in r else "") + " | "
                      f"tok/s AMoLE {r['amole_answer_tok_s']:.0f}, LoRA {r['lora_answer_tok_s']:.0f} | peak "
                      f"{r.get('peak_mem_gib', float('nan')):.1f} GiB")
     eval_s, (n, new) = one_client_eval(device, shape, cpu_smoke)
@@ -168,8 +171,8 @@ def main() -> None:
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--skip-round", action="store_true")
     p.add_argument("--skip-1b", action="store_true", help="skip the Llama-3.2-1B-shaped step and projection")
-    p.add_argument("--whole-model", action="store_true",
-                   help="bench-step also steps AMoLE and LoRA compiled whole (bf16; minutes of compiling)")
+    p.add_argument("--no-whole-model", dest="whole_model", action="store_false",
+                   help="skip stepping AMoLE and LoRA with the decoder compiled whole (model.compile=model)")
     p.add_argument("override", nargs="*", help="more Hydra overrides for the round")
     args = p.parse_args()
     start = time.perf_counter()
@@ -190,12 +193,13 @@ def main() -> None:
                          f"{res['amole_answer_tok_s']:.0f} tok/s, "
                          f"LoRA {res['lora_answer_tok_s']:.0f} tok/s, answer-position speed-up "
                          f"{res['amole_speedup']:.2f}x, peak {res.get('peak_mem_gib', float('nan')):.2f} GiB"
-                         + (f"; compiled whole: {res['ratio_whole']:.2f} against LoRA compiled whole, "
-                            f"{res['ratio_whole_vs_eager_lora']:.2f} against eager LoRA" if "ratio_whole" in res
+                         + (f"; decoder compiled whole (model.compile=model): {res['ratio_whole_vs_eager_lora']:.2f} "
+                            f"against eager LoRA, {res['ratio_whole']:.2f} against LoRA compiled whole"
+                            if "ratio_whole" in res
                             else ""))
     if not args.skip_1b:
         print("== Llama-3.2-1B shape (random weights)", flush=True)
-        lines += paper_shape(args.cpu_smoke)
+        lines += paper_shape(args.cpu_smoke, args.whole_model)
     if not args.skip_round:
         print("== one round, 10 clients", flush=True)
         r = one_round(args)

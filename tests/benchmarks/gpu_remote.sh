@@ -97,7 +97,7 @@ round)
     $PY tests/benchmarks/gpu_check.py --model-dir $M --bigbench-dir $W/bigbench --skip-bench "${@:2}"
     ;;
 *)
-    echo "usage: $0 prepare [MODEL_DIR BIGBENCH_DIR] | setup | stash | bench [--whole-model] | round [gpu_check overrides]" >&2
+    echo "usage: $0 prepare [MODEL_DIR BIGBENCH_DIR] | setup | stash | bench [--no-whole-model] | round [gpu_check overrides]" >&2
     exit 2
     ;;
 esac

@@ -65,9 +65,10 @@ def step_fn(model, batch, whole: bool = False) -> Callable[[], None]:
     return step
 
 
-def top_level_ops(model, batch) -> tuple[int, int]:
-    """(all top-level aten ops, those that compute or copy) of one forward + loss + backward."""
-    step = step_fn(model, batch)
+def top_level_ops(model, batch, whole: bool = False) -> tuple[int, int]:
+    """(all top-level aten ops, those that compute or copy) of one forward + loss + backward; ``whole``: with the
+    decoder compiled (its fused kernels are not aten ops; the matmuls it hands to aten are)."""
+    step = step_fn(model, batch, whole)
     step()  # warm-up: lazy initialisation stays out of the count
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -125,9 +126,10 @@ def counts(model_name: str, experts: int) -> dict[str, Any]:
     out["lora"] = top_level_ops(lora, batch)
     out["modules"] = (lora.config.num_hidden_layers * len(acfg.target_modules),) * 2
     whole = None
-    if can_compile("cpu"):
+    if can_compile("cpu"):  # model.compile=model, CUDA's default: the decoder compiled whole
         whole = (bench_step.amole_model(mcfg, acfg, held=experts, device="cpu", compile="model")[0],
                  bench_step.lora_model(mcfg, acfg, device="cpu")[0])
+        out["amole whole"], out["lora whole"] = (top_level_ops(m, batch, whole=True) for m in whole)
     out["host"] = host_seconds(model, lora, vocab, whole)
     return out
 
@@ -145,11 +147,16 @@ def main() -> None:
             a = c[variant][i]
             print(f"{what} per forward + backward: {variant} {a}, LoRA {lo} (ratio {a / lo:.2f}); {modules} adapted "
                   f"modules, {(a - lo) / modules:.0f} more per module")
+        if "amole whole" in c:
+            a, w = c["amole whole"][i], c["lora whole"][i]
+            print(f"{what}, each decoder compiled whole (model.compile=model): AMoLE {a}, LoRA {w} (ratio {a / w:.2f}; "
+                  f"{a / lo:.2f} against eager LoRA)")
     host = c["host"]
     print("host time a step at 1 x 4 tokens (arithmetic negligible; this CPU, interleaved medians): "
           + ", ".join(f"{name} {sec * 1e3:.2f} ms" for name, sec in host.items()))
     print(f"ops: eager_over_lora={c['amole eager'][0] / c['lora'][0]:.2f} "
           f"compiled_over_lora={c['amole compiled'][0] / c['lora'][0]:.2f} "
+          + (f"whole_over_lora={c['amole whole'][0] / c['lora'][0]:.2f} " if "amole whole" in c else "") +
           f"host_eager_over_lora={host['amole eager'] / host['lora']:.2f} "
           f"host_compiled_over_lora={host['amole compiled'] / host['lora']:.2f}"
           + (f" host_whole_over_lora={host['amole whole model compiled'] / host['lora']:.2f} "
