@@ -15,7 +15,7 @@ its arithmetic is negligible (batch 1 x 4 tokens): what is left is the host's wo
 launch-bound GPU step that a CPU can measure (a GPU adds a launch per kernel). Interleaved medians.
 Runs on the CPU in a minute with the tiny model, a few with SmolLM2 (compiling included):
 
-    python tests/benchmarks/op_count.py [--model tiny-llama] [--experts 8]
+    python tests/benchmarks/op_count.py [--model tiny-llama] [--experts 8] [--no-whole]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def step_fn(model, batch, whole: bool = False) -> Callable[[], None]:
     decoder through ``torch.compile`` (``model.compile=model``)."""
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        bench_step.loss_of(model, batch, "answer" if whole else "full", whole).backward()
+        bench_step.loss_of(model, batch, "full", whole).backward()
 
     model.train()
     return step
@@ -110,7 +110,7 @@ def host_seconds(amole, lora, vocab: int, whole: tuple | None = None, repeats: i
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def counts(model_name: str, experts: int) -> dict[str, Any]:
+def counts(model_name: str, experts: int, whole: bool = True) -> dict[str, Any]:
     """Top-level ops of one step: AMoLE eager (model.compile off, a CPU's default), AMoLE compiled (on, CUDA's
     default) and peft LoRA, on the same batch; and each one's host seconds a step (``host``)."""
     mcfg = ModelConfig(name=model_name, quantization="none", dtype="float32")
@@ -125,12 +125,12 @@ def counts(model_name: str, experts: int) -> dict[str, Any]:
     lora, _ = bench_step.lora_model(mcfg, acfg, device="cpu")
     out["lora"] = top_level_ops(lora, batch)
     out["modules"] = (lora.config.num_hidden_layers * len(acfg.target_modules),) * 2
-    whole = None
-    if can_compile("cpu"):  # model.compile=model, CUDA's default: the decoder compiled whole
-        whole = (bench_step.amole_model(mcfg, acfg, held=experts, device="cpu", compile="model")[0],
+    compiled = None
+    if whole and can_compile("cpu"):  # model.compile=model, CUDA's default: the decoder compiled whole
+        compiled = (bench_step.amole_model(mcfg, acfg, held=experts, device="cpu", compile="model")[0],
                  bench_step.lora_model(mcfg, acfg, device="cpu")[0])
-        out["amole whole"], out["lora whole"] = (top_level_ops(m, batch, whole=True) for m in whole)
-    out["host"] = host_seconds(model, lora, vocab, whole)
+        out["amole whole"], out["lora whole"] = (top_level_ops(m, batch, whole=True) for m in compiled)
+    out["host"] = host_seconds(model, lora, vocab, compiled)
     return out
 
 
@@ -138,8 +138,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-llama")
     p.add_argument("--experts", type=int, default=8, help="experts each AMoLE module holds")
+    p.add_argument("--no-whole", dest="whole", action="store_false",
+                   help="leave out the decoders compiled whole (model.compile=model) and their compiling")
     args = p.parse_args()
-    c = counts(args.model, args.experts)
+    c = counts(args.model, args.experts, args.whole)
     modules = c["modules"][0]
     for i, what in enumerate(("ops", "ops that compute or copy (kernels on a GPU)")):
         lo = c["lora"][i]
