@@ -23,7 +23,8 @@ from amole.client.round import ClientJob, score_metrics, score_untrained
 from amole.config import Settings
 from amole.data import ClientSplits
 from amole.data.scenario import client_splits as build_splits
-from amole.moe.model import expert_slots, inject
+from amole.moe.model import inject
+from amole.server.planner import most_held
 from amole.strategies.registry import client_procedure
 from amole.util.memory import release_freed_memory
 from client_app.messages import EVALUATE, PROBE, TRAIN, ClientResult, Request
@@ -44,7 +45,7 @@ def injected_model(settings: Settings) -> tuple[Any, Any]:
     """The frozen (optionally quantized) base model with AMoLE layers, cached per model/adapter config."""
     d = settings.to_dict()
     return _model_for(json.dumps(d["model"], sort_keys=True), json.dumps(d["adapter"], sort_keys=True),
-                      expert_slots(settings.adapter, settings.assign))
+                      most_held(settings.assign, settings.adapter.num_experts, settings.federation.num_clients))
 
 
 @lru_cache(maxsize=64)

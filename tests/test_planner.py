@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,22 @@ def test_an_expert_nobody_held_keeps_its_last_known_code() -> None:
     T = np.array([[1.0, 0.0], [0.0, 1.0]])
     scores = client_scores(E.numpy(), T, r)
     assert scores[1, 0] > scores[1, 1]
+
+
+def test_most_held_bounds_every_assignment_the_planner_makes() -> None:
+    """The expert slots of a model compiled whole: the configured maximum, or the widened one where N*K/C needs it
+    (4 clients of a 30-expert pool hold 15 each), so that no assignment outgrows them."""
+    from amole.server.planner import most_held
+
+    cfg = AssignConfig()  # K=2, 2..8 experts
+    assert most_held(cfg, 30, 10) == 8
+    assert most_held(cfg, 30, 4) == 15
+    assert most_held(cfg, 30, 7) == 9
+    assert most_held(cfg, 6, 3) == 6  # never more than the pool
+    assert most_held(replace(cfg, mode="homogeneous"), 30, 10) == 6
+    assert most_held(cfg, 0, 10) == 0  # plain LoRA: no routed experts
+    assert most_held(cfg, 3, 10) == 3  # refused at the server's start (N*K < C); the client sizes to the setting
+    rng = np.random.default_rng(0)
+    for clients in (4, 7, 10):
+        X = plan(cfg, [str(c) for c in range(clients)], ["m"], 30, 4, None, None, {}, rng).X["m"]
+        assert X.sum(0).max() <= most_held(cfg, 30, clients)

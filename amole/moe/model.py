@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from amole.config import AdapterConfig, AssignConfig
+from amole.config import AdapterConfig
 from amole.moe import keys
 from amole.moe.layer import AMoLELinear
 
@@ -43,7 +43,8 @@ def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = Non
     The adapters' dtype is ``dtype`` if given, else ``cfg.dtype`` (float32 unless the protocol says otherwise).
     ``compile`` (``model.compile``, see :func:`amole.backbones.loader.compile_mode`): ``adapters`` runs their adapter
     path through ``torch.compile``; ``model`` has training compile the model whole (:func:`compiled_whole`), each
-    module's experts in ``slots`` fixed slots (:func:`expert_slots`) so that new assignments reuse the graph."""
+    module's experts in ``slots`` fixed slots (:func:`amole.server.planner.most_held`) so that new assignments
+    reuse the graph."""
     if not cfg.shared_expert and cfg.num_experts == 0:
         raise ValueError("an adapter with neither a shared expert nor routed experts trains nothing")
     if compile not in COMPILE_MODES:
@@ -59,11 +60,6 @@ def inject(model: nn.Module, cfg: AdapterConfig, dtype: torch.dtype | None = Non
         setattr(parent, child, layer)
     model.amole_compile_whole = compile == "model"
     return amole_layers(model)
-
-
-def expert_slots(adapter: AdapterConfig, assign: AssignConfig) -> int:
-    """Expert slots per module for ``model.compile=model``: the most routed experts the server assigns a client."""
-    return min(adapter.num_experts, assign.max_experts)
 
 
 def compiled_whole(model: nn.Module) -> bool:

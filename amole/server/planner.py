@@ -81,6 +81,18 @@ def adapted_constraints(cfg: AssignConfig, num_experts: int, num_clients: int) -
     return replace(cfg, clients_per_expert=K, min_experts=lo, max_experts=hi)
 
 
+def most_held(cfg: AssignConfig, num_experts: int, num_clients: int) -> int:
+    """The most routed experts per module the planner gives a client when ``num_clients`` take part: what a model
+    compiled whole sizes its expert slots to (``model.compile=model``), so that no assignment changes its shapes.
+    A round with fewer clients can widen it (that client's model then compiles once more)."""
+    if num_experts == 0:
+        return 0
+    try:
+        return min(num_experts, adapted_constraints(cfg, num_experts, num_clients).max_experts)
+    except AssignmentError:  # the server refuses this configuration at its start, naming why
+        return min(num_experts, cfg.max_experts)
+
+
 def plan(
     cfg: AssignConfig,
     clients: Sequence[str],
