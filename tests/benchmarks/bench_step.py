@@ -133,7 +133,7 @@ def measure(device: str, quantization: str, batch_size: int, seq_len: int, steps
     a_model, a_params = amole_model(mcfg, acfg, held=8, device=device)
     l_model, l_params = lora_model(mcfg, acfg, device=device)
     models = [("amole", a_model, a_params), ("lora", l_model, l_params)]
-    # the same AMoLE with its adapter path compiled (model.compile=on; CUDA's default), from the same weights
+    # the same AMoLE with its adapter path compiled (model.compile=on), from the same weights
     c_model = None
     if can_compile(device):
         c_model, c_params = amole_model(mcfg, acfg, held=8, device=device)
