@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from amole.client.losses import lm_loss
 from amole.config import TrainConfig
-from amole.moe.layer import RECOMPILE_LIMIT
+from amole.moe.layer import allow_recompiles
 from amole.moe.model import compiled_whole, load_balance_loss, token_mask, trainable_parameters
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused Adam kernel and foreach norms
@@ -31,7 +31,7 @@ def compiled_decoder(model: nn.Module) -> Iterator[None]:
     if not hasattr(decoder, "amole_compiled_forward"):  # once per model: lengths are dynamic, parameter shapes fixed
         # Compiled code is kept per code object, so every model of a class in the process (a benchmark's AMoLE and
         # LoRA, several shapes) shares torch's recompile limit (8), past which it would quietly run eager.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        allow_recompiles()
         decoder.amole_compiled_forward = torch.compile(decoder.forward, dynamic=True)
     decoder.forward = decoder.amole_compiled_forward
     try:

@@ -296,6 +296,12 @@ def _gated_own_masks(x: Tensor, gates: Tensor, experts_A: Tensor, top_k: int, dr
 RECOMPILE_LIMIT = 64
 
 
+def allow_recompiles() -> None:
+    """Raise torch's recompile limit to :data:`RECOMPILE_LIMIT` (never lower it): past the limit a compiled
+    function quietly runs eager for the shapes it has not seen."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+
+
 @functools.cache
 def compiled_adapter_update() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
     """:func:`adapter_update` through ``torch.compile`` (one compiled function for every layer of the process;
@@ -303,5 +309,5 @@ def compiled_adapter_update() -> Callable[..., tuple[Tensor, Tensor | None, Tens
     # The experts and the shared expert are nn.Parameters, whose shapes torch.compile guards as constants by
     # default: every new expert count (each assignment) and each layer width would compile again.
     torch._dynamo.config.force_parameter_static_shapes = False
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    allow_recompiles()
     return torch.compile(adapter_update, dynamic=True)

@@ -130,7 +130,7 @@ def counts(model_name: str, experts: int, whole: bool = True) -> dict[str, Any]:
     compiled = None
     if whole and can_compile("cpu"):  # model.compile=model, CUDA's default: the decoder compiled whole
         compiled = (bench_step.amole_model(mcfg, acfg, held=experts, device="cpu", compile="model")[0],
-                 bench_step.lora_model(mcfg, acfg, device="cpu")[0])
+                    bench_step.lora_model(mcfg, acfg, device="cpu")[0])
         out["amole whole"], out["lora whole"] = (top_level_ops(m, batch, whole=True) for m in compiled)
     out["host"] = host_seconds(model, lora, vocab, compiled)
     return out
