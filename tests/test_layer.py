@@ -76,6 +76,26 @@ def test_routed_forward_matches_reference(n: int, k: int, shared: bool) -> None:
     torch.testing.assert_close(layer(x), reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("n", "k"), [(1, 2), (4, 2), (5, 3), (6, 1)])
+def test_gradients_match_reference(n: int, k: int) -> None:
+    """The gates are taken as the softmax of the top-k logits (one op back); the reference renormalises the
+    top-k probabilities as the spec writes it: the same gradients."""
+    layer = make_layer(n, top_k=k).train()
+    x = torch.randn(2, 7, D_IN, requires_grad=True)
+    grads = []
+    for fn in (layer, lambda x: reference(layer, x)):
+        layer.zero_grad()
+        x.grad = None
+        (fn(x) * torch.linspace(-1, 1, D_OUT)).square().sum().backward()
+        grads.append([x.grad] + [p.grad for p in (layer.router, layer.shared_A, layer.shared_B, layer.experts_A,
+                                                   layer.experts_B)])
+    if k == 1 or n == 1:  # the one gate is 1 whatever the router says: its gradient is zero, the reference's noise
+        assert grads[0][1].abs().max() == 0 and grads[1][1].abs().max() < 1e-6 * grads[1][0].abs().max()
+        grads = [g[:1] + g[2:] for g in grads]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
 def test_no_experts_no_shared_is_base() -> None:
     layer = make_layer(0, shared=False)
     x = torch.randn(4, D_IN)

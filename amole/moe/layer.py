@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amole.config import AdapterConfig
@@ -91,6 +92,7 @@ class AMoLELinear(nn.Module):
         self.experts_B = nn.Parameter(torch.zeros(0, d_out, r, device=device, dtype=dtype))
         # Per-forward side channels, set by amole.moe.model helpers.
         self.token_mask: Tensor | None = None
+        self.token_weight: Tensor | None = None  # token_weights(token_mask), set with it
         self.lb_loss: Tensor | None = None
         self.collect_stats = False
         self.compiled = False  # model.compile: the adapter path through torch.compile (set by inject)
@@ -143,21 +145,30 @@ class AMoLELinear(nn.Module):
         if x.dtype != self.experts_A.dtype:  # a no-op to() is still an op dispatched per module per step
             x = x.to(self.experts_A.dtype)
         own = self._own_masks()
-        mask = self._mask_for(x)
+        weight = self._weight_for(x) if self.training else None  # the load-balance term's, made while training
         fn = adapter_update
         if self.compiled and not own and not self.collect_stats:
             fn = compiled_adapter_update()
         out, self.lb_loss, t, e = fn(
             y, x if own else self.dropout(x), self.router, self.shared_A, self.shared_B, self.experts_A,
-            self.experts_B, mask, self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
+            self.experts_B, weight, self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
         if self.collect_stats and t is not None:
-            self._accumulate(t, e, mask)
+            self._accumulate(t, e, self._mask_for(x))
         return out
 
     def _own_masks(self) -> bool:
         """Route on the clean input, each expert on its own dropout mask (``router_input: clean``, training)."""
         return (self.router_input == "clean" and self.training and self.router is not None
                 and isinstance(self.dropout, nn.Dropout) and self.dropout.p > 0)
+
+    def _weight_for(self, x: Tensor) -> Tensor | None:
+        """:func:`token_weights` of this forward's tokens: set once a step for every layer by
+        ``amole.moe.model.token_mask``, made here where only ``token_mask`` was set."""
+        m = self.token_mask
+        if m is None or tuple(m.shape) != tuple(x.shape[:-1]):
+            return None
+        w = self.token_weight
+        return w if w is not None and w.device == x.device else token_weights(m.to(x.device))
 
     def _mask_for(self, x: Tensor) -> Tensor | None:
         m = self.token_mask
@@ -189,7 +200,7 @@ def _cat(tensors: list[Tensor], dim: int) -> Tensor:
 
 
 def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor | None, shared_B: Tensor | None,
-                   experts_A: Tensor, experts_B: Tensor, mask: Tensor | None, top_k: int, scaling: float,
+                   experts_A: Tensor, experts_B: Tensor, weight: Tensor | None, top_k: int, scaling: float,
                    training: bool, own_dropout: nn.Module | None = None, held: Tensor | None = None
                    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """The layer's output ``y + s * delta(h)``, its load-balance term (training) and the router/expert codes.
@@ -197,7 +208,8 @@ def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor
     A pure function of tensors, so that ``model.compile`` can hand it to ``torch.compile`` whole (one fused graph
     forward and one backward instead of ~30 and ~60 ops, the cost where a step is bound by launching ops). ``h``
     is the adapter input: dropped out, or clean with ``own_dropout`` (``router_input: clean``) giving the shared
-    expert and each routed slot its own mask. ``held``: which of the ``n`` expert slots hold an expert (None: all).
+    expert and each routed slot its own mask. ``weight``: :func:`token_weights` for the load-balance term (None:
+    every token alike). ``held``: which of the ``n`` expert slots hold an expert (None: all).
     The codes ``t`` (router) and ``e`` (experts, (..., n, r)) feed the embedding statistics.
     """
     n, r, d_in = experts_A.shape
@@ -208,7 +220,7 @@ def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor
     n_shared = r if shared_A is not None else 0
     # Router, shared and every held expert's code in one matmul, split once: split's backward is one cat,
     # where slicing the pieces out one by one costs a zero-filled copy per piece (op counts: docs/gpu-check.md).
-    t, shared, flat = (h @ _cat(keys, 0).T).split([n_router, n_shared, n * r], dim=-1)
+    t, shared, flat = F.linear(h, _cat(keys, 0)).split([n_router, n_shared, n * r], dim=-1)
     e = flat.unflatten(-1, (n, r))
     if own_dropout is not None and n_shared:  # the shared expert's code from its own dropout mask
         shared = own_dropout(h) @ shared_A.T
@@ -216,7 +228,7 @@ def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor
     Bs = [shared_B] if n_shared else []
     lb = None
     if n > 0:
-        gates, lb = route(e, t, mask, top_k, training, held)
+        gates, lb = route(e, t, weight, top_k, training, held)
         if own_dropout is not None:
             codes.append(_gated_own_masks(h, gates, experts_A, top_k, own_dropout))
         else:
@@ -224,12 +236,12 @@ def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor
         Bs.append(experts_B.permute(1, 0, 2).reshape(experts_B.shape[1], n * r))
     if not Bs:
         return y, lb, t if n_router else None, e
-    delta = _cat(codes, -1) @ _cat(Bs, 1).T
+    delta = F.linear(_cat(codes, -1), _cat(Bs, 1))
     out = torch.add(y, delta, alpha=scaling) if delta.dtype == y.dtype else y + (delta * scaling).to(y.dtype)
     return out, lb, t if n_router else None, e
 
 
-def route(e: Tensor, t: Tensor, mask: Tensor | None, top_k: int, training: bool,
+def route(e: Tensor, t: Tensor, weight: Tensor | None, top_k: int, training: bool,
           held: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere; and the
     load-balance term while training. ``held``: which slots hold an expert (empty ones get probability 0).
@@ -241,18 +253,27 @@ def route(e: Tensor, t: Tensor, mask: Tensor | None, top_k: int, training: bool,
     logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(r)
     if held is not None:  # exp(-inf) = 0: the softmax over the held experts alone, and no gradient to the rest
         logits = logits.masked_fill(~held, -math.inf)
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # float32 for bf16 adapters too, without a to()
     top_i = probs.topk(min(top_k, n), dim=-1).indices
     slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
-    kept = probs * slots
-    gates = kept / kept.sum(-1, keepdim=True)
-    lb = load_balance(probs, slots, mask, top_k, held) if training else None
-    return gates.to(e.dtype), lb
+    # The renormalised top-k of the softmax is the softmax of the top-k logits: one op back, where dividing by
+    # the kept sum is eight (docs/gpu-check.md).
+    gates = torch.softmax(logits.masked_fill(slots == 0, -math.inf), dim=-1, dtype=torch.float32)
+    lb = load_balance(probs, slots, weight, top_k, held) if training else None
+    return gates if gates.dtype == e.dtype else gates.to(e.dtype), lb
 
 
-def load_balance(probs: Tensor, slots: Tensor, mask: Tensor | None, top_k: int,
+def token_weights(mask: Tensor) -> Tensor:
+    """Each token's weight in the load-balance term's averages, flat: 1/tokens on real tokens, 0 on padding.
+    The same for every layer of a forward, so ``amole.moe.model.token_mask`` makes it once a step."""
+    w = mask.reshape(-1).to(torch.float32)  # float32 like the router's probabilities
+    return w / w.sum().clamp_min(1)
+
+
+def load_balance(probs: Tensor, slots: Tensor, weight: Tensor | None, top_k: int,
                  held: Tensor | None = None) -> Tensor:
-    """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward (``slots``: 0/1 top-k).
+    """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward (``slots``: 0/1 top-k;
+    ``weight``: :func:`token_weights`, None for every token alike).
 
     Padding is weighted out rather than indexed out: boolean indexing would make a GPU wait for the host.
     With ``held``, n and k count the held experts only, as tensors (a Python number would be compiled in as a
@@ -265,12 +286,10 @@ def load_balance(probs: Tensor, slots: Tensor, mask: Tensor | None, top_k: int,
         k = n.clamp_max(top_k)
     else:
         k = min(top_k, n)
-    if mask is None:
-        tokens = max(probs.shape[0], 1)
-        return torch.dot(probs.sum(0), slots.sum(0)) * (n / (tokens * tokens * k))
-    w = mask.reshape(-1).to(probs.dtype)
-    tokens = w.sum().clamp_min(1)
-    return torch.dot(w @ probs, w @ slots) * n / (tokens * tokens * k)
+    if weight is None:
+        return torch.dot(probs.mean(0), slots.mean(0)) * (n / k)
+    weight = weight if weight.dtype == probs.dtype else weight.to(probs.dtype)
+    return torch.dot(weight @ probs, weight @ slots) * (n / k)
 
 
 def _gated_own_masks(x: Tensor, gates: Tensor, experts_A: Tensor, top_k: int, dropout: nn.Module) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from amole.config import AdapterConfig
 from amole.moe import keys
-from amole.moe.layer import AMoLELinear
+from amole.moe.layer import AMoLELinear, token_weights
 
 
 def target_linears(model: nn.Module, target_modules: tuple[str, ...] | list[str]) -> dict[str, nn.Linear]:
@@ -160,13 +160,14 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 def token_mask(model: nn.Module, mask: Tensor | None) -> Iterator[None]:
     """Let every AMoLE layer ignore padding when it averages routing statistics or the load-balance term."""
     layers = list(amole_layers(model).values())
+    weight = None if mask is None else token_weights(mask)  # the load-balance term's, once for all layers
     for layer in layers:
-        layer.token_mask = mask
+        layer.token_mask, layer.token_weight = mask, weight
     try:
         yield
     finally:
         for layer in layers:
-            layer.token_mask = None
+            layer.token_mask = layer.token_weight = None
 
 
 def load_balance_loss(model: nn.Module) -> Tensor:
