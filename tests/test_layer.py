@@ -92,7 +92,7 @@ def test_gradients_match_reference(n: int, k: int) -> None:
     if k == 1 or n == 1:  # the one gate is 1 whatever the router says: its gradient is zero, the reference's noise
         assert grads[0][1].abs().max() == 0 and grads[1][1].abs().max() < 1e-6 * grads[1][0].abs().max()
         grads = [g[:1] + g[2:] for g in grads]
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
