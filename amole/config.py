@@ -204,13 +204,18 @@ class Settings:
         return asdict(self)
 
 
+# model.compile's names (any case) and what each runs: off, adapters (the adapter path through torch.compile) or
+# model (training's decoder compiled whole); auto (None) is decided per site by amole.backbones.loader.compile_mode.
+COMPILE_CHOICES: dict[str, str | None] = {"auto": None, "on": "adapters", "off": "off", "true": "adapters",
+                                          "false": "off", "model": "model"}
+
 # Settings whose value names a choice. Checked when settings are composed, so a typo fails in `amole config` and
 # before a run starts instead of at model load on every site; the loader and evaluation map these same names.
 CHOICES: dict[tuple[str, str], tuple[str | None, ...]] = {
     ("model", "quantization"): ("none", "8bit", "4bit"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("model", "compute_dtype"): (None, "auto", "float32", "bfloat16", "float16"),
-    ("model", "compile"): ("auto", "on", "off", "true", "false", "model"),  # any case
+    ("model", "compile"): tuple(COMPILE_CHOICES),  # any case
     ("eval", "decoding"): ("greedy", "generation_config"),
     ("eval", "rouge"): ("rouge_score", "rouge_paper"),
 }

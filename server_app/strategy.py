@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from amole.config import Settings
+from amole.config import COMPILE_CHOICES, Settings
 from amole.moe.bank import modules_of
 from amole.moe.keys import router_stat_key
 from amole.server.aggregate import outside_bound
@@ -118,10 +118,9 @@ class FedAMoLE(Strategy):
         fed = self.settings.federation
         compute = self.settings.model.compute_dtype
         matmuls = {None: "", "auto": ", backbone matmuls auto (bf16 where a site's CPU has bf16 units, else fp32)"}
-        choice = str(self.settings.model.compile).lower()
-        compiled = {"auto": "training's decoder compiled whole on CUDA sites, eager on CPUs",
-                    "on": "adapter path compiled", "true": "adapter path compiled",
-                    "model": "training's decoder compiled whole"}.get(choice, "eager")
+        compiled = {None: "training's decoder compiled whole on CUDA sites, eager on CPUs",
+                    "adapters": "adapter path compiled", "model": "training's decoder compiled whole",
+                    "off": "eager"}[COMPILE_CHOICES.get(str(self.settings.model.compile).lower(), "off")]
         log.info("%s: %d clients x %d rounds, %s, run folder %s%s, %s (model.compile)", fed.strategy,
                  fed.num_clients, num_rounds or fed.num_rounds, self.settings.scenario.name, self.run_dir,
                  matmuls.get(compute, f", backbone matmuls {compute}"), compiled)

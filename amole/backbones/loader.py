@@ -45,7 +45,7 @@ from amole.backbones.dense_backbone import cpu_has_units, dequantize_frozen
 from amole.backbones.gguf import SMOLLM2, cache_root, converted_folder, gguf_cache_name, smollm2_gguf_path
 from amole.backbones.quantized_cache import load_quantized
 from amole.backbones.tiny import TINY_LLAMA, build_tiny_llama, byte_tokenizer, tiny_llama_config
-from amole.config import CHOICES, ModelConfig
+from amole.config import CHOICES, COMPILE_CHOICES, ModelConfig
 from amole.moe.model import target_linears
 
 log = logging.getLogger(__name__)
@@ -159,10 +159,6 @@ def compute_dtype_here(cfg: ModelConfig, device: str | None = None) -> str | Non
         return cfg.compute_dtype
     picked = compute_dtype(cfg, device or default_device())
     return None if picked is None else str(picked).removeprefix("torch.")
-
-
-COMPILE_CHOICES = {"auto": None, "on": "adapters", "true": "adapters", "off": "off", "false": "off",
-                   "model": "model"}
 
 
 def compile_mode(cfg: ModelConfig, device: str | torch.device = "cpu") -> str:

@@ -161,18 +161,23 @@ class AMoLELinear(nn.Module):
         return (self.router_input == "clean" and self.training and self.router is not None
                 and isinstance(self.dropout, nn.Dropout) and self.dropout.p > 0)
 
+    def _token_mask_of(self, x: Tensor) -> Tensor | None:
+        """``token_mask`` where it is this forward's (one entry per token of ``x``), else None."""
+        m = self.token_mask
+        return m if m is not None and tuple(m.shape) == tuple(x.shape[:-1]) else None
+
     def _weight_for(self, x: Tensor) -> Tensor | None:
         """:func:`token_weights` of this forward's tokens: set once a step for every layer by
         ``amole.moe.model.token_mask``, made here where only ``token_mask`` was set."""
-        m = self.token_mask
-        if m is None or tuple(m.shape) != tuple(x.shape[:-1]):
+        m = self._token_mask_of(x)
+        if m is None:
             return None
         w = self.token_weight
         return w if w is not None and w.device == x.device else token_weights(m.to(x.device))
 
     def _mask_for(self, x: Tensor) -> Tensor | None:
-        m = self.token_mask
-        if m is None or tuple(m.shape) != tuple(x.shape[:-1]):
+        m = self._token_mask_of(x)
+        if m is None:
             return None
         return m if m.dtype == torch.bool and m.device == x.device else m.to(device=x.device, dtype=torch.bool)
 
@@ -288,7 +293,6 @@ def load_balance(probs: Tensor, slots: Tensor, weight: Tensor | None, top_k: int
         k = min(top_k, n)
     if weight is None:
         return torch.dot(probs.mean(0), slots.mean(0)) * (n / k)
-    weight = weight if weight.dtype == probs.dtype else weight.to(probs.dtype)
     return torch.dot(weight @ probs, weight @ slots) * (n / k)
 
 
