@@ -37,7 +37,7 @@ def step(layer: AMoLELinear, x: torch.Tensor, mask: torch.Tensor | None, seed: i
     if layer.training:
         (y.square().mean() + layer.lb_loss).backward()
         out["lb"] = layer.lb_loss.detach()
-        out |= {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
+        out |= {name: g.clone() for name, g in layer.grads().items() if g is not None}
         layer.zero_grad(set_to_none=True)
     return out
 

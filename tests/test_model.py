@@ -28,7 +28,7 @@ def test_inject_targets_q_and_v_and_freezes_backbone(tiny, adapter_cfg) -> None:
     )
     trainable = {id(p) for p in trainable_parameters(model)}
     for name, p in model.named_parameters():
-        is_adapter = any(part in name for part in ("router", "shared_A", "shared_B", "experts_A", "experts_B"))
+        is_adapter = name.endswith((".A", ".B")) and isinstance(model.get_submodule(name[:-2]), AMoLELinear)
         assert p.requires_grad == is_adapter, name
         assert (id(p) in trainable) == is_adapter, name
 
@@ -106,8 +106,9 @@ def test_injection_works_on_linear4bit(adapter_cfg) -> None:
     out.loss.backward()
     layer = next(iter(layers.values()))
     assert isinstance(layer, AMoLELinear)
-    assert layer.experts_A.grad is not None and layer.experts_A.grad.abs().sum() > 0
-    assert layer.router.grad is not None and layer.router.grad.abs().sum() > 0
+    grads = layer.grads()
+    assert grads["experts_A"] is not None and grads["experts_A"].abs().sum() > 0
+    assert grads["router"] is not None and grads["router"].abs().sum() > 0
 
 
 def test_plain_lora_has_no_router_and_round_trips(tiny) -> None:

@@ -7,8 +7,10 @@ For an input token x (spec §1), with ``s = alpha / r`` and dropout on the adapt
     y = W0 x + s B_s A_s x + sum_{i in top-k} p_i s B_i A_i x
 
 Each expert's A is its own routing key, so any subset of the global pool plugs into any client. The router,
-the shared A and every held A are applied in one stacked matmul, and the gated codes of all experts go
-through one stacked B matmul: no Python loop over experts in the forward pass.
+the shared A and every held A are kept stacked in one parameter ``A`` and applied in one matmul; the shared B
+and every held B in one ``B``, which takes the gated codes of all experts in one matmul (the shared expert's
+gate is 1): no Python loop over experts, and no per-step copies of the pieces. ``router``, ``shared_A``,
+``experts_A``, ... are views of them.
 
 ``router_input``: ``dropped`` (ours) feeds the one dropped-out input to the router and every expert;
 ``clean`` (the official code) routes on the clean x and gives the shared expert and each of a token's top-k
@@ -77,19 +79,18 @@ class AMoLELinear(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         device = next(base.parameters()).device
         r, d_in, d_out = self.r, self.in_features, self.out_features
-        if cfg.num_experts > 0:
-            self.router = nn.Parameter(init_lora_a(r, d_in).to(device, dtype))
-        else:  # no routed pool (plain LoRA, the FedIT baseline): nothing to route, nothing to send
-            self.register_parameter("router", None)
-        if cfg.shared_expert:
-            self.shared_A = nn.Parameter(init_lora_a(r, d_in).to(device, dtype))
-            self.shared_B = nn.Parameter(torch.zeros(d_out, r, device=device, dtype=dtype))
-        else:
-            self.register_parameter("shared_A", None)
-            self.register_parameter("shared_B", None)
+        self.has_router = cfg.num_experts > 0  # no routed pool (plain LoRA, FedIT): nothing to route or send
+        self.has_shared = bool(cfg.shared_expert)
         self.expert_ids: list[int] = []
-        self.experts_A = nn.Parameter(torch.zeros(0, r, d_in, device=device, dtype=dtype))
-        self.experts_B = nn.Parameter(torch.zeros(0, d_out, r, device=device, dtype=dtype))
+        # Every down-projection (router, shared A, each held expert's A) stacked by rows in ``A``, every
+        # up-projection (shared B, each held expert's B) by columns in ``B``: the layer's two matmuls take them as
+        # they are, where separate tensors cost a cat of the pieces each step and a narrow and copy of each piece's
+        # gradient (~19 ops a module a step, docs/gpu-check.md). Adam and the clipping are elementwise or global,
+        # so the update is the same. Read the pieces with split_A / split_B (or router, shared_A, ... below).
+        down = [init_lora_a(r, d_in) for _ in range(self.has_router + self.has_shared)]  # router first, as before
+        self.A = nn.Parameter(torch.cat(down).to(device, dtype) if down else torch.zeros(0, d_in, device=device,
+                                                                                           dtype=dtype))
+        self.B = nn.Parameter(torch.zeros(d_out, r * self.has_shared, device=device, dtype=dtype))
         # Per-forward side channels, set by amole.moe.model helpers.
         self.token_mask: Tensor | None = None
         self.token_weight: Tensor | None = None  # token_weights(token_mask), set with it
@@ -111,9 +112,9 @@ class AMoLELinear(nn.Module):
                 f"expert shapes A{tuple(A.shape)} B{tuple(B.shape)} do not fit {n} experts of rank {self.r} "
                 f"for a {self.in_features}->{self.out_features} layer"
             )
-        if n and self.router is None:
+        if n and not self.has_router:
             raise ValueError("this layer has no router (num_experts=0), so it cannot hold routed experts")
-        like = self.experts_A
+        like, r = self.A, self.r
         self.expert_ids = list(ids)
         A, B = A.detach().to(like.device, like.dtype), B.detach().to(like.device, like.dtype)
         size = max(self.slots, n) if n else 0  # no expert held: nothing to route, no slots to mask
@@ -122,13 +123,53 @@ class AMoLELinear(nn.Module):
         if size > n:
             A = torch.cat([A, A.new_zeros(size - n, *A.shape[1:])])
             B = torch.cat([B, B.new_zeros(size - n, *B.shape[1:])])
-        self.experts_A = nn.Parameter(A.clone())
-        self.experts_B = nn.Parameter(B.clone())
+        head = (self.has_router + self.has_shared) * r  # the router's and shared expert's rows of A, kept
+        self.A = nn.Parameter(torch.cat([like[:head].detach(), A.reshape(size * r, self.in_features)]))
+        self.B = nn.Parameter(torch.cat([self.B[:, : r * self.has_shared].detach(),
+                                         B.permute(1, 0, 2).reshape(self.out_features, size * r)], 1))
         self.reset_stats()
 
     @property
     def num_experts(self) -> int:
         return len(self.expert_ids)
+
+    # -- the pieces of A and B (views: of the parameters, or of anything laid out like them, e.g. their .grad) --
+    def split_A(self, a: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """(router (r, d_in), shared A (r, d_in), every slot's A (slots, r, d_in)) of ``a``, laid out like ``A``;
+        None for a piece the layer does not have."""
+        return _split_down(a, self.r, self.has_router, self.has_shared)
+
+    def split_B(self, b: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(shared B (d_out, r), every slot's B (slots, d_out, r)) of ``b``, laid out like ``B``."""
+        blocks = b.view(b.shape[0], b.shape[1] // self.r, self.r)
+        return (blocks[:, 0] if self.has_shared else None), blocks[:, int(self.has_shared):].permute(1, 0, 2)
+
+    def grads(self) -> dict[str, Tensor | None]:
+        """Each piece's gradient (views of ``A.grad`` and ``B.grad``; None for a piece without one)."""
+        names = ("router", "shared_A", "experts_A", "shared_B", "experts_B")
+        if self.A.grad is None or self.B.grad is None:
+            return dict.fromkeys(names)
+        return dict(zip(names, (*self.split_A(self.A.grad), *self.split_B(self.B.grad)), strict=True))
+
+    @property
+    def router(self) -> Tensor | None:
+        return self.split_A(self.A)[0]
+
+    @property
+    def shared_A(self) -> Tensor | None:
+        return self.split_A(self.A)[1]
+
+    @property
+    def shared_B(self) -> Tensor | None:
+        return self.split_B(self.B)[0]
+
+    @property
+    def experts_A(self) -> Tensor:
+        return self.split_A(self.A)[2]
+
+    @property
+    def experts_B(self) -> Tensor:
+        return self.split_B(self.B)[1]
 
     # -- statistics for the embedding pass ----------------------------------------------------------------
     def reset_stats(self) -> None:
@@ -139,21 +180,21 @@ class AMoLELinear(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         y = self.base(x, *args, **kwargs)
-        if self.router is None and self.shared_A is None:  # no adapter at all: the frozen layer alone
+        if not self.A.shape[0]:  # no adapter at all: the frozen layer alone
             self.lb_loss = None
             return y
-        if x.dtype != self.experts_A.dtype:  # a no-op to() is still an op dispatched per module per step
-            x = x.to(self.experts_A.dtype)
+        if x.dtype != self.A.dtype:  # a no-op to() is still an op dispatched per module per step
+            x = x.to(self.A.dtype)
         own = self._own_masks()
         weight = self._weight_for(x) if self.training else None  # the load-balance term's, made while training
         fn = adapter_update
         if self.compiled and not own and not self.collect_stats:
             fn = compiled_adapter_update()
-        out, self.lb_loss, t, e = fn(
-            y, x if own else self.dropout(x), self.router, self.shared_A, self.shared_B, self.experts_A,
-            self.experts_B, weight, self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
+        out, self.lb_loss, t, c = fn(
+            y, x if own else self.dropout(x), self.A, self.B, self.r, self.has_router, self.has_shared, weight,
+            self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
         if self.collect_stats and t is not None:
-            self._accumulate(t, e, self._mask_for(x))
+            self._accumulate(t, c[..., int(self.has_shared):, :], self._mask_for(x))
         return out
 
     def _own_masks(self) -> bool:
@@ -204,68 +245,78 @@ def _cat(tensors: list[Tensor], dim: int) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
 
-def adapter_update(y: Tensor, h: Tensor, router: Tensor | None, shared_A: Tensor | None, shared_B: Tensor | None,
-                   experts_A: Tensor, experts_B: Tensor, weight: Tensor | None, top_k: int, scaling: float,
-                   training: bool, own_dropout: nn.Module | None = None, held: Tensor | None = None
-                   ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+def adapter_update(y: Tensor, h: Tensor, A: Tensor, B: Tensor, r: int, routed: bool, shared: bool,
+                   weight: Tensor | None, top_k: int, scaling: float, training: bool,
+                   own_dropout: nn.Module | None = None, held: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
     """The layer's output ``y + s * delta(h)``, its load-balance term (training) and the router/expert codes.
 
-    A pure function of tensors, so that ``model.compile`` can hand it to ``torch.compile`` whole (one fused graph
-    forward and one backward instead of ~30 and ~60 ops, the cost where a step is bound by launching ops). ``h``
-    is the adapter input: dropped out, or clean with ``own_dropout`` (``router_input: clean``) giving the shared
-    expert and each routed slot its own mask. ``weight``: :func:`token_weights` for the load-balance term (None:
-    every token alike). ``held``: which of the ``n`` expert slots hold an expert (None: all).
-    The codes ``t`` (router) and ``e`` (experts, (..., n, r)) feed the embedding statistics.
+    ``A`` and ``B`` are the layer's stacked down- and up-projections (router first if ``routed``, then the shared
+    expert if ``shared``, then each expert slot). A pure function of tensors, so that ``model.compile`` can hand it
+    to ``torch.compile`` whole (one fused graph forward and one backward instead of ~25 and ~45 ops, the cost where
+    a step is bound by launching ops). ``h`` is the adapter input: dropped out, or clean with ``own_dropout``
+    (``router_input: clean``) giving the shared expert and each routed slot its own mask. ``weight``:
+    :func:`token_weights` for the load-balance term (None: every token alike). ``held``: which expert slots hold
+    an expert (None: all). Returns the codes ``t`` (router) and ``c`` (every block of ``B``, (..., blocks, r),
+    the shared expert's first) for the embedding statistics.
     """
-    n, r, d_in = experts_A.shape
-    keys = [k for k in (router, shared_A) if k is not None]
-    if n > 0:
-        keys.append(experts_A.reshape(n * r, d_in))
-    n_router = r if router is not None else 0
-    n_shared = r if shared_A is not None else 0
-    # Router, shared and every held expert's code in one matmul, split once: split's backward is one cat,
-    # where slicing the pieces out one by one costs a zero-filled copy per piece (op counts: docs/gpu-check.md).
-    t, shared, flat = F.linear(h, _cat(keys, 0)).split([n_router, n_shared, n * r], dim=-1)
-    e = flat.unflatten(-1, (n, r))
-    if own_dropout is not None and n_shared:  # the shared expert's code from its own dropout mask
-        shared = own_dropout(h) @ shared_A.T
-    codes = [shared] if n_shared else []
-    Bs = [shared_B] if n_shared else []
+    codes = F.linear(h, A)  # the router's, the shared expert's and every slot's code in one matmul
+    t = None
+    if routed:  # split's backward is one cat, where slicing out a piece costs a zero-filled copy
+        t, codes = codes.split([r, codes.shape[-1] - r], dim=-1)
+    c = codes.unflatten(-1, (B.shape[1] // r, r))
+    n = c.shape[-2] - shared
     lb = None
     if n > 0:
-        gates, lb = route(e, t, weight, top_k, training, held)
-        if own_dropout is not None:
-            codes.append(_gated_own_masks(h, gates, experts_A, top_k, own_dropout))
-        else:
-            codes.append((e * gates.unsqueeze(-1)).flatten(-2))
-        Bs.append(experts_B.permute(1, 0, 2).reshape(experts_B.shape[1], n * r))
-    if not Bs:
-        return y, lb, t if n_router else None, e
-    delta = F.linear(_cat(codes, -1), _cat(Bs, 1))
+        gates, lb = route(c, t, weight, top_k, training, held, skip=int(shared))
+    if own_dropout is not None:  # each expert's code from its own dropout mask
+        _, shared_A, experts_A = _split_down(A, r, routed, shared)
+        pieces = [own_dropout(h) @ shared_A.T] if shared else []
+        if n > 0:
+            pieces.append(_gated_own_masks(h, gates, experts_A, top_k, own_dropout))
+        code = _cat(pieces, -1)
+    elif n > 0:  # the shared expert's gate is 1
+        code = (c * (F.pad(gates, (1, 0), value=1.0) if shared else gates).unsqueeze(-1)).flatten(-2)
+    else:
+        code = codes
+    if not B.shape[1]:
+        return y, lb, t, c
+    delta = F.linear(code, B)
     out = torch.add(y, delta, alpha=scaling) if delta.dtype == y.dtype else y + (delta * scaling).to(y.dtype)
-    return out, lb, t if n_router else None, e
+    return out, lb, t, c
 
 
-def route(e: Tensor, t: Tensor, weight: Tensor | None, top_k: int, training: bool,
-          held: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+def _split_down(A: Tensor, r: int, routed: bool, shared: bool) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    """(router, shared A, slots' A) of a stacked ``A`` (:meth:`AMoLELinear.split_A`, for the pure functions)."""
+    blocks = A.view(A.shape[0] // r, r, A.shape[1])
+    return (blocks[0] if routed else None), (blocks[int(routed)] if shared else None), blocks[routed + shared:]
+
+
+def route(c: Tensor, t: Tensor, weight: Tensor | None, top_k: int, training: bool,
+          held: Tensor | None = None, skip: int = 0) -> tuple[Tensor, Tensor | None]:
     """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere; and the
-    load-balance term while training. ``held``: which slots hold an expert (empty ones get probability 0).
+    load-balance term while training. ``c``: codes (..., blocks, r) whose first ``skip`` blocks are not routed
+    (the shared expert's); ``held``: which slots hold an expert (empty ones get probability 0).
 
     The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
     the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
     """
-    n, r = e.shape[-2], e.shape[-1]
-    logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(r)
+    # every block's dot product, the shared one's dropped after: one slice, where taking the experts' codes
+    # out of c first would cost a zero-filled copy of c's gradient
+    logits = (c * t.unsqueeze(-2)).sum(-1)
+    logits = (logits[..., skip:] if skip else logits) / math.sqrt(c.shape[-1])
+    n = logits.shape[-1]
     if held is not None:  # exp(-inf) = 0: the softmax over the held experts alone, and no gradient to the rest
         logits = logits.masked_fill(~held, -math.inf)
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # float32 for bf16 adapters too, without a to()
     top_i = probs.topk(min(top_k, n), dim=-1).indices
     slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
     # The renormalised top-k of the softmax is the softmax of the top-k logits: one op back, where dividing by
-    # the kept sum is eight (docs/gpu-check.md).
-    gates = torch.softmax(logits.masked_fill(slots == 0, -math.inf), dim=-1, dtype=torch.float32)
+    # the kept sum is eight (docs/gpu-check.md). log(slots) is 0 on the top-k and -inf elsewhere: an add, whose
+    # backward is free, where masked_fill's is an op.
+    gates = torch.softmax(logits + slots.log(), dim=-1, dtype=torch.float32)
     lb = load_balance(probs, slots, weight, top_k, held) if training else None
-    return gates if gates.dtype == e.dtype else gates.to(e.dtype), lb
+    return gates if gates.dtype == c.dtype else gates.to(c.dtype), lb
 
 
 def token_weights(mask: Tensor) -> Tensor:
@@ -293,7 +344,9 @@ def load_balance(probs: Tensor, slots: Tensor, weight: Tensor | None, top_k: int
         k = min(top_k, n)
     if weight is None:
         return torch.dot(probs.mean(0), slots.mean(0)) * (n / k)
-    return torch.dot(weight @ probs, weight @ slots) * (n / k)
+    # The fraction routed to each expert has no gradient: folded with the token weights into one constant, the
+    # term's backward is a multiply and a sum (where two weighted means and a dot were six ops).
+    return (probs * torch.outer(weight, (weight @ slots) * (n / k))).sum()
 
 
 def _gated_own_masks(x: Tensor, gates: Tensor, experts_A: Tensor, top_k: int, dropout: nn.Module) -> Tensor:

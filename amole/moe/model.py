@@ -78,8 +78,8 @@ def export_adapters(model: nn.Module) -> dict[str, Tensor]:
     float32 whatever the adapters' dtype: exact for bf16 / fp16 values, and Flower's arrays have no bfloat16."""
     out: dict[str, Tensor] = {}
 
-    def cpu(t: Tensor) -> Tensor:
-        return t.detach().to("cpu", torch.float32).clone()
+    def cpu(t: Tensor) -> Tensor:  # contiguous: a piece of the layer's stacked B is a strided view
+        return t.detach().to("cpu", torch.float32).clone(memory_format=torch.contiguous_format)
 
     for name, layer in amole_layers(model).items():
         if layer.router is not None:
