@@ -11,7 +11,14 @@ from amole.config import AdapterConfig, ModelConfig
 from amole.moe import keys
 from amole.moe.bank import create_bank, payload
 from amole.moe.layer import AMoLELinear
-from amole.moe.model import export_adapters, import_adapters, inject, trainable_parameters
+from amole.moe.model import (
+    export_adapters,
+    import_adapters,
+    inject,
+    load_balance_loss,
+    token_mask,
+    trainable_parameters,
+)
 
 HELD = {0: [1, 4], 1: [0, 2, 5]}  # layer index -> held expert ids (q_proj); v_proj holds none
 
@@ -125,3 +132,35 @@ def test_plain_lora_has_no_router_and_round_trips(tiny) -> None:
     with pytest.raises(ValueError, match="trains nothing"):
         inject(load_base_model(ModelConfig(name="tiny-llama"), device="cpu")[0],
                AdapterConfig(num_experts=0, shared_expert=False))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_load_balance_loss_is_the_sum_of_each_modules_term(tiny, adapter_cfg, masked: bool) -> None:
+    """The term is taken for all modules at once (one cat, not ~10 ops a module); modules holding different
+    numbers of experts (q_proj 3 and 2, v_proj 4) give the same value and gradients as their terms one by one."""
+    model, _ = tiny
+    layers = inject(model, adapter_cfg)
+    shapes = {n: (m.in_features, m.out_features) for n, m in layers.items()}
+    bank = {k: torch.randn_like(v) * 0.1 for k, v in create_bank(shapes, adapter_cfg, seed=0).items()}
+    held = {n: [0, 1, 2, 3] if n.endswith("v_proj") else [5, 2, 4][: 3 - int(n.split(".")[2]) % 3] for n in layers}
+    import_adapters(model, payload(bank, held))
+    model.train()
+    ids = torch.randint(0, 200, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    if masked:
+        mask[1, 5:] = 0
+    grads = []
+    for total in (True, False):
+        model.zero_grad(set_to_none=True)
+        with token_mask(model, mask):
+            model(input_ids=ids, attention_mask=mask)
+        lb = load_balance_loss(model) if total else sum(layer.lb_loss for layer in layers.values())
+        lb.backward()
+        grads.append((lb.detach(), [p.grad for p in trainable_parameters(model)]))  # the last B's: None
+    (got, got_grads), (want, want_grads) = grads
+    torch.testing.assert_close(got, want)
+    assert got > 0
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w)

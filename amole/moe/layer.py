@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amole.config import AdapterConfig
+from amole.moe.routing import Routing, load_balance, route, token_weights
 
 ROUTER_INPUTS = ("dropped", "clean")
 ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,11 +95,12 @@ class AMoLELinear(nn.Module):
         # Per-forward side channels, set by amole.moe.model helpers.
         self.token_mask: Tensor | None = None
         self.token_weight: Tensor | None = None  # token_weights(token_mask), set with it
-        self.lb_loss: Tensor | None = None
+        self.routing: Routing | None = None  # the last training forward's, for the load-balance term
         self.collect_stats = False
         self.compiled = False  # model.compile: the adapter path through torch.compile (set by inject)
         self.slots = 0  # fixed expert capacity (model.compile=model, set by inject); 0: exactly the held experts
         self.register_buffer("held", None, persistent=False)  # (slots,) bool: which slots hold an expert
+        self.register_buffer("lb_scale", None, persistent=False)  # (slots,): n / k of the load-balance term
         self.reset_stats()
 
     # -- expert set ---------------------------------------------------------------------------------------
@@ -120,6 +122,9 @@ class AMoLELinear(nn.Module):
         size = max(self.slots, n) if n else 0  # no expert held: nothing to route, no slots to mask
         # with slots, a mask even when all are full: None would be another graph
         self.held = torch.arange(size, device=like.device) < n if self.slots and n else None
+        # n and k count the held experts (an empty slot has probability 0 and adds nothing); a tensor made once an
+        # assignment, where a Python number would be compiled in as a constant
+        self.lb_scale = torch.full((size,), n / min(self.top_k, n), device=like.device) if n else None
         if size > n:
             A = torch.cat([A, A.new_zeros(size - n, *A.shape[1:])])
             B = torch.cat([B, B.new_zeros(size - n, *B.shape[1:])])
@@ -180,22 +185,28 @@ class AMoLELinear(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         y = self.base(x, *args, **kwargs)
+        self.routing = None
         if not self.A.shape[0]:  # no adapter at all: the frozen layer alone
-            self.lb_loss = None
             return y
         if x.dtype != self.A.dtype:  # a no-op to() is still an op dispatched per module per step
             x = x.to(self.A.dtype)
         own = self._own_masks()
-        weight = self._weight_for(x) if self.training else None  # the load-balance term's, made while training
         fn = adapter_update
         if self.compiled and not own and not self.collect_stats:
             fn = compiled_adapter_update()
-        out, self.lb_loss, t, c = fn(
-            y, x if own else self.dropout(x), self.A, self.B, self.r, self.has_router, self.has_shared, weight,
+        out, routed, t, c = fn(
+            y, x if own else self.dropout(x), self.A, self.B, self.r, self.has_router, self.has_shared,
             self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
+        if routed is not None:  # training: the load-balance term is taken over all layers at once
+            self.routing = (*routed, self._weight_for(x), self.lb_scale)
         if self.collect_stats and t is not None:
             self._accumulate(t, c[..., int(self.has_shared):, :], self._mask_for(x))
         return out
+
+    @property
+    def lb_loss(self) -> Tensor | None:
+        """This layer's load-balance term from its last training forward (training takes all layers' at once)."""
+        return None if self.routing is None else load_balance([self.routing])
 
     def _own_masks(self) -> bool:
         """Route on the clean input, each expert on its own dropout mask (``router_input: clean``, training)."""
@@ -245,20 +256,19 @@ def _cat(tensors: list[Tensor], dim: int) -> Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
 
-def adapter_update(y: Tensor, h: Tensor, A: Tensor, B: Tensor, r: int, routed: bool, shared: bool,
-                   weight: Tensor | None, top_k: int, scaling: float, training: bool,
-                   own_dropout: nn.Module | None = None, held: Tensor | None = None
-                   ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
-    """The layer's output ``y + s * delta(h)``, its load-balance term (training) and the router/expert codes.
+def adapter_update(y: Tensor, h: Tensor, A: Tensor, B: Tensor, r: int, routed: bool, shared: bool, top_k: int,
+                   scaling: float, training: bool, own_dropout: nn.Module | None = None, held: Tensor | None = None
+                   ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None, Tensor]:
+    """The layer's output ``y + s * delta(h)``, its routing for the load-balance term (training: the router's
+    probabilities and the 0/1 top-k slots) and the router/expert codes.
 
     ``A`` and ``B`` are the layer's stacked down- and up-projections (router first if ``routed``, then the shared
     expert if ``shared``, then each expert slot). A pure function of tensors, so that ``model.compile`` can hand it
-    to ``torch.compile`` whole (one fused graph forward and one backward instead of ~25 and ~45 ops, the cost where
+    to ``torch.compile`` whole (one fused graph forward and one backward instead of ~20 and ~40 ops, the cost where
     a step is bound by launching ops). ``h`` is the adapter input: dropped out, or clean with ``own_dropout``
-    (``router_input: clean``) giving the shared expert and each routed slot its own mask. ``weight``:
-    :func:`token_weights` for the load-balance term (None: every token alike). ``held``: which expert slots hold
-    an expert (None: all). Returns the codes ``t`` (router) and ``c`` (every block of ``B``, (..., blocks, r),
-    the shared expert's first) for the embedding statistics.
+    (``router_input: clean``) giving the shared expert and each routed slot its own mask. ``held``: which expert
+    slots hold an expert (None: all). Returns the codes ``t`` (router) and ``c`` (every block of ``B``,
+    (..., blocks, r), the shared expert's first) for the embedding statistics.
     """
     codes = F.linear(h, A)  # the router's, the shared expert's and every slot's code in one matmul
     t = None
@@ -266,9 +276,9 @@ def adapter_update(y: Tensor, h: Tensor, A: Tensor, B: Tensor, r: int, routed: b
         t, codes = codes.split([r, codes.shape[-1] - r], dim=-1)
     c = codes.unflatten(-1, (B.shape[1] // r, r))
     n = c.shape[-2] - shared
-    lb = None
+    routing = None
     if n > 0:
-        gates, lb = route(c, t, weight, top_k, training, held, skip=int(shared))
+        gates, routing = route(c, t, top_k, training, held, skip=int(shared))
     if own_dropout is not None:  # each expert's code from its own dropout mask
         _, shared_A, experts_A = _split_down(A, r, routed, shared)
         pieces = [own_dropout(h) @ shared_A.T] if shared else []
@@ -280,73 +290,16 @@ def adapter_update(y: Tensor, h: Tensor, A: Tensor, B: Tensor, r: int, routed: b
     else:
         code = codes
     if not B.shape[1]:
-        return y, lb, t, c
+        return y, routing, t, c
     delta = F.linear(code, B)
     out = torch.add(y, delta, alpha=scaling) if delta.dtype == y.dtype else y + (delta * scaling).to(y.dtype)
-    return out, lb, t, c
+    return out, routing, t, c
 
 
 def _split_down(A: Tensor, r: int, routed: bool, shared: bool) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """(router, shared A, slots' A) of a stacked ``A`` (:meth:`AMoLELinear.split_A`, for the pure functions)."""
     blocks = A.view(A.shape[0] // r, r, A.shape[1])
     return (blocks[0] if routed else None), (blocks[int(routed)] if shared else None), blocks[routed + shared:]
-
-
-def route(c: Tensor, t: Tensor, weight: Tensor | None, top_k: int, training: bool,
-          held: Tensor | None = None, skip: int = 0) -> tuple[Tensor, Tensor | None]:
-    """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere; and the
-    load-balance term while training. ``c``: codes (..., blocks, r) whose first ``skip`` blocks are not routed
-    (the shared expert's); ``held``: which slots hold an expert (empty ones get probability 0).
-
-    The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
-    the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
-    """
-    # every block's dot product, the shared one's dropped after: one slice, where taking the experts' codes
-    # out of c first would cost a zero-filled copy of c's gradient
-    logits = (c * t.unsqueeze(-2)).sum(-1)
-    logits = (logits[..., skip:] if skip else logits) / math.sqrt(c.shape[-1])
-    n = logits.shape[-1]
-    if held is not None:  # exp(-inf) = 0: the softmax over the held experts alone, and no gradient to the rest
-        logits = logits.masked_fill(~held, -math.inf)
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # float32 for bf16 adapters too, without a to()
-    top_i = probs.topk(min(top_k, n), dim=-1).indices
-    slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
-    # The renormalised top-k of the softmax is the softmax of the top-k logits: one op back, where dividing by
-    # the kept sum is eight (docs/gpu-check.md). log(slots) is 0 on the top-k and -inf elsewhere: an add, whose
-    # backward is free, where masked_fill's is an op.
-    gates = torch.softmax(logits + slots.log(), dim=-1, dtype=torch.float32)
-    lb = load_balance(probs, slots, weight, top_k, held) if training else None
-    return gates if gates.dtype == c.dtype else gates.to(c.dtype), lb
-
-
-def token_weights(mask: Tensor) -> Tensor:
-    """Each token's weight in the load-balance term's averages, flat: 1/tokens on real tokens, 0 on padding.
-    The same for every layer of a forward, so ``amole.moe.model.token_mask`` makes it once a step."""
-    w = mask.reshape(-1).to(torch.float32)  # float32 like the router's probabilities
-    return w / w.sum().clamp_min(1)
-
-
-def load_balance(probs: Tensor, slots: Tensor, weight: Tensor | None, top_k: int,
-                 held: Tensor | None = None) -> Tensor:
-    """Switch-style term n * sum_i P_i f_i over the (unpadded) tokens of this forward (``slots``: 0/1 top-k;
-    ``weight``: :func:`token_weights`, None for every token alike).
-
-    Padding is weighted out rather than indexed out: boolean indexing would make a GPU wait for the host.
-    With ``held``, n and k count the held experts only, as tensors (a Python number would be compiled in as a
-    constant); an empty slot picked when fewer than k are held has P_i = 0 and adds nothing.
-    """
-    n: int | Tensor = probs.shape[-1]
-    probs, slots = probs.reshape(-1, n), slots.reshape(-1, n)
-    if held is not None:
-        n = held.sum().to(probs.dtype)
-        k = n.clamp_max(top_k)
-    else:
-        k = min(top_k, n)
-    if weight is None:
-        return torch.dot(probs.mean(0), slots.mean(0)) * (n / k)
-    # The fraction routed to each expert has no gradient: folded with the token weights into one constant, the
-    # term's backward is a multiply and a sum (where two weighted means and a dot were six ops).
-    return (probs * torch.outer(weight, (weight @ slots) * (n / k))).sum()
 
 
 def _gated_own_masks(x: Tensor, gates: Tensor, experts_A: Tensor, top_k: int, dropout: nn.Module) -> Tensor:

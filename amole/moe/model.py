@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from amole.config import AdapterConfig
 from amole.moe import keys
-from amole.moe.layer import AMoLELinear, token_weights
+from amole.moe.layer import AMoLELinear
+from amole.moe.routing import load_balance, token_weights
 
 
 def target_linears(model: nn.Module, target_modules: tuple[str, ...] | list[str]) -> dict[str, nn.Linear]:
@@ -171,8 +172,6 @@ def token_mask(model: nn.Module, mask: Tensor | None) -> Iterator[None]:
 
 
 def load_balance_loss(model: nn.Module) -> Tensor:
-    """Sum over modules of the Switch-style term collected by the last training forward."""
-    terms = [layer.lb_loss for layer in amole_layers(model).values() if layer.lb_loss is not None]
-    if not terms:
-        return torch.zeros(())
-    return sum(terms[1:], terms[0])  # adds: nothing to run in their backward, where stack's is one op per module
+    """Sum over modules of the Switch-style term of the last training forward, taken for all modules at once."""
+    routings = [layer.routing for layer in amole_layers(model).values() if layer.routing is not None]
+    return load_balance(routings) if routings else torch.zeros(())

@@ -6,10 +6,11 @@ under torch's profiler, after a warm-up pass, with the gradients set to None fir
 optimizer is left out: on a GPU torch's Adam updates all parameters in a few multi-tensor launches, on a CPU it
 loops per tensor. SmolLM2 on 2026-12-04: AMoLE 11,866 ops, LoRA 5,923, ~23 us an op on an H200; after that day's
 layer changes AMoLE 11,086 (6,494 that compute or copy); since 2026-12-07's (gates as the softmax of the top-k
-logits, token weights once a step) 9,947 (5,655). Counted every way ``model.compile`` runs it: eager (a CPU's
-default), the adapter path compiled (``on``: one compiled graph forward and one backward a layer; its fused kernels
-are not aten ops, its matmuls still are) and the decoder compiled whole (``model``, CUDA's default), with LoRA's
-decoder compiled the same way beside it.
+logits, token weights once a step) 9,947 (5,655); with each layer's pieces stacked in one A and one B and the
+load-balance term taken for all layers at once, 8,161 (4,885). Counted every way ``model.compile`` runs it: eager
+(a CPU's default), the adapter path compiled (``on``: one compiled graph forward and one backward a layer; its
+fused kernels are not aten ops, its matmuls still are) and the decoder compiled whole (``model``, CUDA's default),
+with LoRA's decoder compiled the same way beside it.
 
 A count weighs every op alike, but an op issued from Python (a forward, a compiled graph's wrapper, a hand-written
 backward) costs the host more than one the autograd engine issues from C++. So the same step is also timed where

@@ -1,0 +1,73 @@
+"""Routing in an AMoLE layer (spec §1): each token's gates over the experts a client holds, from the router's
+code and each expert's A code, and the Switch-style load-balance term that keeps the experts in use."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def route(c: Tensor, t: Tensor, top_k: int, training: bool, held: Tensor | None = None,
+          skip: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere; and while
+    training (probabilities, 0/1 top-k slots) for the load-balance term. ``c``: codes (..., blocks, r) whose first
+    ``skip`` blocks are not routed (the shared expert's); ``held``: which slots hold an expert (empty ones get
+    probability 0).
+
+    The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
+    the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
+    """
+    # every block's dot product, the shared one's dropped after: one slice, where taking the experts' codes
+    # out of c first would cost a zero-filled copy of c's gradient
+    logits = (c * t.unsqueeze(-2)).sum(-1)
+    logits = (logits[..., skip:] if skip else logits) / math.sqrt(c.shape[-1])
+    n = logits.shape[-1]
+    if held is not None:  # exp(-inf) = 0: the softmax over the held experts alone, and no gradient to the rest
+        logits = logits.masked_fill(~held, -math.inf)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # float32 for bf16 adapters too, without a to()
+    top_i = probs.topk(min(top_k, n), dim=-1).indices
+    slots = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)
+    # The renormalised top-k of the softmax is the softmax of the top-k logits: one op back, where dividing by
+    # the kept sum is eight (docs/gpu-check.md). log(slots) is 0 on the top-k and -inf elsewhere: an add, whose
+    # backward is free, where masked_fill's is an op.
+    gates = torch.softmax(logits + slots.log(), dim=-1, dtype=torch.float32)
+    return gates if gates.dtype == c.dtype else gates.to(c.dtype), ((probs, slots) if training else None)
+
+
+def token_weights(mask: Tensor) -> Tensor:
+    """Each token's weight in the load-balance term's averages, flat: 1/tokens on real tokens, 0 on padding.
+    The same for every layer of a forward, so ``amole.moe.model.token_mask`` makes it once a step."""
+    w = mask.reshape(-1).to(torch.float32)  # float32 like the router's probabilities
+    return w / w.sum().clamp_min(1)
+
+
+# A layer's routing in a training forward: (probabilities (..., n), 0/1 top-k slots (..., n), token weights or
+# None, n / k per slot)
+Routing = tuple[Tensor, Tensor, Tensor | None, Tensor]
+
+
+def load_balance(routings: list[Routing]) -> Tensor:
+    """Sum over layers of the Switch-style term (n / k) * sum_i P_i f_i over the (unpadded) tokens of a forward:
+    P_i the mean probability of expert i, f_i the fraction of top-k picks it got (token weights: :func:`token_weights`,
+    None for every token alike).
+
+    Layers of one forward share their token weights and are taken at once: a term per layer is ~10 ops forward
+    and back each step (docs/gpu-check.md). The fractions have no gradient; folded with the weights into one
+    constant, the backward is a multiply and a sum. Padding is weighted out rather than indexed out: boolean
+    indexing would make a GPU wait for the host.
+    """
+    groups: dict[tuple, list[Routing]] = {}
+    for routing in routings:  # one group per forward in practice (amole.moe.model.token_mask sets one weight)
+        groups.setdefault((id(routing[2]), routing[0].shape[:-1]), []).append(routing)
+    terms = []
+    for group in groups.values():
+        probs, slots, scale = (torch.cat([g[i] for g in group], -1) for i in (0, 1, 3))
+        probs, slots = probs.reshape(-1, probs.shape[-1]), slots.reshape(-1, slots.shape[-1])
+        weight = group[0][2]
+        if weight is None:
+            terms.append((probs.mean(0) * (slots.mean(0) * scale)).sum())
+        else:
+            terms.append((probs * torch.outer(weight, (weight @ slots) * scale)).sum())
+    return sum(terms[1:], terms[0])
