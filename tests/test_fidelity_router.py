@@ -45,9 +45,9 @@ def routed_inputs(layer: AMoLELinear, monkeypatch: pytest.MonkeyPatch) -> list[t
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     route = layer_module.route
 
-    def spy(c: torch.Tensor, t: torch.Tensor, *args, skip: int = 0):
-        seen.append((c[..., skip:, :].detach(), t.detach()))  # the routed experts' codes (c has the shared first)
-        return route(c, t, *args, skip=skip)
+    def spy(e: torch.Tensor, t: torch.Tensor, *args):
+        seen.append((e.detach(), t.detach()))
+        return route(e, t, *args)
 
     monkeypatch.setattr(layer_module, "route", spy)
     return seen

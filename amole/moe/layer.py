@@ -8,8 +8,8 @@ For an input token x (spec §1), with ``s = alpha / r`` and dropout on the adapt
 
 Each expert's A is its own routing key, so any subset of the global pool plugs into any client. The router,
 the shared A and every held A are kept stacked in one parameter ``A`` and applied in one matmul; the shared B
-and every held B in one ``B``, which takes the gated codes of all experts in one matmul (the shared expert's
-gate is 1): no Python loop over experts, and no per-step copies of the pieces. ``router``, ``shared_A``,
+and every held B in one ``B``, which takes the shared expert's code and the gated codes of all experts in one
+matmul: no Python loop over experts, and no per-step copies of the pieces. ``router``, ``shared_A``,
 ``experts_A``, ... are views of them.
 
 ``router_input``: ``dropped`` (ours) feeds the one dropped-out input to the router and every expert;
@@ -194,13 +194,13 @@ class AMoLELinear(nn.Module):
         fn = adapter_update
         if self.compiled and not own and not self.collect_stats:
             fn = compiled_adapter_update()
-        out, routed, t, c = fn(
+        out, routed, t, e = fn(
             y, x if own else self.dropout(x), self.A, self.B, self.r, self.has_router, self.has_shared,
             self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
         if routed is not None:  # training: the load-balance term is taken over all layers at once
             self.routing = (*routed, self._weight_for(x), self.lb_scale)
         if self.collect_stats and t is not None:
-            self._accumulate(t, c[..., int(self.has_shared):, :], self._mask_for(x))
+            self._accumulate(t, e, self._mask_for(x))
         return out
 
     @property
@@ -267,33 +267,34 @@ def adapter_update(y: Tensor, h: Tensor, A: Tensor, B: Tensor, r: int, routed: b
     to ``torch.compile`` whole (one fused graph forward and one backward instead of ~20 and ~40 ops, the cost where
     a step is bound by launching ops). ``h`` is the adapter input: dropped out, or clean with ``own_dropout``
     (``router_input: clean``) giving the shared expert and each routed slot its own mask. ``held``: which expert
-    slots hold an expert (None: all). Returns the codes ``t`` (router) and ``c`` (every block of ``B``,
-    (..., blocks, r), the shared expert's first) for the embedding statistics.
+    slots hold an expert (None: all). Returns the codes ``t`` (router) and ``e`` (experts, (..., slots, r)) for the
+    embedding statistics.
     """
     codes = F.linear(h, A)  # the router's, the shared expert's and every slot's code in one matmul
-    t = None
-    if routed:  # split's backward is one cat, where slicing out a piece costs a zero-filled copy
-        t, codes = codes.split([r, codes.shape[-1] - r], dim=-1)
-    c = codes.unflatten(-1, (B.shape[1] // r, r))
-    n = c.shape[-2] - shared
+    n = B.shape[1] // r - shared
+    # split's backward is one cat, where slicing the pieces out one by one costs a zero-filled copy each
+    t, shared_code, flat = codes.split([r * routed, r * shared, n * r], dim=-1)
+    e = flat.unflatten(-1, (n, r))
     routing = None
     if n > 0:
-        gates, routing = route(c, t, top_k, training, held, skip=int(shared))
+        gates, routing = route(e, t, top_k, training, held)
     if own_dropout is not None:  # each expert's code from its own dropout mask
         _, shared_A, experts_A = _split_down(A, r, routed, shared)
         pieces = [own_dropout(h) @ shared_A.T] if shared else []
         if n > 0:
             pieces.append(_gated_own_masks(h, gates, experts_A, top_k, own_dropout))
         code = _cat(pieces, -1)
-    elif n > 0:  # the shared expert's gate is 1
-        code = (c * (F.pad(gates, (1, 0), value=1.0) if shared else gates).unsqueeze(-1)).flatten(-2)
+    elif n > 0:
+        code = (e * gates.unsqueeze(-1)).flatten(-2)
+        code = torch.cat([shared_code, code], -1) if shared else code
     else:
-        code = codes
+        code = shared_code
+    t = t if routed else None
     if not B.shape[1]:
-        return y, routing, t, c
+        return y, routing, t, e
     delta = F.linear(code, B)
     out = torch.add(y, delta, alpha=scaling) if delta.dtype == y.dtype else y + (delta * scaling).to(y.dtype)
-    return out, routing, t, c
+    return out, routing, t, e
 
 
 def _split_down(A: Tensor, r: int, routed: bool, shared: bool) -> tuple[Tensor | None, Tensor | None, Tensor]:

@@ -9,21 +9,17 @@ import torch
 from torch import Tensor
 
 
-def route(c: Tensor, t: Tensor, top_k: int, training: bool, held: Tensor | None = None,
-          skip: int = 0) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-    """Dense gate weights (..., n): renormalised top-k of the softmax over held experts, zero elsewhere; and while
-    training (probabilities, 0/1 top-k slots) for the load-balance term. ``c``: codes (..., blocks, r) whose first
-    ``skip`` blocks are not routed (the shared expert's); ``held``: which slots hold an expert (empty ones get
-    probability 0).
+def route(e: Tensor, t: Tensor, top_k: int, training: bool,
+          held: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """Dense gate weights (..., n) from the experts' codes ``e`` (..., n, r) and the router's ``t`` (..., r):
+    renormalised top-k of the softmax over held experts, zero elsewhere; and while training (probabilities, 0/1
+    top-k slots) for the load-balance term. ``held``: which slots hold an expert (empty ones get probability 0).
 
     The top-k are picked as a 0/1 slot mask that the load-balance term reuses: fewer ops than scattering
     the top-k values, which matters where a step is bound by launching ops (a GPU, docs/gpu-check.md).
     """
-    # every block's dot product, the shared one's dropped after: one slice, where taking the experts' codes
-    # out of c first would cost a zero-filled copy of c's gradient
-    logits = (c * t.unsqueeze(-2)).sum(-1)
-    logits = (logits[..., skip:] if skip else logits) / math.sqrt(c.shape[-1])
-    n = logits.shape[-1]
+    n, r = e.shape[-2], e.shape[-1]
+    logits = (e * t.unsqueeze(-2)).sum(-1) / math.sqrt(r)
     if held is not None:  # exp(-inf) = 0: the softmax over the held experts alone, and no gradient to the rest
         logits = logits.masked_fill(~held, -math.inf)
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # float32 for bf16 adapters too, without a to()
@@ -33,7 +29,7 @@ def route(c: Tensor, t: Tensor, top_k: int, training: bool, held: Tensor | None 
     # the kept sum is eight (docs/gpu-check.md). log(slots) is 0 on the top-k and -inf elsewhere: an add, whose
     # backward is free, where masked_fill's is an op.
     gates = torch.softmax(logits + slots.log(), dim=-1, dtype=torch.float32)
-    return gates if gates.dtype == c.dtype else gates.to(c.dtype), ((probs, slots) if training else None)
+    return gates if gates.dtype == e.dtype else gates.to(e.dtype), ((probs, slots) if training else None)
 
 
 def token_weights(mask: Tensor) -> Tensor:
