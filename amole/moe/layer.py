@@ -86,8 +86,8 @@ class AMoLELinear(nn.Module):
         # Every down-projection (router, shared A, each held expert's A) stacked by rows in ``A``, every
         # up-projection (shared B, each held expert's B) by columns in ``B``: the layer's two matmuls take them as
         # they are, where separate tensors cost a cat of the pieces each step and a narrow and copy of each piece's
-        # gradient (~19 ops a module a step, docs/gpu-check.md). Adam and the clipping are elementwise or global,
-        # so the update is the same. Read the pieces with split_A / split_B (or router, shared_A, ... below).
+        # gradient (docs/gpu-check.md). Adam and the clipping are elementwise or global, so the update is the
+        # same. Read the pieces with split_A / split_B (or router, shared_A, ... below).
         down = [init_lora_a(r, d_in) for _ in range(self.has_router + self.has_shared)]  # router first, as before
         self.A = nn.Parameter(torch.cat(down).to(device, dtype) if down else torch.zeros(0, d_in, device=device,
                                                                                            dtype=dtype))
@@ -210,7 +210,7 @@ class AMoLELinear(nn.Module):
 
     def _own_masks(self) -> bool:
         """Route on the clean input, each expert on its own dropout mask (``router_input: clean``, training)."""
-        return (self.router_input == "clean" and self.training and self.router is not None
+        return (self.router_input == "clean" and self.training and self.has_router
                 and isinstance(self.dropout, nn.Dropout) and self.dropout.p > 0)
 
     def _token_mask_of(self, x: Tensor) -> Tensor | None:
