@@ -185,8 +185,10 @@ def test_model_compiled_whole_trains_as_eager_and_reassignments_reuse_its_graphs
         for key in ("train_loss", "train_lb_loss"):
             assert got["model"][0][key] == pytest.approx(got["off"][0][key], rel=1e-5), key
         assert got["model"][1].keys() == got["off"][1].keys()
+        # atol: 1 % of one Adam step (lr): where a gradient is ~0, float rounding can flip its sign, and Adam's
+        # normalised step turns that into a visible difference (seen on an AMD EPYC: 4.9e-6 in 1 of 256 entries)
         for name, want in got["off"][1].items():
-            torch.testing.assert_close(got["model"][1][name], want, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(got["model"][1][name], want, rtol=1e-4, atol=1e-2 * cfg.lr)
     assert counters["stats"]["unique_graphs"] == graphs  # new expert counts and lengths: the same graphs
     assert "forward" not in vars(models["model"].get_decoder())  # evaluation sees the eager forward
 

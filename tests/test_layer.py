@@ -196,11 +196,12 @@ def test_fixed_expert_slots_change_nothing_but_shapes(n: int, router_input: str)
     torch.testing.assert_close(slotted(x), want)
     torch.testing.assert_close(slotted.lb_loss, exact.lb_loss)
     got, want = slotted.grads(), exact.grads()
+    # a matmul over 6 slots may sum in another order than over n: float32 rounding of a gradient's largest entry
     for name in ("router", "shared_A", "shared_B"):
-        torch.testing.assert_close(got[name], want[name])
+        torch.testing.assert_close(got[name], want[name], atol=1e-6 * want[name].abs().max(), rtol=1.3e-6)
     for name in ("experts_A", "experts_B"):
         grad = got[name]
-        torch.testing.assert_close(grad[:n], want[name])
+        torch.testing.assert_close(grad[:n], want[name], atol=1e-6 * want[name].abs().max(), rtol=1.3e-6)
         assert grad[n:].abs().max() == 0 if n < 6 else True
     torch.testing.assert_close(export_adapters(slotted), export_adapters(exact))
     for layer in (exact, slotted):
