@@ -41,22 +41,15 @@ def make_layer(router_input: str, p: float = 0.5, seed: int = 0) -> AMoLELinear:
 
 
 def routed_inputs(layer: AMoLELinear, monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Record the (expert codes, router codes) every call of the layer routes on: through ``route`` (the clean
-    router's path) or ``gated_code`` (the stacked codes [t, shared code, e_1, ..., e_n] routed and gated at once)."""
+    """Record the (expert codes, router codes) every call of the layer routes on."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    route, gated_code = layer_module.route, layer_module.gated_code
+    route = layer_module.route
 
-    def spy_route(e: torch.Tensor, t: torch.Tensor, *args):
-        seen.append((e.detach(), t.detach()))
+    def spy(e: torch.Tensor, t: torch.Tensor, *args):
+        seen.append((e.detach(), t.detach().squeeze(-2)))  # t comes shaped (..., 1, r)
         return route(e, t, *args)
 
-    def spy_gated(codes: torch.Tensor, r: int, shared: bool, *args):
-        t, _, e = layer_module.split_codes(codes.detach(), r, True, shared)
-        seen.append((e, t))
-        return gated_code(codes, r, shared, *args)
-
-    monkeypatch.setattr(layer_module, "route", spy_route)
-    monkeypatch.setattr(layer_module, "gated_code", spy_gated)
+    monkeypatch.setattr(layer_module, "route", spy)
     return seen
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amole.config import AdapterConfig
-from amole.moe.routing import Routing, gated_code, load_balance, route, token_weights
+from amole.moe.routing import Routing, load_balance, route, token_weights
 
 ROUTER_INPUTS = ("dropped", "clean")
 ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -194,13 +194,12 @@ class AMoLELinear(nn.Module):
         fn = adapter_update
         if self.compiled and not own and not self.collect_stats:
             fn = compiled_adapter_update()
-        out, routed, codes = fn(
+        out, routed, t, e = fn(
             y, x if own else self.dropout(x), self.A, self.B, self.r, self.has_router, self.has_shared,
             self.top_k, self.scaling, self.training, self.dropout if own else None, self.held)
         if routed is not None:  # training: the load-balance term is taken over all layers at once
             self.routing = (*routed, self._weight_for(x), self.lb_scale)
-        if self.collect_stats and self.has_router:
-            t, _, e = split_codes(codes, self.r, self.has_router, self.has_shared)
+        if self.collect_stats and t is not None:
             self._accumulate(t, e, self._mask_for(x))
         return out
 
@@ -259,44 +258,42 @@ def _cat(tensors: list[Tensor], dim: int) -> Tensor:
 
 def adapter_update(y: Tensor, h: Tensor, A: Tensor, B: Tensor, r: int, routed: bool, shared: bool, top_k: int,
                    scaling: float, training: bool, own_dropout: nn.Module | None = None, held: Tensor | None = None
-                   ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor]:
+                   ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None, Tensor]:
     """The layer's output ``y + s * delta(h)``, its routing for the load-balance term (training: the router's
-    probabilities and the 0/1 top-k slots) and the stacked codes ``h A^T``.
+    probabilities and the top-k mask, :func:`amole.moe.routing.route`) and the router/expert codes.
 
     ``A`` and ``B`` are the layer's stacked down- and up-projections (router first if ``routed``, then the shared
     expert if ``shared``, then each expert slot). A pure function of tensors, so that ``model.compile`` can hand it
     to ``torch.compile`` whole (one fused graph forward and one backward instead of ~20 and ~40 ops, the cost where
     a step is bound by launching ops). ``h`` is the adapter input: dropped out, or clean with ``own_dropout``
     (``router_input: clean``) giving the shared expert and each routed slot its own mask. ``held``: which expert
-    slots hold an expert (None: all). The codes are for the embedding statistics (:func:`split_codes`).
+    slots hold an expert (None: all). Returns the codes ``t`` (router, (..., 1, r)) and ``e`` (experts, (..., slots,
+    r)) for the embedding statistics.
     """
     codes = F.linear(h, A)  # the router's, the shared expert's and every slot's code in one matmul
     n = B.shape[1] // r - shared
+    # (..., 1, r), (..., 1, r), (..., n, r): views, and one cat back; t shaped to multiply e as it is
+    t, shared_code, e = codes.unflatten(-1, (-1, r)).split([int(routed), int(shared), n], dim=-2)
     routing = None
+    if n > 0:
+        gates, routing = route(e, t, top_k, training, held)  # (..., n, 1)
     if own_dropout is not None:  # each expert's code from its own dropout mask
-        t, shared_code, e = split_codes(codes, r, routed, shared)
         _, shared_A, experts_A = _split_down(A, r, routed, shared)
         pieces = [own_dropout(h) @ shared_A.T] if shared else []
         if n > 0:
-            gates, routing = route(e, t, top_k, training, held)
-            pieces.append(_gated_own_masks(h, gates, experts_A, top_k, own_dropout))
+            pieces.append(_gated_own_masks(h, gates.squeeze(-1), experts_A, top_k, own_dropout))
         code = _cat(pieces, -1)
     elif n > 0:
-        code, routing = gated_code(codes, r, shared, top_k, training, held)
-    else:  # the shared expert alone (a layer with a router but no expert held: only a probe does that)
-        code = codes[..., r * routed:] if routed else codes
+        code = e * gates
+        code = (torch.cat([shared_code, code], -2) if shared else code).flatten(-2)
+    else:
+        code = shared_code.flatten(-2)
+    t = t if routed else None
     if not B.shape[1]:
-        return y, routing, codes
+        return y, routing, t, e
     delta = F.linear(code, B)
     out = torch.add(y, delta, alpha=scaling) if delta.dtype == y.dtype else y + (delta * scaling).to(y.dtype)
-    return out, routing, codes
-
-
-def split_codes(codes: Tensor, r: int, routed: bool, shared: bool) -> tuple[Tensor | None, Tensor, Tensor]:
-    """(router's code t (..., r) or None, shared code (..., r or 0), expert codes e (..., slots, r)) of the
-    stacked codes ``F.linear(h, A)``."""
-    t, s, flat = codes.split([r * routed, r * shared, codes.shape[-1] - r * (routed + shared)], dim=-1)
-    return (t if routed else None), s, flat.unflatten(-1, (-1, r))
+    return out, routing, t, e
 
 
 def _split_down(A: Tensor, r: int, routed: bool, shared: bool) -> tuple[Tensor | None, Tensor | None, Tensor]:
@@ -335,7 +332,7 @@ def allow_recompiles() -> None:
 
 
 @functools.cache
-def compiled_adapter_update() -> Callable[..., tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor]]:
+def compiled_adapter_update() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
     """:func:`adapter_update` through ``torch.compile`` (one compiled function for every layer of the process;
     sequence lengths, layer widths and expert counts are dynamic, so new shapes reuse it)."""
     # The experts and the shared expert are nn.Parameters, whose shapes torch.compile guards as constants by
