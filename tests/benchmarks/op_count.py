@@ -7,7 +7,8 @@ optimizer is left out: on a GPU torch's Adam updates all parameters in a few mul
 loops per tensor. SmolLM2 on 2026-12-04: AMoLE 11,866 ops, LoRA 5,923, ~23 us an op on an H200; after that day's
 layer changes AMoLE 11,086 (6,494 that compute or copy); since 2026-12-07's (gates as the softmax of the top-k
 logits, token weights once a step) 9,947 (5,655); with each layer's pieces stacked in one A and one B and the
-load-balance term taken for all layers at once, 8,101 (4,765). Counted every way ``model.compile`` runs it: eager
+load-balance term taken for all layers at once, 8,101 (4,765); with the routing shaped (..., n, 1) and the top-k
+an additive mask (2026-12-08), 7,742 (4,706). Counted every way ``model.compile`` runs it: eager
 (a CPU's default), the adapter path compiled (``on``: one compiled graph forward and one backward a layer; its
 fused kernels are not aten ops, its matmuls still are) and the decoder compiled whole (``model``, CUDA's default),
 with LoRA's decoder compiled the same way beside it.
