@@ -1,5 +1,6 @@
 """``amole.moe.routing.route`` against the plain formulas of spec §1: the same gates, probabilities and top-k, and
-the same gradients, with the gates shaped (..., n, 1) and the top-k kept as an additive 0 / -inf mask."""
+the same gradients, with the gates shaped (..., n, 1) and the top-k kept as an additive 0 / -inf mask. (The
+load-balance term against its formula: tests/test_layer.py and tests/test_model.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from amole.moe.routing import load_balance, route
+from amole.moe.routing import route
 
 R, N, K = 4, 5, 2
 
@@ -50,16 +51,3 @@ def test_route_keeps_no_routing_outside_training() -> None:
     gates, routing = route(torch.randn(2, N, R), torch.randn(2, 1, R), K, False)
     assert routing is None and gates.shape == (2, N, 1)
 
-
-def test_load_balance_is_the_switch_term_over_real_tokens() -> None:
-    """(n / k) * sum_i P_i f_i, P and f averaged over the unpadded tokens, from the top-k mask route leaves."""
-    torch.manual_seed(1)
-    e, t = torch.randn(2, 6, N, R), torch.randn(2, 6, 1, R)
-    mask = torch.rand(2, 6) > 0.3
-    weight = mask.reshape(-1).float() / mask.sum()
-    _, (probs, top) = route(e, t, K, True)
-    got = load_balance([(probs, top, weight, torch.full((N,), N / K))])
-    _, want_probs, slots = reference(e, t.squeeze(-2), K, None)
-    keep = mask.reshape(-1)
-    P, f = want_probs.reshape(-1, N)[keep].mean(0), slots.reshape(-1, N)[keep].mean(0)
-    torch.testing.assert_close(got, N / K * (P * f).sum())

@@ -332,7 +332,7 @@ def allow_recompiles() -> None:
 
 
 @functools.cache
-def compiled_adapter_update() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+def compiled_adapter_update() -> Callable[..., tuple[Tensor, tuple[Tensor, Tensor] | None, Tensor | None, Tensor]]:
     """:func:`adapter_update` through ``torch.compile`` (one compiled function for every layer of the process;
     sequence lengths, layer widths and expert counts are dynamic, so new shapes reuse it)."""
     # The experts and the shared expert are nn.Parameters, whose shapes torch.compile guards as constants by
